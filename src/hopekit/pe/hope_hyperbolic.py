@@ -1,0 +1,201 @@
+"""hope_hyperbolic — Hyperbolic Rotary Positional Encoding (Dai et al. 2025, arXiv 2509.05218).
+
+The paper replaces RoPE's rotations by Lorentz boosts H(φ) = [[cosh φ, sinh φ], [sinh φ, cosh φ]] plus
+exponential damping. Per pair i, for a query at m and a key at n:
+
+    q̃ = e^{−λm} H(+mω_i) q        k̃ = e^{+λn} H(−nω_i) k
+    q̃ᵀk̃ = e^{−λΔ} qᵀ H(Δω_i) k,    Δ = m − n ≥ 0                                    (paper Eq. 9)
+
+**Stable form (ours; the paper's Algorithm 1 overflows).** H has eigenvectors (1, 1)/√2 and (1, −1)/√2,
+so in the 45°-rotated basis u = (a + b)/√2, v = (a − b)/√2 of each pair the logit is a sum of
+per-channel real exponential decays
+
+    logit(m, n) = Σ_c  Q_c K_c e^{−r_c (m − n)},   r_c ∈ {λ − ω_i (u channels), λ + ω_i (v channels)}.
+
+We never evaluate cosh(nω), sinh(nω) or e^{±λn} at absolute positions (they leave the float32 range
+near n ≈ 43 with RoPE frequencies, and cancellation makes the literal algorithm wrong by m ≈ 12).
+Instead, queries are processed in blocks whose positions span at most 40 / max r_c; with a per-block
+anchor a (the block's midpoint), Q′_c = Q_c e^{−r_c(m−a)} and K′_c = K_c e^{+r_c(n−a)}, so every
+exponent stays within ±20 and one matmul Q′K′ᵀ gives the block's exact logits. Future keys are clamped
+and masked to −inf **before** anything can overflow; far-past keys underflow to 0, the correct limit.
+The method is causal-only by definition (for m < n the factor grows without bound).
+
+Pairs use the house half-split layout (a, b) = (x_i, x_{i+d/2}); the paper writes (x_{2i}, x_{2i+1}),
+which is the same method up to a fixed permutation of the projection weights.
+
+**Parameters and defaults (ours — the paper specifies none):**
+
+* ω_i = ``omega_scale`` · ``base``^(−2i/d). Default base 10 000 and ``omega_scale`` 0.01, so the slowest
+  channel decays at λ − ω_0 = 5e-4/token (half-life ≈ 1 400 tokens) and position-poor pairs at ≈ λ
+  (half-life ≈ 66). With ``omega_scale=1`` (RoPE's own frequencies) the encoding is extremely local
+  (papers/hope_hyperbolic.md, "Properties"). ``omega_scale`` is one of the two knobs of the paper's
+  "scaling factor" axis.
+* λ = ``penalty``; default 1.05 · max ω_i. It must exceed max ω_i = ``omega_scale`` (paper §3.2.3).
+* ``learnable=True`` learns λ as max ω + 1e-6 + softplus(p), initialised at ``penalty``, so it stays
+  above max ω by construction; ``per_head=True`` gives every head its own λ.
+* ``max_block``: cap on the query-block length of the stable evaluation (memory/speed trade-off only;
+  results do not depend on it beyond float32 rounding).
+
+The 1/√d attention scale is applied by attention, as for every method (the paper does not state it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Params, PositionalEncoding, check_bool, check_int, check_positions, check_qk, check_real
+
+__all__ = ["HyperbolicParams", "HyperbolicEncoding", "to_eigenbasis", "decay_rates"]
+
+_LEARNED_MARGIN = 1e-6  # λ − max ω ≥ this when λ is learned
+_MAX_EXPONENT = 20.0    # |r_c · (position − anchor)| bound inside a query block
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HyperbolicParams(Params):
+    """Parameters of hope_hyperbolic; see the module docstring for the equation and the defaults."""
+
+    base: float = 10000.0
+    omega_scale: float = 0.01
+    penalty: float | None = None
+    learnable: bool = False
+    per_head: bool = False
+    max_block: int = 256
+
+    def __post_init__(self) -> None:
+        check_real(self, "base", low=1.0, low_open=True)
+        scale = check_real(self, "omega_scale", low=0.0, low_open=True)
+        if self.penalty is not None:
+            lam = check_real(self, "penalty", low=0.0, low_open=True)
+            if lam <= scale:
+                raise ValueError(
+                    f"HyperbolicParams.penalty={self.penalty!r}: λ must be > max ω_i = omega_scale={scale!r} "
+                    f"(otherwise the slowest channel does not decay)")
+        check_bool(self, "learnable")
+        check_bool(self, "per_head")
+        check_int(self, "max_block", low=1)
+
+    @property
+    def resolved_penalty(self) -> float:
+        return float(self.penalty) if self.penalty is not None else 1.05 * float(self.omega_scale)
+
+    def validate_dims(self, head_dim: int, num_heads: int) -> None:
+        if head_dim % 2:
+            raise ValueError(f"head_dim={head_dim}: hope_hyperbolic needs an even head dim (pairs)")
+
+
+def to_eigenbasis(x: torch.Tensor) -> torch.Tensor:
+    """Half-split pairs (a, b) -> (u, v) = ((a + b)/√2, (a − b)/√2), channels ordered [u_0…, v_0…]."""
+    half = x.shape[-1] // 2
+    a, b = x[..., :half], x[..., half:]
+    return torch.cat([a + b, a - b], dim=-1) * (1.0 / math.sqrt(2.0))
+
+
+def decay_rates(omega: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+    """Per-channel decay rates, ``(..., d)``: [λ − ω_i] for u channels then [λ + ω_i] for v channels."""
+    lam = penalty[..., None]
+    return torch.cat([lam - omega, lam + omega], dim=-1)
+
+
+class HyperbolicEncoding(PositionalEncoding):
+    """hope_hyperbolic through the ``scores`` hook (stable relative form; causal only)."""
+
+    uses_scores = True
+    causal_only = True
+
+    params: HyperbolicParams
+
+    def __init__(self, params: HyperbolicParams, *, head_dim: int, num_heads: int = 1, d_model: int | None = None):
+        super().__init__(params, head_dim=head_dim, num_heads=num_heads, d_model=d_model)
+        heads = num_heads if params.per_head else 1
+        if params.learnable:
+            self.penalty_raw = nn.Parameter(torch.empty(heads, dtype=torch.float32))
+        else:
+            self.register_parameter("penalty_raw", None)
+        self._heads = heads
+        self.reset_parameters()
+
+    # ----- parameters ----------------------------------------------------------------------------
+    def _omega64(self) -> torch.Tensor:
+        i = torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim
+        return self.params.omega_scale / (self.params.base ** i)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if self.penalty_raw is not None:
+            excess = self.params.resolved_penalty - self.params.omega_scale - _LEARNED_MARGIN
+            raw = excess + math.log(-math.expm1(-excess))  # inverse softplus, stable for small/large
+            with torch.no_grad():
+                self.penalty_raw.fill_(raw)
+
+    def penalty(self) -> torch.Tensor:
+        """λ per head (shape ``(H,)`` or ``(1,)``), float32; always > max ω."""
+        if self.penalty_raw is None:
+            return torch.full((self._heads,), self.params.resolved_penalty, dtype=torch.float64).float()
+        return self.params.omega_scale + _LEARNED_MARGIN + F.softplus(self.penalty_raw.float())
+
+    def rates(self, device: torch.device | None = None) -> torch.Tensor:
+        """Decay rates ``(H or 1, head_dim)`` in float32 (fixed λ: computed in float64, then cast)."""
+        if self.penalty_raw is None:
+            key = ("rates", device)
+            if key not in self._cache:
+                lam = torch.full((self._heads,), self.params.resolved_penalty, dtype=torch.float64)
+                self._cache[key] = decay_rates(self._omega64(), lam).float().to(device)
+            return self._cache[key]
+        omega = self._omega64().float().to(self.penalty_raw.device)
+        return decay_rates(omega, self.penalty())
+
+    # ----- the scores hook -----------------------------------------------------------------------
+    def scores(self, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """Unscaled causal logits Σ_c Q_c K_c e^{−r_c(m−n)}, shape ``(B, H, Tq, Tk)``; −inf where n > m.
+
+        q ``(B, H, Tq, D)`` and k ``(B, H, Tk, D)`` are raw (un-encoded) projections: this is also what
+        a KV cache stores. Positions are integers ``(T,)`` or ``(B, T)``. The matmul runs in q's dtype
+        (bf16 stays bf16, with every factor bounded by e^20); exponents are always float32.
+        """
+        check_qk(self, q, k)
+        if q.dim() != 4 or k.dim() != 4:
+            raise ValueError(f"q, k: expected (B, H, T, head_dim), got {tuple(q.shape)} and {tuple(k.shape)}")
+        q_pos = check_positions(q_pos, "q_pos", q.shape[-2]).to(q.device)
+        k_pos = check_positions(k_pos, "k_pos", k.shape[-2]).to(q.device)
+        q_pos2, k_pos2 = q_pos.reshape(-1, q_pos.shape[-1]), k_pos.reshape(-1, k_pos.shape[-1])  # (B|1, T)
+
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            rates = self.rates(q.device)                        # (H|1, D)
+            r = rates[None, :, None, :]                         # (1, H|1, 1, D)
+            qe, ke = to_eigenbasis(q.float()), to_eigenbasis(k.float())
+            span_limit = 2 * _MAX_EXPONENT / max(float(rates.detach().abs().max()), 1e-30)
+            out = []
+            for start, stop in self._query_blocks(q_pos2, span_limit):
+                qp = q_pos2[:, start:stop]                                      # (B|1, Tb)
+                lo, hi = qp.min(-1, keepdim=True).values, qp.max(-1, keepdim=True).values
+                anchor = (lo + hi) // 2                                         # (B|1, 1)
+                dq = (qp - anchor).float()                                      # |dq| ≤ span/2
+                dk = (k_pos2 - anchor).clamp(max=hi - anchor).float()           # future keys clamped (masked below)
+                q_scaled = qe[..., start:stop, :] * torch.exp(-r * dq[:, None, :, None])
+                k_scaled = ke * torch.exp(r * dk[:, None, :, None])
+                logits = torch.matmul(q_scaled.to(q.dtype), k_scaled.to(q.dtype).transpose(-1, -2))
+                future = k_pos2[:, None, :] > qp[:, :, None]                    # (B|1, Tb, Tk)
+                out.append(logits.masked_fill(future[:, None], float("-inf")))
+            return torch.cat(out, dim=-2)
+
+    def _query_blocks(self, q_pos: torch.Tensor, span_limit: float) -> list[tuple[int, int]]:
+        """Split query indices into blocks of ≤ max_block rows whose position span ≤ span_limit."""
+        pos = q_pos.detach().cpu()
+        todo = [(s, min(s + self.params.max_block, pos.shape[-1])) for s in range(0, pos.shape[-1], self.params.max_block)]
+        blocks = []
+        while todo:
+            s, e = todo.pop()
+            block = pos[:, s:e]
+            span = int((block.max(-1).values - block.min(-1).values).max()) if e > s else 0
+            if span <= span_limit or e - s == 1:  # a single query row always has span 0
+                blocks.append((s, e))
+            else:
+                mid = (s + e) // 2
+                todo += [(mid, e), (s, mid)]
+        return sorted(blocks)
