@@ -1,0 +1,5 @@
+"""Analysis of how attention behaves with distance (score-vs-distance curves; more studies to come)."""
+
+from .distance import DEMO_CONFIGS, score_vs_distance
+
+__all__ = ["score_vs_distance", "DEMO_CONFIGS"]

@@ -1,0 +1,43 @@
+"""The README stays true: its method table matches the registry, and CI runs its test command."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from hopekit import pe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def capability(name: str) -> str:
+    method = pe.REGISTRY[name]
+    cls = method.encoding
+    caps = [c for c in ("embed", "rotate", "bias", "scores") if getattr(cls, f"uses_{c}")]
+    return ", ".join(caps) or "none"
+
+
+def expected_table() -> list[str]:
+    return [f"| `{n}` | {capability(n)} | {m.summary} |" for n, m in pe.REGISTRY.items()]
+
+
+def test_method_table_matches_registry():
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- methods-table.*?-->\n(.*?)<!-- /methods-table -->", text, re.S).group(1)
+    rows = [line for line in block.strip().splitlines()[2:]]
+    assert rows == expected_table(), "\n".join(expected_table())
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"```bash\n(.*?)\n```", readme, re.S)
+    test_cmd = next(c for c in commands if "pytest" in c)
+    # the part after venv creation/activation is what CI must run verbatim
+    tail = test_cmd.split("&& ", 2)[2]
+    assert tail in (ROOT / ".ci" / "run").read_text()
+
+
+def test_no_bare_hope_name():
+    for path in list((ROOT / "src").rglob("*.py")) + list((ROOT / "configs").rglob("*.yaml")):
+        src = path.read_text()
+        assert not re.search(r"(def|class) hope\b|[\"']hope[\"']|\bimport hope\b", src), path
