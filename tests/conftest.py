@@ -25,6 +25,7 @@ EXAMPLES: dict[str, dict] = {
     "sinusoidal": {},
     "learned": {"max_len": 4096},
     "nope": {},
+    "bipe": {"inter": {"kind": "rope"}, "intra_max_len": 512},
 }
 
 

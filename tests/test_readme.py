@@ -13,7 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def capability(name: str) -> str:
     method = pe.REGISTRY[name]
     cls = method.encoding
-    caps = [c for c in ("embed", "rotate", "bias", "scores") if getattr(cls, f"uses_{c}")]
+    caps = [c for c in ("embed", "rotate", "bias", "scores") if getattr(cls, f"uses_{c}") is True]
+    if any(isinstance(getattr(cls, f"uses_{c}"), property) for c in ("rotate", "bias", "scores")):
+        caps.append("+ inter method's")   # composite (BiPE): attention hooks come from its inter encoding
     return ", ".join(caps) or "none"
 
 

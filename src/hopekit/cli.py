@@ -14,7 +14,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     windows = [(1, 16), (16, 128), (128, 512), (512, 2048), (2048, 8192), (8192, 32768)]
     distances = torch.arange(0, windows[-1][1])
-    header = f"{'method':<16}" + "".join(f"{f'Δ∈[{a},{b})':>16}" for a, b in windows)
+    header = f"{'method':<24}" + "".join(f"{f'Δ∈[{a},{b})':>16}" for a, b in windows)
     print("Mean pre-softmax score of the aligned probe (q̂ = k̂ = 1 per pair), head_dim 64, head 0,")
     print("training length 512 where a method needs one. Windows are query–key distances.\n")
     print(header)
@@ -22,11 +22,12 @@ def _demo(args: argparse.Namespace) -> int:
     for name in pe.REGISTRY:
         enc = pe.build(name, head_dim=64, num_heads=8, **DEMO_CONFIGS[name])
         if name == "learned":
-            print(f"{name:<16}" + f"{'(random until trained)':>{16 * len(windows)}}")
+            print(f"{name:<24}" + f"{'(random until trained)':>{16 * len(windows)}}")
             continue
         s = score_vs_distance(enc, distances, seq_len=4 * 512)
+        name = f"{name} (Δ in segments)" if enc.uses_tokens else name
         cells = "".join(f"{s[a:b].mean().item():>16.4g}" for a, b in windows)
-        print(f"{name:<16}{cells}")
+        print(f"{name:<24}{cells}")
     return 0
 
 

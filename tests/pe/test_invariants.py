@@ -47,7 +47,7 @@ def test_relative_methods_depend_only_on_offset(name, offset):
 
 
 def test_relative_set_is_what_we_expect():
-    assert set(_relative_methods()) == set(ALL) - {"sinusoidal", "learned"}
+    assert set(_relative_methods()) == set(ALL) - {"sinusoidal", "learned", "bipe"}
 
 
 @pytest.mark.parametrize("name", [n for n in ALL if build_example(n).uses_rotate])

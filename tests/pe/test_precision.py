@@ -44,7 +44,8 @@ POSITIONS = torch.arange(250, 300)  # above 256: where bf16 position tables alia
 def test_no_derived_tensors_in_state_dict():
     for name in ALL:
         keys = set(build_example(name).state_dict())
-        assert keys <= {"weight", "penalty_raw"}, (name, keys)
+        # only learnable parameters: a learned table ("weight") or hope_hyperbolic's learnable penalty
+        assert all(k.split(".")[-1] in ("weight", "penalty_raw") for k in keys), (name, keys)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -52,7 +53,7 @@ def test_survives_model_to_bfloat16(name):
     ref_enc = build_example(name)
     ref = outputs(ref_enc, POSITIONS)
     h = Holder(name).to(torch.bfloat16)
-    if name == "learned":  # its table is a weight like any other: bf16 is the user's choice; restore it
+    if ref_enc.state_dict():  # learned tables are weights like any other: bf16 is the user's choice; restore
         h.enc.float().load_state_dict(ref_enc.state_dict())
     for a, b in zip(ref, outputs(h.enc, POSITIONS)):
         fin = torch.isfinite(a)
@@ -66,9 +67,9 @@ def test_survives_meta_init_then_to_empty(name):
         h = Holder(name)
     h.to_empty(device="cpu")
     n = pe.reset_encodings(h)  # the documented re-initialisation hook
-    assert n == 1
+    assert n == sum(isinstance(m, pe.PositionalEncoding) for m in h.modules()) >= 1
     ref_enc = build_example(name)
-    if name == "learned":  # learned weights are fresh random values: compare after loading the same weights
+    if ref_enc.state_dict():  # learned weights are fresh random values: compare after loading the same weights
         h.enc.load_state_dict(ref_enc.state_dict())
     for a, b in zip(outputs(ref_enc, POSITIONS), outputs(h.enc, POSITIONS)):
         fin = torch.isfinite(a)

@@ -4,6 +4,7 @@ The probe is the one used in the papers' figures (RoFormer §3.4.3, papers/hope_
 distance", Dai et al. Figs. 4–5): q and k are equal and "aligned" — every pair holds (1, 0), i.e.
 q̂_i = k̂_i = 1 — so a rotary pair contributes cos(θ_iΔ), a hope_hyperbolic pair e^{−λΔ}cosh(ω_iΔ),
 ALiBi adds −m_h·Δ to a constant, and absolute encodings contribute PE(m)·PE(n). Head 0 is reported.
+For BiPE, Δ is a distance in segments (its inter-segment encoding).
 For random zero-mean q, k the expected score is 0 for every method; decay appears only for aligned
 vectors.
 """
@@ -30,6 +31,7 @@ DEMO_CONFIGS: dict[str, dict] = {
     "sinusoidal": {},
     "learned": {"max_len": 65536},
     "nope": {},
+    "bipe": {"inter": {"kind": "rope"}},
 }
 
 
@@ -37,6 +39,8 @@ DEMO_CONFIGS: dict[str, dict] = {
 def score_vs_distance(enc: pe.PositionalEncoding, distances: torch.Tensor, *, query_pos: int | None = None,
                       seq_len: int | None = None) -> torch.Tensor:
     """Score s(Δ) of the aligned probe for each Δ in ``distances`` (float64 result, head 0)."""
+    if enc.uses_tokens:  # BiPE: the distance that matters in attention is between *segments*
+        enc = enc.inter
     distances = distances.long()
     m = int(distances.max()) if query_pos is None else query_pos
     q_pos, k_pos = torch.tensor([m]), m - distances

@@ -19,6 +19,7 @@ from typing import Any, Mapping, NamedTuple
 from . import schedules
 from .absolute import Learned, LearnedParams, Sinusoidal, SinusoidalParams
 from .alibi import ALiBi, ALiBiParams, alibi_slopes
+from .bipe import BiPE, BiPEParams, bipe_positions
 from .base import NoPE, NoPEParams, Params, PositionalEncoding, reset_encodings
 from .hope_hyperbolic import HyperbolicEncoding, HyperbolicParams
 from .randomized import RandomizedPositions
@@ -33,7 +34,7 @@ __all__ = [
     "RotaryEncoding", "LongRoPEEncoding", "HyperbolicEncoding", "ALiBi", "Sinusoidal", "Learned", "NoPE",
     "RopeParams", "LinearParams", "NTKParams", "DynamicNTKParams", "YarnParams", "Llama3Params",
     "LongRoPEParams", "HighFreqParams", "HyperbolicParams", "ALiBiParams", "SinusoidalParams",
-    "LearnedParams", "NoPEParams", "RandomizedPositions", "Spectrum", "RotaryFeatures",
+    "LearnedParams", "NoPEParams", "BiPE", "BiPEParams", "bipe_positions", "RandomizedPositions", "Spectrum", "RotaryFeatures",
     "angles", "cos_sin", "apply_rotary", "interleaved_to_half", "half_to_interleaved", "alibi_slopes",
 ]
 
@@ -59,6 +60,7 @@ REGISTRY: dict[str, Method] = {
     "sinusoidal": Method(SinusoidalParams, Sinusoidal, None, "sinusoidal absolute encoding (Vaswani et al. 2017)"),
     "learned": Method(LearnedParams, Learned, None, "learned absolute encoding (GPT-2); refuses positions beyond its table"),
     "nope": Method(NoPEParams, NoPE, None, "no positional encoding (Kazemnejad et al. 2023)"),
+    "bipe": Method(BiPEParams, BiPE, None, "BiPE (He et al. 2024): intra-segment absolute + inter-segment relative (any)"),
 }
 
 

@@ -165,6 +165,8 @@ class PositionalEncoding(nn.Module):
     uses_bias: ClassVar[bool] = False
     uses_scores: ClassVar[bool] = False
     causal_only: ClassVar[bool] = False
+    #: positions are derived from token ids by ``token_positions(idx, state)`` (BiPE)
+    uses_tokens: ClassVar[bool] = False
 
     def __init__(self, params: Params, *, head_dim: int, num_heads: int = 1, d_model: int | None = None):
         super().__init__()

@@ -1,0 +1,127 @@
+"""Reports and plots made from records alone (never from models).
+
+``write_report(run_dir)`` reads ``records.jsonl`` and writes ``report.md`` (perplexity per method ×
+evaluation length, plus the in-distribution delta against rope) and ``ppl_vs_length.png``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from .records import read_records
+
+__all__ = ["ppl_table", "markdown_table", "plot_ppl_vs_length", "write_report"]
+
+
+def _fmt(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    if math.isinf(x):
+        return "inf"
+    return f"{x:.2f}" if x < 1000 else f"{x:.3g}"
+
+
+def ppl_table(records: list[dict[str, Any]], protocol: str | None = None) -> tuple[list[str], list[int], dict]:
+    """(methods in first-seen order, eval lengths, {(method, eval_len): ppl}) for task "lm", metric "ppl".
+
+    If a (method, eval_len) was measured more than once (e.g. a resumed run re-measured), the last
+    record wins.
+    """
+    rows = [r for r in records if r.get("task") == "lm" and r.get("metric") == "ppl"
+            and (protocol is None or r.get("protocol") == protocol)]
+    methods: list[str] = []
+    lengths: set[int] = set()
+    table: dict[tuple[str, int], float] = {}
+    for r in rows:
+        if r["method"] not in methods:
+            methods.append(r["method"])
+        lengths.add(int(r["eval_len"]))
+        table[(r["method"], int(r["eval_len"]))] = r["value"] if r["value"] is not None else float("nan")
+    return methods, sorted(lengths), table
+
+
+def markdown_table(records: list[dict[str, Any]], *, baseline: str = "rope", protocol: str | None = None) -> str:
+    methods, lengths, table = ppl_table(records, protocol)
+    if not methods:
+        return "_no perplexity records_\n"
+    train_lens = {r["method"]: int(r["train_len"]) for r in records if r.get("metric") == "ppl"}
+    t0 = min(train_lens.values())
+    head = ["method"] + [f"{L} ({L / t0:g}×)" for L in lengths] + [f"Δ vs {baseline} @ {t0}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = table.get((baseline, t0))
+    for m in methods:
+        cells = [_fmt(table.get((m, L))) for L in lengths]
+        own = table.get((m, t0))
+        delta = "—" if base is None or own is None or m == baseline else f"{own - base:+.2f}"
+        lines.append("| " + " | ".join([f"`{m}`"] + cells + [delta]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_ppl_vs_length(records: list[dict[str, Any]], path: str | Path, *, protocol: str | None = None,
+                       title: str = "Perplexity vs evaluation length") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods, lengths, table = ppl_table(records, protocol)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    for m in methods:
+        xs = [L for L in lengths if (m, L) in table and math.isfinite(table[(m, L)])]
+        ys = [table[(m, L)] for L in xs]
+        style = "--" if "+" in m else "-"        # eval-time extensions of the rope model: dashed
+        ax.plot(xs, ys, style, marker="o", markersize=3.5, label=m)
+    train_lens = sorted({int(r["train_len"]) for r in records if r.get("metric") == "ppl"})
+    for L in train_lens:
+        ax.axvline(L, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(lengths, [str(L) for L in lengths])
+    ax.set_xlabel("evaluation length (tokens); dotted: training length")
+    ax.set_ylabel("perplexity (log scale)")
+    protocols = sorted({r.get("protocol", "?") for r in records if r.get("metric") == "ppl"})
+    ax.set_title(f"{title} [{', '.join(protocols)}]", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_report(run_dir: str | Path, *, baseline: str = "rope") -> tuple[Path, Path]:
+    """Regenerate ``report.md`` and ``ppl_vs_length.png`` in ``run_dir`` from its ``records.jsonl``."""
+    run_dir = Path(run_dir)
+    records_path = run_dir / "records.jsonl"
+    if not records_path.exists():
+        raise FileNotFoundError(f"{records_path}: no records to report (run `hopekit bench` first)")
+    records = read_records(records_path)
+    ppl = [r for r in records if r.get("metric") == "ppl"]
+    protocols = sorted({r.get("protocol", "?") for r in ppl})
+    corpora = sorted({str(r.get("corpus")) for r in ppl})
+    commits = sorted({str(r.get("commit")) for r in ppl})
+    seeds = sorted({str(r.get("seed")) for r in ppl})
+    parts = [f"# {run_dir.name}: perplexity vs evaluation length\n",
+             f"Corpus: {', '.join(corpora)}; protocol: {', '.join(protocols)}; seeds: {', '.join(seeds)}; "
+             f"commit(s): {', '.join(commits)}.\n",
+             "Rows are methods trained from scratch with the same data, seed and budget; rows named "
+             "`rope+<method>` are the rope model evaluated with that encoding swapped in at evaluation "
+             "time, without fine-tuning. The last column is the in-distribution (1×) perplexity minus "
+             f"`{baseline}`'s.\n"]
+    for proto in protocols:
+        parts.append(f"\n## Protocol: {proto}\n\n" + markdown_table(records, baseline=baseline, protocol=proto))
+    extra = [r for r in records if r.get("task") == "bench" and r.get("metric") == "train_seconds"]
+    if extra:
+        parts.append("\n## Training\n\n| method | train seconds | final train loss |\n|---|---|---|\n")
+        losses = {r["method"]: r["value"] for r in records if r.get("task") == "bench" and r.get("metric") == "final_train_loss"}
+        for r in extra:
+            loss = losses.get(r["method"])
+            parts.append(f"| `{r['method']}` | {r['value']:.1f} | {_fmt(loss) if loss is not None else '—'} |\n")
+    report = run_dir / "report.md"
+    report.write_text("".join(parts) + "\n![ppl vs length](ppl_vs_length.png)\n")
+    plot = plot_ppl_vs_length(ppl, run_dir / "ppl_vs_length.png")
+    return report, plot
