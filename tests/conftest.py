@@ -36,6 +36,10 @@ def build_example(name: str, head_dim: int = HEAD_DIM, num_heads: int = NUM_HEAD
     return pe.build(name, head_dim=head_dim, num_heads=num_heads, **params)
 
 
+# Tiny tensors: one intra-op thread is faster, and immune to oversubscription on a shared 2-core box.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -200,6 +200,18 @@ class PositionalEncoding(nn.Module):
         """Multiplicative transform of q ``(B, H, Tq, D)`` and k ``(B, H, Tk, D)``; default: identity."""
         return q, k
 
+    def features(self, positions: torch.Tensor, seq_len: int | None = None) -> Any:
+        """Per-forward position features for :meth:`apply` (rotary: cos/sin), made once at model level."""
+        return None
+
+    def apply(self, x: torch.Tensor, features: Any) -> torch.Tensor:
+        """Apply ``features`` to q or k ``(B, H, T, D)``; default: identity. ``rotate`` == apply to both."""
+        return x
+
+    def token_positions(self, idx: torch.Tensor, state: torch.Tensor | None = None) -> Any:
+        """``(embed_positions, attention_positions, next_state)`` from token ids; only for ``uses_tokens``."""
+        raise NotImplementedError(f"{type(self).__name__} does not derive positions from tokens (uses_tokens=False)")
+
     def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor | None:
         """Additive logit bias ``(H, Tq, Tk)`` (or ``(B, H, Tq, Tk)``); default: None."""
         return None

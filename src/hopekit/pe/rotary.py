@@ -117,11 +117,14 @@ class RotaryEncoding(PositionalEncoding):
         self.rotary_dim = params.rotary_dim(head_dim)
 
     def spectrum(self, seq_len: int | None = None) -> Spectrum:
-        """The method's frequencies at this length (float64, CPU; cached per length where it matters)."""
-        key = ("spectrum", seq_len if self.params.length_dependent else None)
-        if key not in self._cache:
-            self._cache[key] = self.schedule(self.params, self.rotary_dim, key[1])
-        return self._cache[key]
+        """The method's frequencies at this length (float64, CPU). Length-independent spectra are
+        cached; length-dependent ones are recomputed (r/2 values, once per forward) — a per-length
+        cache would grow by one entry per decoding step."""
+        if self.params.length_dependent:
+            return self.schedule(self.params, self.rotary_dim, seq_len)
+        if "spectrum" not in self._cache:
+            self._cache["spectrum"] = self.schedule(self.params, self.rotary_dim, None)
+        return self._cache["spectrum"]
 
     def _seq_len(self, positions: torch.Tensor, seq_len: int | None) -> int | None:
         if seq_len is None and self.params.length_dependent and positions.numel():

@@ -1,0 +1,345 @@
+"""The reference decoder: a Llama-style transformer, readable top to bottom.
+
+RMSNorm → attention (optionally grouped KV heads) → RMSNorm → SwiGLU MLP, pre-norm residual blocks,
+a final norm and a tied LM head. The positional encoding is whatever ``config.pe`` names; it is built
+**once** (``model.pe``, shared by every block, holding any learnable positional parameters) and its
+position features are prepared **once per forward** (:class:`Context`) and passed down to every block.
+
+Attention branches on the encoding's capability flags, never on a method name:
+
+* ``uses_rotate`` (RoPE family) and plain methods → ``scaled_dot_product_attention``; we never
+  materialise a T×T tensor (only a (Tq, Tk) boolean mask when several tokens are fed after a cache);
+* ``uses_bias`` (ALiBi) → logits · scale + bias;  ``uses_scores`` (hope_hyperbolic) → the encoding's
+  own logits · scale. Both run over blocks of ``attn_chunk`` query rows, so memory is O(chunk · T);
+* ``uses_embed`` (sinusoidal, learned) → added to the token embeddings at the input;
+* ``uses_tokens`` (BiPE) → positions come from the token ids: intra-segment ones for ``embed``,
+  segment indices for attention (the running segment state travels in the KV cache).
+
+Attention is causal by token order. Positions default to ``past, …, past + T − 1`` and may be given
+as ``(T,)`` or ``(B, T)`` (e.g. randomized positions); they must not decrease along the sequence.
+There is no length ceiling: the model runs at any T (learned absolute positions excepted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import pe as pe_lib
+from .pe.base import PositionalEncoding, check_positions
+
+__all__ = ["ModelConfig", "Context", "KVCache", "RMSNorm", "SwiGLU", "Attention", "Block", "Decoder"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Shape of the decoder. ``pe`` names its method: ``{"kind": "rope", "base": 10000}``."""
+
+    vocab_size: int
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None        # grouped-query attention; None = n_heads (plain MHA)
+    ffn_hidden: int | None = None        # SwiGLU width; None = 8/3 · d_model, rounded up to a multiple of 8
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    init_std: float = 0.02
+    attn_chunk: int = 256                # query rows per block on the bias / scores paths
+    pe: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"kind": "rope"})
+
+    def __post_init__(self) -> None:
+        def check(name: str, ok: bool, why: str, error: type[Exception] = ValueError) -> None:
+            if not ok:
+                raise error(f"ModelConfig.{name}={getattr(self, name)!r}: {why}")
+
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden", "attn_chunk"):
+            value = getattr(self, name)
+            if value is None and name in ("n_kv_heads", "ffn_hidden"):
+                continue  # filled in below
+            check(name, isinstance(value, int) and not isinstance(value, bool), "expected an int", TypeError)
+            check(name, value >= 1, "must be >= 1")
+        for name in ("norm_eps", "init_std", "dropout"):
+            value = getattr(self, name)
+            check(name, isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                  "expected a finite real number", TypeError)
+        check("norm_eps", self.norm_eps > 0, "must be > 0")
+        check("init_std", self.init_std > 0, "must be > 0")
+        check("dropout", 0 <= self.dropout < 1, "must be in [0, 1)")
+        check("tie_embeddings", isinstance(self.tie_embeddings, bool), "expected a bool", TypeError)
+        check("d_model", self.d_model % self.n_heads == 0, f"must be divisible by n_heads={self.n_heads}")
+        if self.n_kv_heads is None:
+            object.__setattr__(self, "n_kv_heads", self.n_heads)
+        check("n_kv_heads", self.n_heads % self.n_kv_heads == 0, f"must divide n_heads={self.n_heads}")
+        if self.ffn_hidden is None:  # Llama's 8/3 · d_model, rounded up to a multiple of 8
+            object.__setattr__(self, "ffn_hidden", 8 * math.ceil(self.d_model / 3))
+        check("pe", isinstance(self.pe, Mapping) and "kind" in self.pe,
+              'expected a mapping that names its method, e.g. {"kind": "rope"}')
+        object.__setattr__(self, "pe", dict(self.pe))
+        with torch.device("meta"):  # validate the encoding's parameters against this shape, allocating nothing
+            self.build_pe()
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def build_pe(self) -> PositionalEncoding:
+        return pe_lib.from_config(self.pe, head_dim=self.head_dim, num_heads=self.n_heads, d_model=self.d_model)
+
+
+class Context(NamedTuple):
+    """Everything positional that every block needs, prepared once per forward.
+
+    ``q_pos``: positions of the new tokens ``(T,)`` or ``(B, T)``; ``k_pos``: positions of every key
+    (cached + new); ``rotary``: cos/sin of the new tokens for ``uses_rotate`` encodings, else None;
+    ``past``: number of cached tokens before this forward.
+    """
+
+    enc: PositionalEncoding
+    q_pos: torch.Tensor
+    k_pos: torch.Tensor
+    rotary: pe_lib.RotaryFeatures | None
+    past: int
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far (one entry per layer) plus their positions.
+
+    What a layer stores is what its attention consumes: **rotated** keys for ``uses_rotate`` methods,
+    **raw** keys for everything else — hope_hyperbolic (``scores`` re-applies the decay relative to
+    each new query from the cached positions, so nothing unbounded is stored), ALiBi (bias from the
+    cached positions), absolute methods and NoPE. Keys keep the KV head count (GQA stores less).
+
+    Length-dependent spectra (dynamic_ntk, longrope): cached keys were rotated with the spectrum of the
+    forward that produced them. Decoding equals the full forward only if every call gets the same
+    ``seq_len`` (e.g. the final length). With the HF default (``seq_len`` = max position + 1) the
+    spectrum drifts while decoding, and LongRoPE's short→long switch would need a re-prefill.
+
+    Simple by design: ``update`` concatenates, O(T) copy per step.
+    """
+
+    def __init__(self, n_layers: int) -> None:
+        self.keys: list[torch.Tensor | None] = [None] * n_layers    # each (B, H_kv, T_cached, D)
+        self.values: list[torch.Tensor | None] = [None] * n_layers  # each (B, H_kv, T_cached, D)
+        self.positions: torch.Tensor | None = None                 # (T_cached,) or (B, T_cached)
+        self.token_state: torch.Tensor | None = None               # uses_tokens only (BiPE: (B, 2))
+
+    def __len__(self) -> int:
+        return 0 if self.positions is None else self.positions.shape[-1]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this forward's keys/values to ``layer``; returns all of them ``(B, H_kv, T_all, D)``."""
+        if self.keys[layer] is not None:
+            k = torch.cat([self.keys[layer], k], dim=2)
+            v = torch.cat([self.values[layer], v], dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+
+def _cat_positions(old: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
+    """Join cached and new positions; a 1-D side is broadcast to the batch of a 2-D side."""
+    if old is None:
+        return new
+    if old.dim() != new.dim():
+        batch = max(old.shape[0] if old.dim() == 2 else 1, new.shape[0] if new.dim() == 2 else 1)
+        old, new = (p if p.dim() == 2 else p.expand(batch, -1) for p in (old, new))  # (B, T_old), (B, T)
+    return torch.cat([old, new], dim=-1)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()  # normalise in float32, as Llama does
+        return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.w_gate = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
+        self.w_up = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
+        self.w_down = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)  # a residual projection
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.scale = 1.0 / math.sqrt(cfg.head_dim)
+        self.chunk, self.dropout = cfg.attn_chunk, cfg.dropout
+        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)  # a residual projection
+
+    def forward(self, x: torch.Tensor, ctx: Context, cache: KVCache | None, layer: int) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)     # (B, H, T, D)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
+        if ctx.enc.uses_rotate:
+            q, k = ctx.enc.apply(q, ctx.rotary), ctx.enc.apply(k, ctx.rotary)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)                                      # (B, H_kv, past + T, D)
+        if self.n_kv_heads != self.n_heads:  # query head h reads KV head h // (H / H_kv)
+            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)       # (B, H, Tk, D)
+            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)       # (B, H, Tk, D)
+        if ctx.enc.uses_bias or ctx.enc.uses_scores:
+            y = self._chunked(q, k, v, ctx)
+        else:
+            y = self._sdpa(q, k, v, ctx)
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)         # (B, T, H·D)
+        return F.dropout(self.wo(y), self.dropout, self.training)
+
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: Context) -> torch.Tensor:
+        Tq, Tk = q.shape[2], k.shape[2]
+        mask = None
+        if ctx.past and Tq > 1:  # new row i sees keys 0 … past + i (SDPA's is_causal is top-left aligned)
+            mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=ctx.past)  # (Tq, Tk)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=ctx.past == 0 and Tq > 1,
+            dropout_p=self.dropout if self.training else 0.0)
+
+    def _chunked(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """Explicit logits for ``attn_chunk`` query rows at a time: O(chunk · T) memory, never (H, T, T)."""
+        enc, past, Tq = ctx.enc, ctx.past, q.shape[2]
+        out = []
+        for s in range(0, Tq, self.chunk):
+            e = min(s + self.chunk, Tq)
+            n = past + e  # keys after this chunk's last query are masked anyway: never compute them
+            qc, kc, vc = q[:, :, s:e], k[:, :, :n], v[:, :, :n]                   # (B, H, e−s | n, D)
+            q_pos, k_pos = ctx.q_pos[..., s:e], ctx.k_pos[..., :n]
+            if enc.uses_scores:  # the encoding's own logits from raw q, k (−inf on future keys)
+                logits = enc.scores(qc, kc, q_pos, k_pos).float() * self.scale    # (B, H, e−s, n)
+            else:
+                bias = enc.bias(q_pos, k_pos)                                     # (H | B, H, e−s, n)
+                logits = (qc @ kc.transpose(-1, -2)).float() * self.scale + bias  # (B, H, e−s, n)
+            rows = past + torch.arange(s, e, device=q.device)
+            future = torch.arange(n, device=q.device)[None, :] > rows[:, None]   # (e−s, n)
+            probs = logits.masked_fill(future, float("-inf")).softmax(dim=-1).to(v.dtype)
+            probs = F.dropout(probs, self.dropout, self.training)
+            out.append(probs @ vc)                                                # (B, H, e−s, D)
+        return torch.cat(out, dim=2)                                              # (B, H, Tq, D)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm, self.attn = RMSNorm(cfg.d_model, cfg.norm_eps), Attention(cfg)
+        self.mlp_norm, self.mlp = RMSNorm(cfg.d_model, cfg.norm_eps), SwiGLU(cfg)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, ctx: Context, cache: KVCache | None, layer: int) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), ctx, cache, layer)
+        return x + F.dropout(self.mlp(self.mlp_norm(x)), self.dropout, self.training)
+
+
+class Decoder(nn.Module):
+    """``Decoder(config)(idx, positions=None, targets=None, cache=None, seq_len=None) -> (logits, loss)``."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.pe = config.build_pe()  # the one encoding instance, shared by all blocks
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """N(0, init_std²) everywhere; residual projections get init_std / √(2 · n_layers) (GPT-2)."""
+        std = self.config.init_std
+        for name, p in self.named_parameters():
+            if name.startswith("pe."):
+                continue  # the encoding initialises its own parameters
+            if name.endswith(("wo.weight", "w_down.weight")):
+                nn.init.normal_(p, std=std / math.sqrt(2 * self.config.n_layers))
+            elif name.endswith("norm.weight"):
+                nn.init.ones_(p)
+            else:
+                nn.init.normal_(p, std=std)
+
+    def num_parameters(self, non_embedding: bool = False) -> int:
+        """Unique parameters (tied weights once); ``non_embedding`` drops the token and position tables."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.tok_emb.weight.numel() + sum(p.numel() for p in self.pe.parameters() if p.dim() == 2)
+        return n
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.config.n_layers)
+
+    def forward(self, idx: torch.Tensor, positions: torch.Tensor | None = None, targets: torch.Tensor | None = None,
+                cache: KVCache | None = None, seq_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits ``(B, T, vocab)`` and the mean next-token loss when ``targets`` ``(B, T)`` are given
+        (``-1`` is ignored). With a ``cache``, ``idx`` holds only the new tokens and the cache is
+        extended in place. ``seq_len`` fixes the spectrum of length-dependent rotary methods (see
+        :class:`KVCache`); by default the encoding uses max(new positions) + 1, the HF rule."""
+        if idx.dim() != 2 or idx.dtype != torch.long:
+            raise ValueError(f"idx: expected (B, T) int64 token ids, got {tuple(idx.shape)} {idx.dtype}")
+        B, T = idx.shape
+        enc, past = self.pe, len(cache) if cache is not None else 0
+        embed_pos = token_state = None
+        if enc.uses_tokens:  # BiPE: (intra, segment) positions from the ids, resuming the cached state
+            if positions is not None:
+                raise ValueError(f"positions: {enc.kind} derives its positions from the token ids; pass none")
+            state = cache.token_state if cache is not None else None                 # (B, 2) or None
+            embed_pos, positions, token_state = enc.token_positions(idx, state)      # (B, T), (B, T), (B, 2)
+        elif positions is None:
+            positions = torch.arange(past, past + T, device=idx.device)              # (T,)
+        positions = check_positions(positions, "positions", T).to(idx.device)        # (T,) or (B, T)
+        k_pos = _cat_positions(cache.positions if cache is not None else None, positions)  # (past + T,) or (B, …)
+        rotary = enc.features(positions, seq_len) if enc.uses_rotate else None       # cos/sin, once
+        ctx = Context(enc, positions, k_pos, rotary, past)
+
+        x = self.tok_emb(idx)                                                        # (B, T, C)
+        if enc.uses_embed:
+            x = enc.embed(x, positions if embed_pos is None else embed_pos)
+        x = F.dropout(x, self.config.dropout, self.training)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, ctx, cache, layer)
+        logits = self.lm_head(self.norm(x))                                          # (B, T, vocab)
+        if cache is not None:
+            cache.positions, cache.token_state = k_pos, token_state
+
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None, seq_len: int | None = None) -> torch.Tensor:
+        """Sample ``max_new_tokens`` after ``idx`` ``(B, T)`` with a KV cache; ``temperature=0`` is greedy."""
+        cache = self.new_cache()
+        logits, _ = self(idx, cache=cache, seq_len=seq_len)                          # prefill
+        out = [idx]
+        for step in range(max_new_tokens):
+            last = logits[:, -1].float()                                             # (B, vocab)
+            if temperature == 0:
+                nxt = last.argmax(-1, keepdim=True)                                  # (B, 1)
+            else:
+                last = last / temperature
+                if top_k is not None:
+                    kth = last.topk(min(top_k, last.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
+                    last = last.masked_fill(last < kth, float("-inf"))
+                nxt = torch.multinomial(last.softmax(-1), 1, generator=generator)    # (B, 1)
+            out.append(nxt)
+            if step + 1 < max_new_tokens:
+                logits, _ = self(nxt, cache=cache, seq_len=seq_len)
+        return torch.cat(out, dim=1)                                                 # (B, T + new)
