@@ -37,7 +37,7 @@ import torch
 from .documents import Document
 from .tokenizer import ByteTokenizer, Tokenizer
 
-NONOVERLAP = "nonoverlap"
+NONOVERLAP = "nonoverlapping"
 SLIDING = "sliding"
 TRUNCATE = "truncate"
 PROTOCOLS = (NONOVERLAP, SLIDING, TRUNCATE)

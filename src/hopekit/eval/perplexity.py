@@ -1,0 +1,426 @@
+"""Perplexity vs evaluation length under the field's three protocols, with per-position loss curves.
+
+::
+
+    from hopekit.eval.perplexity import perplexity, ppl_records
+
+    res = perplexity(model, test_docs, eval_len=2048, protocol="nonoverlapping", max_tokens=65536)
+    res.nll, res.ppl, res.tokens, res.windows, res.documents
+    res.loss_by_position()            # (eval_len,) mean loss at each position inside the window
+    rows = ppl_records(res, method="rope", params={"kind": "rope"}, train_len=128, seed=0,
+                       model=model_descriptor(model), corpus="shakespeare/test")
+    append_records(run_dir / "records.jsonl", rows)
+
+**Windows.** A window is ``eval_len + 1`` consecutive tokens: the model is run on the first
+``eval_len`` (so the forward is exactly ``eval_len`` long — the length under test) and predicts the
+last ``eval_len``; the first token is context only. Position ``j`` of the per-position curve is the
+loss of predicting window token ``j + 1`` from the ``j + 1`` tokens before it. The windows come from
+:func:`hopekit.data.eval_windows`:
+
+* ``"nonoverlapping"`` (our default; the HoPE-hyperbolic paper's, ALiBi's "chunked"): windows at
+  offsets 0, L, 2L, …; every target in a window is scored, so every stream token after the first is
+  scored exactly once; a tail that does not fill a window is dropped.
+* ``"sliding"`` (PI / YaRN / LongRoPE), stride S ≤ L: windows every S tokens; the first window scores
+  all L targets, each later one only the S targets no earlier window scored; the last window is
+  moved back to end at the stream's end, so the tail is scored too. With S = L it scores exactly
+  what ``"nonoverlapping"`` scores, window for window, **plus** that final tail window (which
+  re-reads already-scored context and scores only the tail) — nonoverlapping drops the tail.
+* ``"truncate"`` (YaRN ``--truncate``, LongRoPE's search fitness, NoPE-2024): each document with at
+  least ``eval_len + 1`` tokens is cut to its first ``eval_len + 1`` and scored whole (one window per
+  document); shorter documents are skipped and counted in ``skipped_documents``. PPL =
+  exp(mean over documents of the per-document mean NLL). ``bos=<id>`` prepends a BOS token to each
+  document first (the LongRoPE / YaRN recipe), so the window is BOS + the first ``eval_len`` document
+  tokens and the first document token is scored too.
+
+The stream protocols score a token-weighted mean NLL (HF's guide, PI); YaRN's averaging of
+per-window means differs only through the partially scored first/last windows.
+
+``max_tokens`` bounds the work: windows are taken in order while fewer than ``max_tokens`` targets
+have been scored (the last window is kept whole, so up to ``max_tokens + eval_len − 1`` are scored);
+``budget_reached`` says whether windows were left. At every ``eval_len`` the scored text is the same
+prefix of the stream (nonoverlapping / sliding), so lengths are compared on the same tokens.
+
+**Memory is linear in length.** Nothing here is T×T: attention runs in the model (SDPA, or the
+``attn_chunk``-query-row blocks of the bias / scores paths). The batch shrinks automatically so that
+``batch · eval_len ≤ max_batch_tokens`` and ``batch · eval_len · vocab`` logits stay under
+:data:`MAX_LOGITS` elements (batch 1 for long windows), and the loss is taken from the logits in
+row chunks (no full-size float32 / log-softmax copy). Evaluation runs under ``torch.no_grad()`` —
+deliberately not ``inference_mode``: encodings cache derived tables, and inference tensors cached
+during a mid-training evaluation would break the next backward.
+
+**Learned absolute positions** cannot represent a position past their table: :func:`perplexity`
+refuses with :class:`LengthLimitError` before scoring anything (a probe of the encoding at the
+largest position). A length sweep records that as a skip with :func:`skipped_records` (value None,
+``skipped`` = the reason), so the report shows a gap instead of a crash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import data as data_lib
+from ..config import EvalConfig
+from .records import make_record
+
+__all__ = [
+    "PROTOCOLS", "PerplexityResult", "LengthLimitError", "perplexity", "canonical_protocol",
+    "bin_curve", "ppl_records", "skipped_records", "model_descriptor", "eval_kwargs", "MAX_LOGITS",
+]
+
+#: protocol names as records, ``EvalConfig.protocol`` and :mod:`hopekit.data` spell them
+PROTOCOLS = (data_lib.NONOVERLAP, data_lib.SLIDING, data_lib.TRUNCATE)
+
+#: upper bound on batch · eval_len · vocab logit elements per forward (2^27 fp32 = 512 MiB)
+MAX_LOGITS = 1 << 27
+#: logit elements per loss chunk (2^22 fp32 = 16 MiB)
+_LOSS_CHUNK = 1 << 22
+
+
+class LengthLimitError(ValueError):
+    """The model's positional encoding cannot represent positions up to ``eval_len`` (learned absolute)."""
+
+
+def canonical_protocol(protocol: str) -> str:
+    """``"nonoverlapping"``, ``"sliding"`` or ``"truncate"`` (checked)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol={protocol!r}: expected one of {PROTOCOLS}")
+    return protocol
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PerplexityResult:
+    """One perplexity measurement.
+
+    ``nll``/``ppl``: nan when nothing was scored (stream shorter than a window, or every document
+    shorter than ``eval_len + 1`` under truncate). ``tokens``: scored targets; ``windows``: forwards
+    of ``eval_len`` tokens; ``documents``: documents scored (truncate) or reached by the scored
+    targets (stream protocols; a bare 1-D stream counts as one); ``skipped_documents``: truncate's
+    too-short documents. ``loss_sum`` / ``loss_count`` ``(eval_len,)``: summed loss and number of
+    scored targets at each position inside the window.
+    """
+
+    protocol: str
+    eval_len: int
+    stride: int | None
+    nll: float
+    ppl: float
+    tokens: int
+    windows: int
+    documents: int
+    skipped_documents: int
+    loss_sum: torch.Tensor      # (eval_len,) float64
+    loss_count: torch.Tensor    # (eval_len,) int64
+    budget_reached: bool
+    batch_size: int             # windows per forward actually used
+    seconds: float
+
+    def loss_by_position(self) -> torch.Tensor:
+        """``(eval_len,)`` float64 mean loss at each position inside the window (nan where unscored)."""
+        return self.loss_sum / self.loss_count.double()
+
+    def binned(self, bins: int = 32) -> dict[str, list]:
+        """The per-position curve in ``bins`` equal-width bins (see :func:`bin_curve`)."""
+        return bin_curve(self.loss_sum, self.loss_count, bins)
+
+    def summary(self) -> dict[str, Any]:
+        """Scalar fields as a plain dict (no tensors)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("loss_sum", "loss_count")}
+
+
+def bin_curve(loss_sum: torch.Tensor, loss_count: torch.Tensor, bins: int = 32) -> dict[str, list]:
+    """Bin a per-position curve into ``min(bins, T)`` contiguous bins of (nearly) equal width.
+
+    Returns ``{"start": [first position of each bin], "end": [one past its last], "loss": [count-weighted
+    mean loss, None if the bin has no scored target], "count": [scored targets]}``.
+    """
+    if bins < 1:
+        raise ValueError(f"bins={bins}: must be >= 1")
+    T = loss_sum.numel()
+    n = min(bins, T)
+    edges = [(i * T) // n for i in range(n + 1)]
+    out: dict[str, list] = {"start": edges[:-1], "end": edges[1:], "loss": [], "count": []}
+    for a, b in zip(edges[:-1], edges[1:]):
+        c = int(loss_count[a:b].sum())
+        out["count"].append(c)
+        out["loss"].append(float(loss_sum[a:b].sum()) / c if c else None)
+    return out
+
+
+def _exp(nll: float) -> float:
+    if math.isnan(nll):
+        return nll
+    try:
+        return math.exp(nll)
+    except OverflowError:
+        return math.inf
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _check_positions_fit(model: nn.Module, eval_len: int, device: torch.device) -> None:
+    """Probe an input-level (absolute) encoding at the largest position; refuse if it cannot embed it."""
+    enc = getattr(model, "pe", None)
+    if enc is None or not getattr(enc, "uses_embed", False) or getattr(enc, "uses_tokens", False):
+        return
+    x = torch.zeros(1, 1, enc.d_model, device=device)
+    try:
+        enc.embed(x, torch.tensor([eval_len - 1], device=device))
+    except (ValueError, IndexError) as err:
+        raise LengthLimitError(f"eval_len={eval_len}: {err}") from err
+
+
+def _tagged_windows(protocol: str, tokens: torch.Tensor | Sequence[torch.Tensor], eval_len: int,
+                    stride: int | None, separator: int | None, per_document: bool,
+                    ) -> Iterator[tuple[int | None, data_lib.EvalWindow]]:
+    """Windows of hopekit.data, each tagged with its document index (None inside a joined stream)."""
+    if isinstance(tokens, torch.Tensor):
+        yield from ((0, w) for w in data_lib.eval_windows(protocol, tokens, eval_len, stride=stride))
+        return
+    if protocol == "truncate" or per_document:
+        for i, doc in enumerate(tokens):
+            for w in data_lib.eval_windows(protocol, [doc], eval_len, stride=stride, per_document=True):
+                yield i, w
+        return
+    for w in data_lib.eval_windows(protocol, list(tokens), eval_len, stride=stride, separator=separator):
+        yield None, w
+
+
+def _token_nll(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seq_len: int | None,
+               amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """``(B, T)`` float32 next-token NLL of targets ``y``; the loss is taken from the logits in row chunks."""
+    kwargs = {} if seq_len is None else {"seq_len": seq_len}
+    if amp_dtype is not None:
+        with torch.autocast(x.device.type, dtype=amp_dtype):
+            out = model(x, **kwargs)
+    else:
+        out = model(x, **kwargs)
+    logits = out[0] if isinstance(out, tuple) else out                      # (B, T, V)
+    B, T, V = logits.shape
+    rows = max(1, _LOSS_CHUNK // max(1, B * V))
+    nll = torch.empty(B, T, dtype=torch.float32, device=logits.device)
+    for s in range(0, T, rows):
+        e = min(s + rows, T)
+        chunk = logits[:, s:e].float()                                      # (B, e−s, V)
+        nll[:, s:e] = F.cross_entropy(chunk.reshape(-1, V), y[:, s:e].reshape(-1),
+                                      reduction="none").view(B, e - s)
+    return nll
+
+
+def perplexity(
+    model: nn.Module,
+    tokens: torch.Tensor | Sequence[torch.Tensor],
+    eval_len: int,
+    protocol: str = "nonoverlapping",
+    *,
+    stride: int | None = None,
+    max_tokens: int | None = EvalConfig.max_tokens,
+    batch_size: int = EvalConfig.batch_size,
+    max_batch_tokens: int = 16384,
+    seq_len: int | None = None,
+    device: torch.device | str | None = None,
+    separator: int | None = None,
+    per_document: bool = False,
+    bos: int | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> PerplexityResult:
+    """Mean next-token NLL / perplexity of ``model`` on ``tokens`` with windows of ``eval_len``.
+
+    ``tokens``: one 1-D int64 test stream, or a list of per-document 1-D tensors (joined with
+    ``separator`` — None: no separator — for the stream protocols unless ``per_document``, in which
+    case windows never cross a document boundary). ``protocol``: ``"nonoverlapping"``, ``"sliding"``
+    (needs ``stride`` in [1, eval_len]) or ``"truncate"`` (needs a document list; see the module
+    docstring). ``max_tokens``: stop taking windows once this many targets are scored (None: all).
+    ``batch_size`` windows per forward, reduced to keep ``batch · eval_len ≤ max_batch_tokens`` and
+    the logits under :data:`MAX_LOGITS`. ``seq_len`` fixes the spectrum of length-dependent rotary
+    methods (default: the model's rule, max position + 1 = ``eval_len``). ``bos``: a token id
+    prepended to each document. ``amp_dtype``: run the forward under autocast (e.g. bf16 on GPU).
+    The model is put in eval mode for the call and restored.
+    """
+    protocol = canonical_protocol(protocol)
+    if isinstance(eval_len, bool) or not isinstance(eval_len, int) or eval_len < 1:
+        raise ValueError(f"eval_len={eval_len!r}: expected an int >= 1")
+    if protocol == "sliding":
+        if stride is None or not 1 <= stride <= eval_len:
+            raise ValueError(f"stride={stride!r}: the sliding protocol needs 1 <= stride <= eval_len={eval_len}")
+    elif stride is not None:
+        raise ValueError(f"stride={stride!r}: only the sliding protocol takes a stride (protocol={protocol!r})")
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens={max_tokens!r}: expected None or an int >= 1")
+    if batch_size < 1 or max_batch_tokens < 1:
+        raise ValueError(f"batch_size={batch_size}, max_batch_tokens={max_batch_tokens}: must be >= 1")
+    if isinstance(tokens, torch.Tensor):
+        if tokens.dim() != 1:
+            raise ValueError(f"tokens: expected a 1-D stream or a list of 1-D documents, "
+                             f"got shape {tuple(tokens.shape)}")
+        if protocol == "truncate":
+            raise ValueError("protocol='truncate' scores each document's prefix: pass a list of documents, "
+                             "not one joined stream")
+        if bos is not None:
+            raise ValueError("bos= is prepended to each document: pass a list of documents")
+        docs_in: list[torch.Tensor] | torch.Tensor = tokens.long()
+    else:
+        docs_in = [torch.as_tensor(d).long().reshape(-1) for d in tokens]
+        if bos is not None:
+            docs_in = [torch.cat([torch.tensor([bos], dtype=torch.long), d]) for d in docs_in]
+
+    device = torch.device(device) if device is not None else _model_device(model)
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    batch = min(batch_size, max(1, max_batch_tokens // eval_len))
+    if vocab:
+        batch = min(batch, max(1, MAX_LOGITS // (eval_len * vocab)))
+    _check_positions_fit(model, eval_len, device)
+
+    loss_sum = torch.zeros(eval_len, dtype=torch.float64, device=device)
+    loss_count = torch.zeros(eval_len, dtype=torch.int64, device=device)
+    doc_mean_sum = 0.0                      # truncate: sum over documents of per-document mean NLL
+    windows = scored = 0
+    docs_seen: set[int] = set()
+    budget_reached = False
+    stopped_at: int | None = None           # document index of the first window left unscored
+    t0 = time.perf_counter()
+
+    def run(buf: list[tuple[int | None, data_lib.EvalWindow]]) -> None:
+        nonlocal doc_mean_sum
+        x = torch.stack([w.input_ids for _, w in buf]).to(device)           # (B, T)
+        y = torch.stack([w.target_ids for _, w in buf]).to(device)          # (B, T)
+        m = torch.stack([w.loss_mask for _, w in buf]).to(device)           # (B, T) bool
+        nll = torch.where(m, _token_nll(model, x, y, seq_len, amp_dtype).double(), 0.0)  # (B, T), 0 unscored
+        loss_sum.add_(nll.sum(0))
+        loss_count.add_(m.sum(0))
+        if protocol == "truncate":
+            doc_mean_sum += float((nll.sum(1) / m.sum(1).clamp_min(1)).sum())
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            buf: list[tuple[int | None, data_lib.EvalWindow]] = []
+            for tag, w in _tagged_windows(protocol, docs_in, eval_len, stride, separator, per_document):
+                if max_tokens is not None and scored >= max_tokens:
+                    budget_reached, stopped_at = True, tag
+                    break
+                buf.append((tag, w))
+                windows += 1
+                scored += int(w.loss_mask.sum())
+                if tag is not None:
+                    docs_seen.add(tag)
+                if len(buf) == batch:
+                    run(buf)
+                    buf = []
+            if buf:
+                run(buf)
+    finally:
+        model.train(was_training)
+
+    skipped = 0
+    if protocol == "truncate":
+        documents = len(docs_seen)
+        examined = docs_in if stopped_at is None else docs_in[:stopped_at]  # before the budget stopped us
+        skipped = sum(1 for d in examined if d.numel() < eval_len + 1)
+        nll_mean = doc_mean_sum / documents if documents else math.nan
+    else:
+        documents = len(docs_seen) if (isinstance(docs_in, torch.Tensor) or per_document) else \
+            _documents_reached(docs_in, separator, scored)
+        total = float(loss_sum.sum())
+        nll_mean = total / scored if scored else math.nan
+    return PerplexityResult(
+        protocol=protocol, eval_len=eval_len, stride=stride, nll=nll_mean, ppl=_exp(nll_mean),
+        tokens=scored, windows=windows, documents=documents, skipped_documents=skipped,
+        loss_sum=loss_sum.cpu(), loss_count=loss_count.cpu(), budget_reached=budget_reached,
+        batch_size=batch, seconds=time.perf_counter() - t0)
+
+
+def _documents_reached(docs: Sequence[torch.Tensor], separator: int | None, scored: int) -> int:
+    """Documents of a joined stream that the scored targets reach: both stream protocols score a
+    contiguous prefix of targets (stream positions 1 … scored), i.e. the first ``scored + 1`` tokens."""
+    if not scored:
+        return 0
+    end, start, n = scored + 1, 0, 0
+    for d in docs:
+        if start >= end:
+            break
+        if d.numel():
+            n += 1
+        start += d.numel() + (separator is not None)
+    return n
+
+
+# --------------------------------------------------------------------------------------------------
+# Records
+# --------------------------------------------------------------------------------------------------
+
+
+def model_descriptor(model: nn.Module) -> str:
+    """A short model descriptor for records, e.g. ``"decoder-d256-l4-h4-kv4-v257-2.1M"``."""
+    cfg = getattr(model, "config", None)
+    n = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    size = f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
+    if cfg is None or not hasattr(cfg, "d_model"):
+        return f"{type(model).__name__.lower()}-{size}"
+    return (f"{type(model).__name__.lower()}-d{cfg.d_model}-l{cfg.n_layers}-h{cfg.n_heads}"
+            f"-kv{cfg.n_kv_heads}-v{cfg.vocab_size}-{size}")
+
+
+def _jsonable(params: Any) -> Any:
+    return json.loads(json.dumps(dict(params) if isinstance(params, Mapping) else params, default=list))
+
+
+def ppl_records(result: PerplexityResult, *, method: str, params: Mapping[str, Any], train_len: int,
+                seed: int, model: str, corpus: str, bins: int = 32, task: str = "lm",
+                **extra: Any) -> list[dict[str, Any]]:
+    """Record rows (``make_record``) for one result: metrics ``"ppl"``, ``"nll"`` and
+    ``"loss_by_position"`` (value: the curve binned into ``bins`` bins, with ``bin_start`` / ``bin_end``
+    / ``bin_count`` alongside).
+
+    ``method``: the method name as reports show it (``"rope+yarn"`` for an eval-time extension of a
+    rope model); ``params``: the pe config used at evaluation; ``model``: a short descriptor
+    (:func:`model_descriptor`). Every row also carries ``protocol``, ``stride``, ``tokens``,
+    ``windows``, ``documents``, ``skipped_documents``, ``budget_reached`` and ``multiple``
+    (eval_len / train_len); ``extra`` fields (tokenizer, dtype, backend, ...) are added to every row.
+    """
+    common = dict(method=method, params=_jsonable(params), train_len=int(train_len), eval_len=result.eval_len,
+                  task=task, seed=seed, model=model, corpus=corpus, protocol=result.protocol,
+                  stride=result.stride, tokens=result.tokens, windows=result.windows,
+                  documents=result.documents, skipped_documents=result.skipped_documents,
+                  budget_reached=result.budget_reached, multiple=result.eval_len / train_len, **extra)
+    binned = result.binned(bins)
+    return [
+        make_record(metric="ppl", value=result.ppl, **common),
+        make_record(metric="nll", value=result.nll, **common),
+        make_record(metric="loss_by_position", value=binned["loss"], bin_start=binned["start"],
+                    bin_end=binned["end"], bin_count=binned["count"], **common),
+    ]
+
+
+def skipped_records(*, method: str, params: Mapping[str, Any], train_len: int, eval_len: int, protocol: str,
+                    seed: int, model: str, corpus: str, reason: str, task: str = "lm",
+                    **extra: Any) -> list[dict[str, Any]]:
+    """``"ppl"`` and ``"nll"`` rows with value None and ``skipped=reason`` (e.g. a
+    :class:`LengthLimitError` for learned absolute positions past their table)."""
+    common = dict(method=method, params=_jsonable(params), train_len=int(train_len), eval_len=int(eval_len),
+                  task=task, seed=seed, model=model, corpus=corpus, protocol=canonical_protocol(protocol),
+                  skipped=reason, multiple=eval_len / train_len, **extra)
+    return [make_record(metric=m, value=None, **common) for m in ("ppl", "nll")]
+
+
+def eval_kwargs(cfg: EvalConfig, train_len: int, eval_len: int) -> dict[str, Any]:
+    """:func:`perplexity` keyword arguments from an :class:`EvalConfig` at one ``eval_len``: protocol,
+    max_tokens, batch_size and, for sliding, ``stride`` (``cfg.stride``; 0 means ``train_len``; capped
+    at ``eval_len``)."""
+    out: dict[str, Any] = {"protocol": cfg.protocol, "max_tokens": cfg.max_tokens, "batch_size": cfg.batch_size}
+    if cfg.protocol == "sliding":
+        out["stride"] = min(cfg.stride or train_len, eval_len)
+    return out

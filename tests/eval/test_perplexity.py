@@ -1,0 +1,320 @@
+"""Perplexity protocols against naive per-window loops, per-position curves, eval-time extensions,
+records, and the 16× length sweep for every method family."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hopekit.eval.extensions import extension_configs, extension_name, with_pe
+from hopekit.eval.perplexity import (LengthLimitError, bin_curve, eval_kwargs, model_descriptor, perplexity,
+                                     ppl_records, skipped_records)
+from hopekit.eval.records import REQUIRED_FIELDS, append_records, read_records
+from hopekit.config import EvalConfig
+from hopekit.model import Decoder, ModelConfig
+
+VOCAB = 24
+TRAIN_LEN = 16
+
+
+def make(kind: str = "rope", **pe_params) -> Decoder:
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=2, attn_chunk=48,
+                      pe={"kind": kind, **pe_params})
+    return Decoder(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def rope_model() -> Decoder:
+    return make("rope")
+
+
+def stream(n: int, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, VOCAB, (n,), generator=g)
+
+
+@torch.no_grad()
+def window_nll(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Plain forward of one window: per-target NLL (T,) in float64."""
+    logits, _ = model(x[None])
+    return F.cross_entropy(logits[0].double(), y, reduction="none")
+
+
+# ----- naive references ---------------------------------------------------------------------------
+
+
+def naive_nonoverlapping(model, s: torch.Tensor, L: int):
+    per_pos, total, count = torch.zeros(L, dtype=torch.float64), 0.0, 0
+    for b in range(0, s.numel() - L, L):
+        nll = window_nll(model, s[b:b + L], s[b + 1:b + L + 1])
+        per_pos += nll
+        total, count = total + float(nll.sum()), count + L
+    return total / count, count, per_pos
+
+
+def naive_sliding(model, s: torch.Tensor, L: int, S: int):
+    """Windows every S tokens (last one moved back to the end); each target scored by the first window
+    that contains it, i.e. targets already scored are skipped."""
+    n = s.numel()
+    starts = list(range(0, n - L, S))
+    if starts[-1] != n - 1 - L:
+        starts.append(n - 1 - L)
+    scored: dict[int, float] = {}
+    per_pos_count = torch.zeros(L, dtype=torch.int64)
+    for b in starts:
+        nll = window_nll(model, s[b:b + L], s[b + 1:b + L + 1])
+        for j in range(L):
+            if b + 1 + j not in scored:                   # stream index of the target
+                scored[b + 1 + j] = float(nll[j])
+                per_pos_count[j] += 1
+    return sum(scored.values()) / len(scored), len(scored), len(starts), sorted(scored), per_pos_count
+
+
+def naive_truncate(model, docs, L: int):
+    means = [float(window_nll(model, d[:L], d[1:L + 1]).mean()) for d in docs if d.numel() >= L + 1]
+    return sum(means) / len(means), len(means)
+
+
+# ----- protocols ----------------------------------------------------------------------------------
+
+
+def test_nonoverlapping_matches_naive_loop(rope_model):
+    L, s = 20, stream(213)                                   # 10 full windows + a dropped tail
+    res = perplexity(rope_model, s, L, "nonoverlapping", max_tokens=None, batch_size=3)
+    nll, count, per_pos = naive_nonoverlapping(rope_model, s, L)
+    assert (res.tokens, res.windows, res.documents) == (count, 10, 1) == (200, 10, 1)
+    assert res.nll == pytest.approx(nll, rel=1e-6) and res.ppl == pytest.approx(math.exp(nll), rel=1e-6)
+    assert torch.equal(res.loss_count, torch.full((L,), 10))
+    torch.testing.assert_close(res.loss_sum, per_pos, rtol=1e-5, atol=1e-6)
+    assert not res.budget_reached and res.protocol == "nonoverlapping"
+
+
+@pytest.mark.parametrize("S", [3, 7, 20])
+def test_sliding_matches_naive_loop(rope_model, S):
+    L, s = 20, stream(77)
+    res = perplexity(rope_model, s, L, "sliding", stride=S, max_tokens=None, batch_size=4)
+    nll, count, windows, targets, per_pos_count = naive_sliding(rope_model, s, L, S)
+    assert targets == list(range(1, s.numel()))               # every target after the first, once
+    assert (res.tokens, res.windows) == (count, windows) == (s.numel() - 1, windows)
+    assert res.nll == pytest.approx(nll, rel=1e-6)
+    assert torch.equal(res.loss_count, per_pos_count)
+    assert int(res.loss_count[-1]) == windows                 # the last position is scored in every window
+    if S < L:
+        assert int(res.loss_count[0]) == 1                    # position 0: only in the first window
+
+
+def test_truncate_matches_naive_loop_and_counts_short_documents(rope_model):
+    L = 24
+    docs = [stream(n, seed=i) for i, n in enumerate([60, 10, 25, 24, 100, 3])]  # 24 < L + 1: too short
+    res = perplexity(rope_model, docs, L, "truncate", max_tokens=None, batch_size=2)
+    nll, n_docs = naive_truncate(rope_model, docs, L)
+    assert (res.documents, res.skipped_documents, res.windows, res.tokens) == (n_docs, 3, 3, 3 * L) == (3, 3, 3, 72)
+    assert res.nll == pytest.approx(nll, rel=1e-6)
+    # PPL is exp of the mean of per-document means (equal-length documents: also the token mean)
+    assert res.nll == pytest.approx(float(res.loss_sum.sum()) / res.tokens, rel=1e-9)
+
+
+def test_truncate_bos_prepends_and_scores_the_first_document_token(rope_model):
+    L, bos = 12, VOCAB - 1
+    docs = [stream(30, seed=3), stream(12, seed=4)]             # with BOS the 12-token one just fits
+    res = perplexity(rope_model, docs, L, "truncate", bos=bos, max_tokens=None)
+    ref, n = naive_truncate(rope_model, [torch.cat([torch.tensor([bos]), d]) for d in docs], L)
+    assert (res.documents, res.skipped_documents) == (n, 0) == (2, 0)
+    assert res.nll == pytest.approx(ref, rel=1e-6)
+
+
+def test_truncate_with_no_long_document_is_nan_not_an_error(rope_model):
+    res = perplexity(rope_model, [stream(10), stream(5)], 32, "truncate")
+    assert res.tokens == res.documents == 0 and res.skipped_documents == 2 and math.isnan(res.ppl)
+
+
+def test_sliding_with_stride_eval_len_equals_nonoverlapping(rope_model):
+    """Window for window the same forwards and the same scored targets; the only difference is that
+    sliding adds one final window (moved back to the stream's end) scoring the tail nonoverlapping drops."""
+    L = 16
+    exact = stream(5 * L + 1)                                   # no tail
+    a = perplexity(rope_model, exact, L, "nonoverlapping", max_tokens=None)
+    b = perplexity(rope_model, exact, L, "sliding", stride=L, max_tokens=None)
+    assert (a.tokens, a.windows) == (b.tokens, b.windows) == (5 * L, 5)
+    assert a.nll == pytest.approx(b.nll, rel=1e-12)
+    torch.testing.assert_close(a.loss_sum, b.loss_sum)
+    tail = stream(5 * L + 1 + 7)                                # 7 more targets
+    a = perplexity(rope_model, tail, L, "nonoverlapping", max_tokens=None)
+    b = perplexity(rope_model, tail, L, "sliding", stride=L, max_tokens=None)
+    assert (b.windows, b.tokens) == (a.windows + 1, a.tokens + 7)
+    assert torch.equal(b.loss_count - a.loss_count, torch.tensor([0] * (L - 7) + [1] * 7))
+
+
+def test_per_position_curve_averages_to_the_mean_nll_when_windows_are_full(rope_model):
+    res = perplexity(rope_model, stream(300), 24, "nonoverlapping", max_tokens=None)
+    assert res.loss_by_position().shape == (24,)
+    assert float(res.loss_by_position().mean()) == pytest.approx(res.nll, rel=1e-9)
+    binned = res.binned(8)
+    assert binned["start"] == [0, 3, 6, 9, 12, 15, 18, 21] and binned["end"][-1] == 24
+    assert sum(binned["loss"]) / 8 == pytest.approx(res.nll, rel=1e-9)    # equal-width bins, equal counts
+
+
+def test_bin_curve_weights_by_count_and_handles_empty_bins():
+    out = bin_curve(torch.tensor([2.0, 4.0, 0.0, 9.0, 0.0]), torch.tensor([1, 1, 0, 3, 0]), bins=32)
+    assert out["start"] == [0, 1, 2, 3, 4] and out["loss"] == [2.0, 4.0, None, 3.0, None]
+    out = bin_curve(torch.tensor([2.0, 4.0, 0.0, 9.0]), torch.tensor([1, 1, 0, 3]), bins=2)
+    assert out["loss"] == [3.0, 3.0] and out["count"] == [2, 3]
+
+
+def test_budget_batching_and_documents(rope_model):
+    s = stream(400)
+    res = perplexity(rope_model, s, 32, "nonoverlapping", max_tokens=100)
+    assert (res.windows, res.tokens, res.budget_reached) == (4, 128, True)   # the crossing window kept whole
+    one = perplexity(rope_model, s, 32, "nonoverlapping", max_tokens=None, batch_size=1)
+    many = perplexity(rope_model, s, 32, "nonoverlapping", max_tokens=None, batch_size=5)
+    capped = perplexity(rope_model, s, 32, "nonoverlapping", max_tokens=None, batch_size=5, max_batch_tokens=64)
+    assert (one.batch_size, many.batch_size, capped.batch_size) == (1, 5, 2)
+    assert many.nll == pytest.approx(one.nll, rel=1e-6) and capped.nll == pytest.approx(one.nll, rel=1e-6)
+    docs = [stream(50, seed=i) for i in range(6)]               # joined: 6 × 51 tokens with separators
+    res = perplexity(rope_model, docs, 32, "nonoverlapping", separator=0, max_tokens=64)
+    assert (res.tokens, res.documents) == (64, 2)               # targets 1…64 reach documents 0 and 1
+    res = perplexity(rope_model, docs, 32, "nonoverlapping", per_document=True, max_tokens=None)
+    assert (res.windows, res.documents) == (6, 6)               # one window per 50-token document
+
+
+def test_argument_errors_and_training_flag_restored(rope_model):
+    s = stream(100)
+    with pytest.raises(ValueError, match="stride"):
+        perplexity(rope_model, s, 16, "sliding")
+    with pytest.raises(ValueError, match="stride"):
+        perplexity(rope_model, s, 16, "nonoverlapping", stride=4)
+    with pytest.raises(ValueError, match="list of documents"):
+        perplexity(rope_model, s, 16, "truncate")
+    with pytest.raises(ValueError, match="protocol"):
+        perplexity(rope_model, s, 16, "chunked")
+    rope_model.train()
+    try:
+        perplexity(rope_model, s, 16)
+        assert rope_model.training
+    finally:
+        rope_model.eval()
+    assert eval_kwargs(EvalConfig(protocol="sliding"), 16, 64) == \
+        {"protocol": "sliding", "max_tokens": 65536, "batch_size": 4, "stride": 16}
+
+
+# ----- eval-time extension ------------------------------------------------------------------------
+
+
+def test_with_pe_shares_weights_and_leaves_the_model_alone(rope_model):
+    swapped = with_pe(rope_model, {"kind": "yarn", "factor": 4.0, "train_len": TRAIN_LEN})
+    assert swapped is not rope_model and swapped.config.pe["kind"] == "yarn"
+    assert rope_model.config.pe == {"kind": "rope"} and rope_model.pe.kind == "rope" and swapped.pe.kind == "yarn"
+    pairs = list(zip(swapped.named_parameters(), rope_model.named_parameters()))
+    assert len(pairs) == len(list(rope_model.parameters())) > 0
+    assert all(n1 == n2 and p1 is p2 for (n1, p1), (n2, p2) in pairs)           # the same objects: no copy
+    assert swapped.lm_head.weight is rope_model.tok_emb.weight                    # tying kept
+    x = stream(40)[None]
+    assert not torch.equal(swapped(x)[0], rope_model(x)[0])
+
+
+@pytest.mark.parametrize("cfg", [
+    {"kind": "linear", "factor": 1.0},
+    {"kind": "ntk", "factor": 1.0},
+    {"kind": "yarn", "factor": 1.0, "train_len": TRAIN_LEN},
+    {"kind": "dynamic_ntk", "factor": 4.0, "train_len": 64},    # below train_len: RoPE
+])
+def test_extension_at_factor_one_gives_exactly_the_rope_logits(rope_model, cfg):
+    x = stream(48)[None]
+    assert torch.equal(with_pe(rope_model, cfg)(x)[0], rope_model(x)[0])
+
+
+def test_extension_configs():
+    cfgs = extension_configs({"kind": "rope", "base": 500.0}, TRAIN_LEN, 16 * TRAIN_LEN,
+                             ("rope", "linear", "ntk", "dynamic_ntk", "yarn"))
+    assert cfgs == {
+        "rope": {"kind": "rope", "base": 500.0},
+        "linear": {"kind": "linear", "base": 500.0, "factor": 16.0},
+        "ntk": {"kind": "ntk", "base": 500.0, "factor": 16.0},
+        "dynamic_ntk": {"kind": "dynamic_ntk", "base": 500.0, "factor": 16.0, "train_len": TRAIN_LEN},
+        "yarn": {"kind": "yarn", "base": 500.0, "factor": 16.0, "train_len": TRAIN_LEN},
+    }
+    assert set(map(str, extension_configs({"kind": "rope"}, TRAIN_LEN, TRAIN_LEN).values())) == {"{'kind': 'rope'}"}
+    lr = {"short_rescale": [1.0] * 8, "long_rescale": [2.0] * 8}
+    assert extension_configs({"kind": "rope"}, 16, 8, ["longrope"], longrope=lr)["longrope"]["factor"] == 1.0
+    assert extension_name("yarn") == "rope+yarn" and extension_name("rope") == "rope"
+    with pytest.raises(ValueError, match="searched factors"):
+        extension_configs({"kind": "rope"}, 16, 64, ["longrope"])
+    with pytest.raises(ValueError, match="rope"):
+        extension_configs({"kind": "alibi"}, 16, 64, ["linear"])
+    with pytest.raises(ValueError, match="unknown extension"):
+        extension_configs({"kind": "rope"}, 16, 64, ["pi"])
+
+
+def test_with_pe_refuses_learnable_encodings():
+    with pytest.raises(ValueError, match="learnable"):
+        with_pe(make("learned", max_len=64), {"kind": "rope"})
+    with pytest.raises(ValueError, match="learnable"):
+        with_pe(make("hope_hyperbolic", learnable=True), {"kind": "rope"})
+    with pytest.raises(ValueError, match="learnable"):
+        with_pe(make("rope"), {"kind": "learned", "max_len": 64})
+
+
+# ----- 16× train_len for every method family ------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind,params", [
+    ("rope", {}), ("alibi", {}), ("hope_hyperbolic", {"omega_scale": 0.05, "penalty": 0.06}),
+    ("sinusoidal", {}), ("nope", {}),
+])
+def test_eval_at_16x_train_len_runs_for_every_family(kind, params):
+    model = make(kind, **params)
+    L = 16 * TRAIN_LEN
+    for protocol, kw in (("nonoverlapping", {}), ("sliding", {"stride": 4 * TRAIN_LEN})):
+        res = perplexity(model, stream(2 * L + 1), L, protocol, max_tokens=None, **kw)
+        assert res.tokens == 2 * L and math.isfinite(res.nll) and torch.isfinite(res.loss_by_position()).all()
+
+
+def test_rope_extensions_at_16x(rope_model):
+    L = 16 * TRAIN_LEN
+    lr = {"short_rescale": [1.0] * 8, "long_rescale": [1.0 + i for i in range(8)]}
+    cfgs = extension_configs(rope_model.config.pe, TRAIN_LEN, L,
+                             ("rope", "linear", "ntk", "dynamic_ntk", "yarn", "longrope"), longrope=lr)
+    s = stream(L + 1)
+    nlls = {name: perplexity(with_pe(rope_model, cfg), s, L).nll for name, cfg in cfgs.items()}
+    assert all(math.isfinite(v) for v in nlls.values())
+    assert len({round(v, 12) for v in nlls.values()}) == len(nlls)   # each swap really changes the model
+
+
+def test_learned_absolute_refuses_beyond_its_table_and_is_recorded_as_a_skip(tmp_path):
+    model = make("learned", max_len=TRAIN_LEN)
+    assert math.isfinite(perplexity(model, stream(100), TRAIN_LEN).nll)
+    with pytest.raises(LengthLimitError, match="max_len=16"):
+        perplexity(model, stream(1000), 16 * TRAIN_LEN)
+    rows = skipped_records(method="learned", params=model.config.pe, train_len=TRAIN_LEN, eval_len=16 * TRAIN_LEN,
+                           protocol="nonoverlapping", seed=0, model=model_descriptor(model), corpus="toy",
+                           reason="beyond the learned table")
+    assert [r["metric"] for r in rows] == ["ppl", "nll"] and all(r["value"] is None for r in rows)
+    append_records(tmp_path / "r.jsonl", rows)
+    assert read_records(tmp_path / "r.jsonl")[0]["skipped"] == "beyond the learned table"
+
+
+# ----- records ------------------------------------------------------------------------------------
+
+
+def test_ppl_records(rope_model, tmp_path):
+    res = perplexity(rope_model, stream(500), 64, "sliding", stride=16, max_tokens=None)
+    cfg = {"kind": "yarn", "factor": 4.0, "train_len": TRAIN_LEN}
+    rows = ppl_records(res, method="rope+yarn", params=cfg, train_len=TRAIN_LEN, seed=3,
+                       model=model_descriptor(rope_model), corpus="toy", tokenizer="byte")
+    assert [r["metric"] for r in rows] == ["ppl", "nll", "loss_by_position"]
+    for r in rows:
+        assert all(f in r for f in REQUIRED_FIELDS)
+        assert (r["task"], r["protocol"], r["stride"], r["tokens"], r["eval_len"], r["multiple"]) == \
+            ("lm", "sliding", 16, 499, 64, 4.0)
+        assert r["params"] == cfg and r["tokenizer"] == "byte" and r["seed"] == 3
+    assert rows[0]["value"] == pytest.approx(res.ppl) and rows[1]["value"] == pytest.approx(res.nll)
+    assert len(rows[2]["value"]) == 32 and rows[2]["bin_start"][:3] == [0, 2, 4]
+    append_records(tmp_path / "r.jsonl", rows)
+    back = read_records(tmp_path / "r.jsonl")
+    assert back == json.loads(json.dumps(rows))
+    assert model_descriptor(rope_model).startswith("decoder-d32-l2-h2-kv2-v24-")
