@@ -1,0 +1,74 @@
+"""`hopekit bench --preset smoke` end to end: records, report, plot, resumability, config guard."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hopekit.bench import load_bench, run_bench
+from hopekit.cli import main
+from hopekit.eval import REQUIRED_FIELDS, read_records
+
+SIX = ["rope", "hope_highfreq", "hope_hyperbolic", "alibi", "sinusoidal", "nope"]
+EXTENSIONS = ["rope+linear", "rope+ntk", "rope+dynamic_ntk", "rope+yarn"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("bench") / "smoke"
+    assert main(["bench", "--preset", "smoke", "--run-dir", str(run_dir), "--no-progress"]) == 0
+    return run_dir
+
+
+def test_smoke_bench_writes_records_report_and_plot(smoke_run):
+    records = read_records(smoke_run / "records.jsonl")
+    ppl = [r for r in records if r["metric"] == "ppl"]
+    methods = {r["method"] for r in ppl}
+    assert methods == set(SIX) | set(EXTENSIONS)
+    for r in ppl:
+        assert all(f in r for f in REQUIRED_FIELDS)
+        assert r["protocol"] == "nonoverlapping" and r["value"] > 1
+        if "+" not in r["method"]:   # trained methods: the record's resolved config is the one trained
+            assert r["config"]["pe"] == r["params"]
+    lengths = {m: sorted(r["eval_len"] for r in ppl if r["method"] == m) for m in methods}
+    assert all(lengths[m] == [32, 64, 128] for m in SIX)
+    assert all(lengths[m] == [64, 128] for m in EXTENSIONS)
+    report = (smoke_run / "report.md").read_text()
+    assert all(f"`{m}`" in report for m in SIX + EXTENSIONS)
+    png = (smoke_run / "ppl_vs_length.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_rerun_resumes_without_retraining_or_remeasuring(smoke_run):
+    before = (smoke_run / "records.jsonl").read_text()
+    mtimes = {p: p.stat().st_mtime_ns for p in (smoke_run / "checkpoints").rglob("*.pt")}
+    run_bench("smoke", run_dir=smoke_run, progress=False, log=lambda _: None)
+    assert (smoke_run / "records.jsonl").read_text() == before
+    assert {p: p.stat().st_mtime_ns for p in (smoke_run / "checkpoints").rglob("*.pt")} == mtimes
+
+
+def test_report_regenerates_from_records_alone(smoke_run, tmp_path):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "records.jsonl").write_text((smoke_run / "records.jsonl").read_text())
+    assert main(["report", str(copy)]) == 0
+    assert (copy / "report.md").read_text().split("\n", 1)[1] == (smoke_run / "report.md").read_text().split("\n", 1)[1]
+    assert (copy / "ppl_vs_length.png").exists()
+
+
+def test_run_dir_with_another_config_is_refused(smoke_run):
+    with pytest.raises(ValueError, match="different config"):
+        run_bench("smoke", run_dir=smoke_run, overrides=["train.steps=7"], progress=False, log=lambda _: None)
+
+
+def test_bench_config_validation_names_the_problem():
+    with pytest.raises(ValueError, match="preset"):
+        load_bench("nonexistent")
+    with pytest.raises(ValueError, match="methods"):
+        load_bench("smoke", methods=["rope", "xpos"])
+    with pytest.raises(ValueError, match="factor"):
+        load_bench("smoke", overrides=["methods.rope={kind: linear, factor: 0.5}"])
+    b = load_bench("smoke", overrides=["train.steps=3"])
+    assert b.experiment.train.steps == 3 and b.methods["hope_highfreq"]["train_len"] == 32
+    json.dumps(b.resolved())
