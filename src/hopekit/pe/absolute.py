@@ -14,7 +14,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from .base import Params, PositionalEncoding, check_int, check_positions, check_real
+from .base import Params, PositionalEncoding, check_embed_input, check_int, check_positions, check_real
 from .rotary import angles
 
 __all__ = ["SinusoidalParams", "Sinusoidal", "LearnedParams", "Learned"]
@@ -27,7 +27,7 @@ class SinusoidalParams(Params):
 
     def __post_init__(self) -> None:
         check_real(self, "base", low=1.0, low_open=True)
-        check_real(self, "scale", low=0.0, low_open=True)
+        check_real(self, "scale", low=0.0, low_open=True, high=1e4)
 
 
 class Sinusoidal(PositionalEncoding):
@@ -46,7 +46,8 @@ class Sinusoidal(PositionalEncoding):
         return (self.params.scale * pe.flatten(-2)).float()
 
     def embed(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        positions = check_positions(positions, "positions", x.shape[-2]).to(x.device)
+        check_embed_input(self, x)
+        positions = check_positions(positions, "positions", x.shape[-2], batch=x.shape[0] if x.dim() == 3 else None).to(x.device)
         return x + self.table(positions).to(x.dtype)
 
 
@@ -57,7 +58,7 @@ class LearnedParams(Params):
 
     def __post_init__(self) -> None:
         check_int(self, "max_len", low=1)
-        check_real(self, "init_std", low=0.0)
+        check_real(self, "init_std", low=0.0, high=1e3)
 
 
 class Learned(PositionalEncoding):
@@ -73,10 +74,12 @@ class Learned(PositionalEncoding):
         nn.init.normal_(self.weight, std=self.params.init_std)
 
     def embed(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        positions = check_positions(positions, "positions", x.shape[-2]).to(x.device)
+        check_embed_input(self, x)
+        positions = check_positions(positions, "positions", x.shape[-2], batch=x.shape[0] if x.dim() == 3 else None).to(x.device)
         if positions.numel() and (int(positions.max()) >= self.params.max_len or int(positions.min()) < 0):
+            bad = int(positions.min()) if int(positions.min()) < 0 else int(positions.max())
             raise ValueError(
-                f"learned: position {int(positions.max())} is outside the learned table "
+                f"learned: position {bad} is outside the learned table "
                 f"(LearnedParams.max_len={self.params.max_len}); learned absolute encodings cannot "
                 f"extrapolate — train with a larger max_len or pick a relative method")
         return x + self.weight[positions].to(x.dtype)

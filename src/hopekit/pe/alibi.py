@@ -56,7 +56,10 @@ class ALiBi(PositionalEncoding):
 
     def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """``(H, Tq, Tk)`` for 1-D positions, ``(B, H, Tq, Tk)`` for batched ones; float32."""
-        q_pos, k_pos = check_positions(q_pos, "q_pos"), check_positions(k_pos, "k_pos")
+        q_pos = check_positions(q_pos, "q_pos")
+        k_pos = check_positions(k_pos, "k_pos", batch=q_pos.shape[0] if q_pos.dim() == 2 else None)
+        if q_pos.dim() == 2 and k_pos.dim() == 2 and k_pos.shape[0] != q_pos.shape[0] and 1 not in (q_pos.shape[0], k_pos.shape[0]):
+            raise ValueError(f"q_pos, k_pos: batch sizes differ: {tuple(q_pos.shape)} vs {tuple(k_pos.shape)}")
         dist = (q_pos[..., :, None] - k_pos[..., None, :]).abs().float()   # (..., Tq, Tk), exact integers
         slopes = self.slopes(dist.device)
         if dist.dim() == 3:

@@ -60,7 +60,10 @@ def check_real(obj: Any, name: str, *, low: float | None = None, high: float | N
     value = getattr(obj, name)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{_where(obj, name)}={value!r}: expected a real number, got {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ValueError(f"{_where(obj, name)}={value!r}: too large for a float") from None
     if math.isnan(value) or (math.isinf(value) and not allow_inf):
         raise ValueError(f"{_where(obj, name)}={value!r}: must be finite")
     if low is not None and (value <= low if low_open else value < low):
@@ -72,12 +75,18 @@ def check_real(obj: Any, name: str, *, low: float | None = None, high: float | N
     return value
 
 
-def check_int(obj: Any, name: str, *, low: int | None = None) -> int:
+#: the largest length/position hopekit accepts anywhere (2^40 ≈ 10^12 tokens; exact in float64)
+MAX_LENGTH = 2 ** 40
+
+
+def check_int(obj: Any, name: str, *, low: int | None = None, high: int | None = MAX_LENGTH) -> int:
     value = getattr(obj, name)
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{_where(obj, name)}={value!r}: expected an int, got {type(value).__name__}")
     if low is not None and value < low:
         raise ValueError(f"{_where(obj, name)}={value!r}: must be >= {low}")
+    if high is not None and value > high:
+        raise ValueError(f"{_where(obj, name)}={value!r}: must be <= {high}")
     return value
 
 
@@ -116,17 +125,21 @@ class Params:
         return out
 
 
-def check_dims(head_dim: Any, num_heads: Any) -> tuple[int, int]:
-    for name, v in (("head_dim", head_dim), ("num_heads", num_heads)):
+def check_dims(head_dim: Any, num_heads: Any, d_model: Any = None) -> tuple[int, int]:
+    dims = (("head_dim", head_dim), ("num_heads", num_heads)) + ((("d_model", d_model),) if d_model is not None else ())
+    for name, v in dims:
         if isinstance(v, bool) or not isinstance(v, int):
             raise TypeError(f"{name}={v!r}: expected an int, got {type(v).__name__}")
-        if v < 1:
-            raise ValueError(f"{name}={v!r}: must be >= 1")
+        if not 1 <= v <= 2 ** 20:
+            raise ValueError(f"{name}={v!r}: must be in [1, 2^20]")
     return head_dim, num_heads
 
 
-def check_positions(positions: Any, name: str, length: int | None = None) -> torch.Tensor:
-    """Positions are integer tensors of shape ``(T,)`` or ``(B, T)``; returns them as int64."""
+def check_positions(positions: Any, name: str, length: int | None = None, batch: int | None = None) -> torch.Tensor:
+    """Positions are integer tensors of shape ``(T,)`` or ``(B, T)``; returns them as int64.
+
+    ``length``: the number of tokens they must cover; ``batch``: the batch size a ``(B, T)`` tensor must
+    broadcast to (B == batch or B == 1)."""
     if not isinstance(positions, torch.Tensor):
         raise TypeError(f"{name}: expected an integer torch.Tensor, got {type(positions).__name__}")
     if positions.is_floating_point() or positions.is_complex() or positions.dtype == torch.bool:
@@ -135,15 +148,26 @@ def check_positions(positions: Any, name: str, length: int | None = None) -> tor
         raise ValueError(f"{name}: expected shape (T,) or (B, T), got {tuple(positions.shape)}")
     if length is not None and positions.shape[-1] != length:
         raise ValueError(f"{name}: has {positions.shape[-1]} positions but the input has {length} tokens")
+    if batch is not None and positions.dim() == 2 and positions.shape[0] not in (1, batch):
+        raise ValueError(f"{name}: batched positions of shape {tuple(positions.shape)} do not match batch size {batch}")
     return positions.long()
 
 
 def check_qk(pe: "PositionalEncoding", q: Any, k: Any) -> None:
+    """q ``(..., Tq, head_dim)`` and k ``(..., Tk, head_dim)`` with the same leading (batch, head) dims."""
     for name, t in (("q", q), ("k", k)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
         if t.dim() < 2 or t.shape[-1] != pe.head_dim:
             raise ValueError(f"{name}: expected shape (..., T, head_dim={pe.head_dim}), got {tuple(t.shape)}")
+    if q.shape[:-2] != k.shape[:-2]:
+        raise ValueError(f"q, k: leading (batch, head) dims differ: {tuple(q.shape)} vs {tuple(k.shape)}")
+
+
+def check_embed_input(pe: "PositionalEncoding", x: Any) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[-1] != pe.d_model:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x: expected shape (..., T, d_model={pe.d_model}), got {shape}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -170,7 +194,7 @@ class PositionalEncoding(nn.Module):
 
     def __init__(self, params: Params, *, head_dim: int, num_heads: int = 1, d_model: int | None = None):
         super().__init__()
-        check_dims(head_dim, num_heads)
+        check_dims(head_dim, num_heads, d_model)
         params.validate_dims(head_dim, num_heads)
         self.params = params
         self.head_dim = head_dim

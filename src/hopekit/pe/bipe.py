@@ -77,7 +77,7 @@ class BiPEParams(Params):
             raise ValueError(f"BiPEParams.inter={self.inter!r}: expected a mapping naming a relative method, "
                              f'e.g. {{"kind": "rope"}}')
         kind = self.inter["kind"]
-        if kind not in REGISTRY or kind in ("bipe", "learned", "sinusoidal"):
+        if not isinstance(kind, str) or kind not in REGISTRY or kind in ("bipe", "learned", "sinusoidal"):
             raise ValueError(f"BiPEParams.inter={dict(self.inter)!r}: kind must be a relative method "
                              f"(rope family, hope_highfreq, hope_hyperbolic, alibi, nope)")
         object.__setattr__(self, "inter", dict(self.inter))

@@ -31,8 +31,8 @@ which is the same method up to a fixed permutation of the projection weights.
   (papers/hope_hyperbolic.md, "Properties"). ``omega_scale`` is one of the two knobs of the paper's
   "scaling factor" axis.
 * λ = ``penalty``; default 1.05 · max ω_i. It must exceed max ω_i = ``omega_scale`` (paper §3.2.3).
-* ``learnable=True`` learns λ as max ω + 1e-6 + softplus(p), initialised at ``penalty``, so it stays
-  above max ω by construction; ``per_head=True`` gives every head its own λ.
+* ``learnable=True`` learns λ as max ω·(1 + 1e-6) + softplus(p), initialised at ``penalty``, so it
+  stays above max ω by construction; ``per_head=True`` gives every head its own λ.
 * ``max_block``: cap on the query-block length of the stable evaluation (memory/speed trade-off only;
   results do not depend on it beyond float32 rounding).
 
@@ -52,7 +52,8 @@ from .base import Params, PositionalEncoding, check_bool, check_int, check_posit
 
 __all__ = ["HyperbolicParams", "HyperbolicEncoding", "to_eigenbasis", "decay_rates"]
 
-_LEARNED_MARGIN = 1e-6  # λ − max ω ≥ this when λ is learned
+_LEARNED_MARGIN = 1e-6  # λ − max ω ≥ this · max ω when λ is learned (relative, so any ω scale works)
+_MAX_RATE = 1e4         # ω and λ bounds: larger rates underflow every off-diagonal logit anyway
 _MAX_EXPONENT = 20.0    # |r_c · (position − anchor)| bound inside a query block
 
 
@@ -69,14 +70,18 @@ class HyperbolicParams(Params):
 
     def __post_init__(self) -> None:
         check_real(self, "base", low=1.0, low_open=True)
-        scale = check_real(self, "omega_scale", low=0.0, low_open=True)
+        scale = check_real(self, "omega_scale", low=0.0, low_open=True, high=_MAX_RATE)
+        check_bool(self, "learnable")
         if self.penalty is not None:
-            lam = check_real(self, "penalty", low=0.0, low_open=True)
+            lam = check_real(self, "penalty", low=0.0, low_open=True, high=2 * _MAX_RATE)
             if lam <= scale:
                 raise ValueError(
                     f"HyperbolicParams.penalty={self.penalty!r}: λ must be > max ω_i = omega_scale={scale!r} "
                     f"(otherwise the slowest channel does not decay)")
-        check_bool(self, "learnable")
+            if self.learnable and lam - scale <= _LEARNED_MARGIN * scale:
+                raise ValueError(
+                    f"HyperbolicParams.penalty={self.penalty!r}: a learnable λ starts above max ω by more than "
+                    f"{_LEARNED_MARGIN}·omega_scale (its floor); got λ − ω = {lam - scale!r}")
         check_bool(self, "per_head")
         check_int(self, "max_block", low=1)
 
@@ -128,7 +133,7 @@ class HyperbolicEncoding(PositionalEncoding):
     def reset_parameters(self) -> None:
         super().reset_parameters()
         if self.penalty_raw is not None:
-            excess = self.params.resolved_penalty - self.params.omega_scale - _LEARNED_MARGIN
+            excess = self.params.resolved_penalty - self.params.omega_scale * (1 + _LEARNED_MARGIN)
             raw = excess + math.log(-math.expm1(-excess))  # inverse softplus, stable for small/large
             with torch.no_grad():
                 self.penalty_raw.fill_(raw)
@@ -137,7 +142,7 @@ class HyperbolicEncoding(PositionalEncoding):
         """λ per head (shape ``(H,)`` or ``(1,)``), float32; always > max ω."""
         if self.penalty_raw is None:
             return torch.full((self._heads,), self.params.resolved_penalty, dtype=torch.float64).float()
-        return self.params.omega_scale + _LEARNED_MARGIN + F.softplus(self.penalty_raw.float())
+        return self.params.omega_scale * (1 + _LEARNED_MARGIN) + F.softplus(self.penalty_raw.float())
 
     def rates(self, device: torch.device | None = None) -> torch.Tensor:
         """Decay rates ``(H or 1, head_dim)`` in float32 (fixed λ: computed in float64, then cast)."""
@@ -161,8 +166,10 @@ class HyperbolicEncoding(PositionalEncoding):
         check_qk(self, q, k)
         if q.dim() != 4 or k.dim() != 4:
             raise ValueError(f"q, k: expected (B, H, T, head_dim), got {tuple(q.shape)} and {tuple(k.shape)}")
-        q_pos = check_positions(q_pos, "q_pos", q.shape[-2]).to(q.device)
-        k_pos = check_positions(k_pos, "k_pos", k.shape[-2]).to(q.device)
+        if self._heads > 1 and q.shape[1] != self._heads:
+            raise ValueError(f"q: has {q.shape[1]} heads but the per-head penalty has num_heads={self._heads}")
+        q_pos = check_positions(q_pos, "q_pos", q.shape[-2], batch=q.shape[0]).to(q.device)
+        k_pos = check_positions(k_pos, "k_pos", k.shape[-2], batch=k.shape[0]).to(q.device)
         q_pos2, k_pos2 = q_pos.reshape(-1, q_pos.shape[-1]), k_pos.reshape(-1, k_pos.shape[-1])  # (B|1, T)
 
         with torch.autocast(device_type=q.device.type, enabled=False):

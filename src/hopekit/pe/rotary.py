@@ -140,8 +140,8 @@ class RotaryEncoding(PositionalEncoding):
 
     def rotate(self, q, k, q_pos, k_pos, *, seq_len=None):
         check_qk(self, q, k)
-        q_pos = check_positions(q_pos, "q_pos", q.shape[-2])
-        k_pos = check_positions(k_pos, "k_pos", k.shape[-2])
+        q_pos = check_positions(q_pos, "q_pos", q.shape[-2], batch=q.shape[0] if q.dim() == 4 else None)
+        k_pos = check_positions(k_pos, "k_pos", k.shape[-2], batch=k.shape[0] if k.dim() == 4 else None)
         if seq_len is None and self.params.length_dependent:
             seq_len = max(self._seq_len(q_pos, None) or 0, self._seq_len(k_pos, None) or 0) or None
         return self.apply(q, self.features(q_pos, seq_len)), self.apply(k, self.features(k_pos, seq_len))

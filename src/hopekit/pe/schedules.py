@@ -26,6 +26,9 @@ import torch
 
 from .base import Params, check_bool, check_choice, check_int, check_real
 
+#: upper bound on cos/sin multipliers (attention factors, mscale): beyond it float32 logits overflow
+MAX_MULTIPLIER = 1e3
+
 __all__ = [
     "Spectrum",
     "RopeParams", "LinearParams", "NTKParams", "DynamicNTKParams", "YarnParams", "Llama3Params",
@@ -116,8 +119,12 @@ class NTKParams(RopeParams):
 
     def validate_dims(self, head_dim: int, num_heads: int) -> None:
         super().validate_dims(head_dim, num_heads)
-        if self.rotary_dim(head_dim) <= 2:
+        r = self.rotary_dim(head_dim)
+        if r <= 2:
             raise ValueError(f"head_dim={head_dim}: NTK scaling needs a rotary dim > 2 (exponent r/(r-2))")
+        if math.log(self.base) + r / (r - 2) * math.log(self.factor) >= math.log(1e300):
+            raise ValueError(f"{type(self).__name__}.factor={self.factor!r}: the scaled base "
+                             f"base·factor^(r/(r−2)) overflows float64")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -164,7 +171,7 @@ class YarnParams(RopeParams):
             raise ValueError(f"YarnParams.beta_fast={self.beta_fast!r}: must be > beta_slow={self.beta_slow!r}")
         for name in ("attention_factor", "mscale", "mscale_all_dim"):
             if getattr(self, name) is not None:
-                check_real(self, name, low=0.0, low_open=True)
+                check_real(self, name, low=0.0, low_open=True, high=MAX_MULTIPLIER)
         check_bool(self, "truncate")
 
 
@@ -217,20 +224,23 @@ class LongRoPEParams(RopeParams):
         _check_factor(self)
         for name in ("short_rescale", "long_rescale"):
             value = getattr(self, name)
-            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-                raise TypeError(f"LongRoPEParams.{name}={value!r}: expected a sequence of floats")
+            if not isinstance(value, (list, tuple)):
+                raise TypeError(f"LongRoPEParams.{name}={value!r}: expected a list or tuple of floats")
             value = tuple(value)
             for i, v in enumerate(value):
                 if isinstance(v, bool) or not isinstance(v, (int, float)):
                     raise TypeError(f"LongRoPEParams.{name}[{i}]={v!r}: expected a real number")
-                if not math.isfinite(v) or v <= 0:
-                    raise ValueError(f"LongRoPEParams.{name}[{i}]={v!r}: rescale factors must be finite and > 0")
+                if not math.isfinite(v) or not 1e-6 <= v <= 1e12:
+                    raise ValueError(f"LongRoPEParams.{name}[{i}]={v!r}: rescale factors must be in [1e-6, 1e12]")
             object.__setattr__(self, name, tuple(float(v) for v in value))
         af = self.attention_factor
         if isinstance(af, str):
             check_choice(self, "attention_factor", ("su", "yarn"))
+            if af == "su" and self.factor > 1 and self.train_len < 2:
+                raise ValueError(f"LongRoPEParams.train_len={self.train_len!r}: the 'su' attention factor "
+                                 f"sqrt(1 + ln s / ln L) needs train_len >= 2")
         else:
-            check_real(self, "attention_factor", low=0.0, low_open=True)
+            check_real(self, "attention_factor", low=0.0, low_open=True, high=MAX_MULTIPLIER)
         check_int(self, "start_tokens", low=0)
 
     def validate_dims(self, head_dim: int, num_heads: int) -> None:
@@ -295,7 +305,8 @@ def ntk(p: NTKParams, rotary_dim: int, seq_len: int | None = None) -> Spectrum:
 
 def dynamic_ntk(p: DynamicNTKParams, rotary_dim: int, seq_len: int | None = None) -> Spectrum:
     length = max(seq_len or p.train_len, p.train_len)
-    effective = p.factor * length / p.train_len - (p.factor - 1)
+    # = s·ℓ/L − (s − 1) (HF's form), written so that it is exactly 1 at ℓ = L for any s
+    effective = 1.0 + p.factor * (length - p.train_len) / p.train_len
     return Spectrum(rope_inv_freq(_ntk_base(p.base, effective, rotary_dim), rotary_dim))
 
 
@@ -310,7 +321,7 @@ def yarn(p: YarnParams, rotary_dim: int, seq_len: int | None = None) -> Spectrum
 
     # Pair index at which a pair completes `turns` rotations within train_len (continuous).
     def pair_for_turns(turns: float) -> float:
-        return rotary_dim * math.log(p.train_len / (turns * 2 * math.pi)) / (2 * math.log(p.base))
+        return rotary_dim * (math.log(p.train_len) - math.log(turns) - math.log(2 * math.pi)) / (2 * math.log(p.base))
 
     lo, hi = pair_for_turns(p.beta_fast), pair_for_turns(p.beta_slow)
     if p.truncate:
