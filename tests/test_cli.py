@@ -12,3 +12,21 @@ def test_demo_prints_every_method(capsys):
     # hope_highfreq's floor: 16 position-free pairs at head_dim 64, L = 512 (papers/hope_highfreq.md)
     row = next(line for line in out.splitlines() if line.startswith("hope_highfreq"))
     assert abs(float(row.split()[-1]) - 16.0) < 0.5
+
+
+def test_train_then_eval_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    tiny = ["train.steps=3", "train.batch_size=2", "train.train_len=16", "model.d_model=16", "model.n_layers=1",
+            "model.n_heads=2", "train.checkpoint_every=0", "train.log_every=1"]
+    assert main(["train", "--out", str(out), "--no-progress", *tiny]) == 0
+    assert (out / "checkpoint.pt").exists()
+    assert main(["eval", str(out / "checkpoint.pt"), "eval.multiples=[1,2]", "eval.max_tokens=64"]) == 0
+    table = capsys.readouterr().out
+    assert "| `rope` |" in table and "| `rope+yarn` |" in table
+    from hopekit.eval import read_records
+
+    rows = read_records(out / "records.jsonl")
+    assert {r["method"] for r in rows} == {"rope", "rope+linear", "rope+ntk", "rope+dynamic_ntk", "rope+yarn"}
+    # resumable: a second run measures nothing new
+    assert main(["eval", str(out / "checkpoint.pt"), "eval.multiples=[1,2]", "eval.max_tokens=64"]) == 0
+    assert len(read_records(out / "records.jsonl")) == len(rows)

@@ -21,8 +21,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import torch
-
 from . import pe as pe_lib
 from .config import CONFIG_DIR, ExperimentConfig, apply_overrides
 
@@ -94,20 +92,14 @@ def load_bench(preset: str | Path = "default", overrides: list[str] | None = Non
                        extensions_of=str(raw.get("extensions_of", "rope")))
 
 
-def _done(records: list[dict], method: str, eval_len: int, protocol: str) -> bool:
-    return any(r.get("method") == method and r.get("eval_len") == eval_len and r.get("metric") == "ppl"
-               and r.get("protocol") == protocol for r in records)
-
-
 def run_bench(preset: str | Path = "default", *, run_dir: str | Path | None = None, overrides: list[str] | None = None,
               methods: list[str] | None = None, progress: bool = True,
               log: Callable[[str], None] = print) -> Path:
     """Run (or resume) a bench; returns the run directory holding records, report and plot."""
-    from .data import encode_documents, load_corpus, load_tokenizer
-    from .eval import append_records, read_records
-    from .eval.extensions import extension_configs, extension_name, with_pe
-    from .eval.perplexity import LengthLimitError, eval_kwargs, model_descriptor, perplexity, ppl_records, skipped_records
-    from .eval.records import make_record
+    from .eval import read_records
+    from .eval.lengths import evaluate_lengths
+    from .eval.perplexity import model_descriptor
+    from .eval.records import append_records, make_record
     from .eval.report import write_report
     from .train import corpus_batches, train
 
@@ -130,61 +122,28 @@ def run_bench(preset: str | Path = "default", *, run_dir: str | Path | None = No
     log("config: " + json.dumps(resolved))
     t_len = exp.train.train_len
     batches, vocab = corpus_batches(exp)
-    spec = f"bpe:{exp.data.vocab_size}" if exp.data.tokenizer == "bpe" else exp.data.tokenizer
-    tokenizer = load_tokenizer(spec, corpus=exp.data.corpus)
-    test_docs = encode_documents(load_corpus(exp.data.corpus, exp.eval.split, text_field=exp.data.text_column),
-                                 tokenizer)
     records_path = run_dir / "records.jsonl"
-    records = read_records(records_path) if records_path.exists() else []
-    protocol = exp.eval.protocol
-    common = dict(seed=exp.train.seed, corpus=exp.data.corpus, tokenizer=tokenizer.name)
     started = time.perf_counter()
-
-    def evaluate(model, name: str, params: Mapping[str, Any], eval_len: int) -> None:
-        if _done(records, name, eval_len, protocol):
-            return
-        t0 = time.perf_counter()
-        try:
-            res = perplexity(model, test_docs, eval_len, separator=tokenizer.eos_id,
-                             **eval_kwargs(exp.eval, t_len, eval_len))
-            rows = ppl_records(res, method=name, params=params, train_len=t_len, model=model_descriptor(model),
-                               **common)
-            log(f"  {name:<20} eval_len {eval_len:>6}: ppl {res.ppl:10.3f}  ({res.tokens} tokens, "
-                f"{time.perf_counter() - t0:.1f}s)")
-        except LengthLimitError as e:
-            rows = skipped_records(method=name, params=params, train_len=t_len, eval_len=eval_len,
-                                   protocol=protocol, model=model_descriptor(model), reason=str(e), **common)
-            log(f"  {name:<20} eval_len {eval_len:>6}: skipped ({e})")
-        append_records(records_path, rows)
-        records.extend(rows)
 
     for name, pe_config in bench.methods.items():
         cfg = dataclasses.replace(exp, name=name, pe=pe_config)
-        common["config"] = cfg.resolved()
         t0 = time.perf_counter()
         log(f"[{name}] training {cfg.train.steps} steps ({pe_config})")
         result = train(cfg, run_dir / "checkpoints" / name, resume=True, batches=batches, vocab_size=vocab,
                        progress=progress)
         model = result.model.eval()
+        records = read_records(records_path) if records_path.exists() else []
         if not any(r.get("method") == name and r.get("metric") == "train_seconds" for r in records):
-            train_rows = [make_record(method=name, params=pe_config, train_len=t_len, eval_len=t_len, task="bench",
-                                      metric=metric, value=value, model=model_descriptor(model), **common)
-                          for metric, value in (("train_seconds", result.wall_time),
-                                                ("final_train_loss", result.losses[-1] if result.losses else None),
-                                                ("tokens_per_s", result.tokens_per_s))]
-            append_records(records_path, train_rows)
-            records.extend(train_rows)
+            common = dict(method=name, params=pe_config, train_len=t_len, eval_len=t_len, task="bench",
+                          model=model_descriptor(model), seed=exp.train.seed, corpus=exp.data.corpus,
+                          config=cfg.resolved())
+            append_records(records_path, [
+                make_record(metric="train_seconds", value=result.total_train_time, **common),
+                make_record(metric="final_train_loss", value=result.losses[-1] if result.losses else None, **common),
+                make_record(metric="tokens_per_s", value=result.tokens_per_s, **common)])
         log(f"[{name}] trained in {time.perf_counter() - t0:.1f}s; evaluating")
-        with torch.no_grad():
-            for multiple in exp.eval.multiples:
-                evaluate(model, name, pe_config, multiple * t_len)
-            if name == bench.extensions_of and pe_config.get("kind") == "rope" and exp.eval.extensions:
-                for multiple in exp.eval.multiples:
-                    if multiple == 1:
-                        continue  # every extension reduces to rope at 1× (tested in tests/pe)
-                    configs = extension_configs(pe_config, t_len, multiple * t_len, kinds=exp.eval.extensions)
-                    for kind, ext in configs.items():
-                        evaluate(with_pe(model, ext), extension_name(kind), ext, multiple * t_len)
+        extensions = exp.eval.extensions if name == bench.extensions_of else ()
+        evaluate_lengths(model, cfg, records_path, method=name, extensions=extensions, log=log)
 
     report, plot = write_report(run_dir)
     log(f"done in {time.perf_counter() - started:.1f}s: {report}, {plot}")

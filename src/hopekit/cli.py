@@ -41,6 +41,45 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from hopekit.config import load_config
+    from hopekit.train import train
+
+    config = load_config(args.config, args.overrides)
+    out = args.out or f"checkpoints/{config.name}-{config.pe['kind']}"
+    result = train(config, out, resume=args.resume, progress=not args.no_progress)
+    print(f"trained {result.step} steps; final loss {result.losses[-1]:.4f}; checkpoint {result.checkpoint}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from hopekit.config import ExperimentConfig, apply_overrides
+    from hopekit.eval.lengths import evaluate_lengths
+    from hopekit.eval.records import read_records
+    from hopekit.eval.report import markdown_table
+    from hopekit.train import load_checkpoint
+
+    model, config, _ = load_checkpoint(args.checkpoint)
+    if args.overrides:  # only the eval section may change at evaluation time
+        bad = [o for o in args.overrides if not o.startswith("eval.")]
+        if bad:
+            raise SystemExit(f"hopekit eval: only eval.* overrides are allowed, got {bad}")
+        config = ExperimentConfig.from_dict(apply_overrides(config.resolved(), args.overrides))
+    longrope = None
+    if args.longrope:
+        longrope = json.loads(open(args.longrope).read())
+    extensions = tuple(args.extensions.split(",")) if args.extensions is not None else None
+    records = args.records or str(__import__("pathlib").Path(args.checkpoint).parent / "records.jsonl")
+    method = args.method or config.pe["kind"]
+    evaluate_lengths(model, dataclasses.replace(config), records, method=method, extensions=extensions,
+                     longrope=longrope)
+    print(markdown_table(read_records(records), baseline=method, protocol=config.eval.protocol))
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from hopekit.eval.report import write_report
 
@@ -67,6 +106,29 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
     bench.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=100 eval.multiples=[1,2]")
     bench.set_defaults(func=_bench)
+
+    tr = sub.add_parser("train", help="train one model (resumable; torchrun for DDP/FSDP)",
+                        description="Train a decoder from a preset or YAML config with dotted overrides, e.g. "
+                        "`hopekit train --config tiny pe.kind=alibi train.steps=200`. Under torchrun "
+                        "(`torchrun --nproc_per_node 2 -m hopekit train ...`) it runs DDP, or FSDP with train.fsdp=true.")
+    tr.add_argument("--config", default="tiny", help="preset name (tiny) or path to a YAML file")
+    tr.add_argument("--out", default=None, help="checkpoint directory (default: checkpoints/<name>-<pe kind>)")
+    tr.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    tr.add_argument("--no-progress", action="store_true")
+    tr.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=100 pe.kind=yarn")
+    tr.set_defaults(func=_train)
+
+    ev = sub.add_parser("eval", help="perplexity of a checkpoint at multiples of its training length",
+                        description="Evaluate a checkpoint at eval.multiples × train_len under eval.protocol; "
+                        "for rope models also the eval-time extensions (linear, ntk, dynamic_ntk, yarn, "
+                        "longrope with --longrope factors) without fine-tuning. Appends records.")
+    ev.add_argument("checkpoint")
+    ev.add_argument("--records", default=None, help="records file (default: next to the checkpoint)")
+    ev.add_argument("--method", default=None, help="method name in records (default: the pe kind)")
+    ev.add_argument("--extensions", default=None, help="comma-separated eval-time extensions ('' for none)")
+    ev.add_argument("--longrope", default=None, help="JSON file with short_rescale/long_rescale factors")
+    ev.add_argument("overrides", nargs="*", help="eval.* overrides, e.g. eval.protocol=sliding eval.multiples=[1,4]")
+    ev.set_defaults(func=_eval)
 
     report = sub.add_parser("report", help="regenerate report.md and ppl_vs_length.png from records")
     report.add_argument("run_dir")

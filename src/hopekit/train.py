@@ -439,6 +439,7 @@ class TrainResult:
     losses: list[float]       # mean training loss of every step 0 … step−1 (over ranks; incl. before a resume)
     tokens_per_s: float       # global training throughput of this call
     wall_time: float          # seconds spent in the loop in this call
+    total_train_time: float   # seconds spent training over every call (resumes included)
     step: int                 # steps completed
     start_step: int           # 0, or the checkpoint step this call resumed from
     checkpoint: Path          # the last checkpoint written (or resumed from)
@@ -615,4 +616,4 @@ def _train(config: ExperimentConfig, out_dir: Path, d: _Dist, *, resume: bool, b
         log(f"done: {cfg.steps - start} steps in {wall:.1f}s, {tokens_per_s:,.0f} tok/s; final loss {losses[-1]:.4f}; "
             f"checkpoint {path}")
     return TrainResult(model=raw.eval(), config=config, losses=losses, tokens_per_s=tokens_per_s, wall_time=wall,
-                       step=cfg.steps, start_step=start, checkpoint=path)
+                       total_train_time=time_before + wall, step=cfg.steps, start_step=start, checkpoint=path)
