@@ -13,7 +13,7 @@ from typing import Any
 
 from .records import read_records
 
-__all__ = ["ppl_table", "markdown_table", "plot_ppl_vs_length", "write_report"]
+__all__ = ["ppl_table", "markdown_table", "plot_ppl_vs_length", "plot_loss_by_position", "write_report"]
 
 
 def _fmt(x: float | None) -> str:
@@ -93,6 +93,37 @@ def plot_ppl_vs_length(records: list[dict[str, Any]], path: str | Path, *, proto
     return path
 
 
+def plot_loss_by_position(records: list[dict[str, Any]], path: str | Path, *, eval_len: int | None = None) -> Path | None:
+    """Mean loss vs position inside the window (binned), one line per method, at ``eval_len``
+    (default: the longest length measured). Returns None if there are no such records."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in records if r.get("metric") == "loss_by_position" and r.get("value")]
+    if not rows:
+        return None
+    eval_len = eval_len or max(int(r["eval_len"]) for r in rows)
+    latest = {r["method"]: r for r in rows if int(r["eval_len"]) == eval_len}   # last record wins
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    for method, r in latest.items():
+        centres = [(a + b) / 2 for a, b in zip(r["bin_start"], r["bin_end"])]
+        ax.plot(centres, r["value"], "--" if "+" in method else "-", label=method)
+    for L in sorted({int(r["train_len"]) for r in latest.values()}):
+        ax.axvline(L, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel(f"position inside a window of {eval_len} tokens; dotted: training length")
+    ax.set_ylabel("mean next-token loss (nats)")
+    ax.set_title("Loss by position", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def write_report(run_dir: str | Path, *, baseline: str = "rope") -> tuple[Path, Path]:
     """Regenerate ``report.md`` and ``ppl_vs_length.png`` in ``run_dir`` from its ``records.jsonl``."""
     run_dir = Path(run_dir)
@@ -121,7 +152,11 @@ def write_report(run_dir: str | Path, *, baseline: str = "rope") -> tuple[Path, 
         for r in extra:
             loss = losses.get(r["method"])
             parts.append(f"| `{r['method']}` | {r['value']:.1f} | {_fmt(loss) if loss is not None else '—'} |\n")
-    report = run_dir / "report.md"
-    report.write_text("".join(parts) + "\n![ppl vs length](ppl_vs_length.png)\n")
     plot = plot_ppl_vs_length(ppl, run_dir / "ppl_vs_length.png")
+    by_position = plot_loss_by_position(records, run_dir / "loss_by_position.png")
+    figures = "\n![ppl vs length](ppl_vs_length.png)\n"
+    if by_position is not None:
+        figures += "\n![loss by position](loss_by_position.png)\n"
+    report = run_dir / "report.md"
+    report.write_text("".join(parts) + figures)
     return report, plot
