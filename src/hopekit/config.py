@@ -155,6 +155,9 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.pe, Mapping) or "kind" not in self.pe:
             _fail(self, "pe", 'expected a mapping that names its method, e.g. {"kind": "rope"}')
+        if self.train.positions == "randomized" and self.pe.get("kind") == "bipe":
+            _fail(self, "pe", "bipe derives its positions from token ids; train.positions='randomized' "
+                  "cannot apply to it")
         for name in ("vocab_size", "pe"):
             if name in self.model:
                 _fail(self, "model", f"must not contain {name!r} (set it through {'data.tokenizer' if name == 'vocab_size' else 'pe'})")
