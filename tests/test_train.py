@@ -378,3 +378,17 @@ def test_bf16_autocast_on_gpu_trains(tmp_path):
     assert sum(result.losses[-3:]) / 3 < result.losses[0] - 0.8
     model, _, _ = load_checkpoint(result.checkpoint)                         # loads back on CPU
     assert next(model.parameters()).device.type == "cpu"
+
+
+def test_bipe_with_a_non_byte_tokenizer_needs_its_boundary_ids():
+    from hopekit.train import _check_bipe_boundaries
+
+    class Bpe:  # any tokenizer that is not the byte tokenizer
+        name, vocab_size, eos_id = "bpe-test", 3, None
+
+        def decode(self, ids):
+            return {0: "a", 1: ".", 2: "b\n"}[ids[0]]
+
+    with pytest.raises(ValueError, match=r"pe.boundary_ids.*\[1, 2\]"):
+        _check_bipe_boundaries({"kind": "bipe"}, Bpe())
+    _check_bipe_boundaries({"kind": "bipe", "boundary_ids": [1, 2]}, Bpe())   # explicit ids are fine

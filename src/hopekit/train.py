@@ -74,7 +74,7 @@ import time
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.distributed as dist
@@ -425,9 +425,24 @@ def corpus_batches(config: ExperimentConfig) -> tuple[Batches, int]:
     data, t = config.data, config.train
     spec = f"bpe:{data.vocab_size}" if data.tokenizer == "bpe" else data.tokenizer
     tokenizer = load_tokenizer(spec, corpus=data.corpus)
+    _check_bipe_boundaries(config.pe, tokenizer)
     documents = load_corpus(data.corpus, "train", text_field=data.text_column)
     sampler = TrainBatches(token_stream(documents, tokenizer), t.batch_size, t.train_len, seed=t.seed)
     return sampler.batch, tokenizer.vocab_size
+
+
+def _check_bipe_boundaries(pe_config: Mapping[str, Any], tokenizer: Any) -> None:
+    """BiPE's default boundary ids are the byte tokenizer's "." and newline; any other tokenizer needs
+    its own (``hopekit.data.boundary_ids_for(tokenizer)``), or segments would be cut at random tokens."""
+    from .data import ByteTokenizer, boundary_ids_for
+    from .pe.bipe import BYTE_BOUNDARIES
+
+    if pe_config.get("kind") == "bipe" and not isinstance(tokenizer, ByteTokenizer) \
+            and tuple(pe_config.get("boundary_ids", BYTE_BOUNDARIES)) == BYTE_BOUNDARIES:
+        ids = sorted(boundary_ids_for(tokenizer))
+        raise ValueError(f"pe.boundary_ids: bipe's default {BYTE_BOUNDARIES} are the byte ids of '.' and newline, "
+                         f"but the tokenizer is {tokenizer.name}; pass its own, e.g. pe.boundary_ids={ids} "
+                         f"(hopekit.data.boundary_ids_for(tokenizer))")
 
 
 # --- the loop ------------------------------------------------------------------------------------
