@@ -292,7 +292,7 @@ def test_autocast_and_dropout_paths_run(kind):
     ({"norm_eps": 0.0}, "norm_eps=0.0", ValueError),
     ({"attn_chunk": 0}, "attn_chunk=0", ValueError),
     ({"pe": {"base": 10000}}, "pe=", ValueError),
-    ({"pe": {"kind": "hope"}}, "kind='hope'", ValueError),
+    ({"pe": {"kind": "xpos"}}, "kind='xpos'", ValueError),
     ({"pe": {"kind": "rope", "theta": 1e4}}, "theta", TypeError),
     ({"pe": {"kind": "rope", "base": -1.0}}, "base=-1.0", ValueError),
     ({"pe": {"kind": "longrope", "short_rescale": [1.0], "long_rescale": [1.0], "train_len": 8, "factor": 2.0}},

@@ -60,6 +60,19 @@ def markdown_table(records: list[dict[str, Any]], *, baseline: str = "rope", pro
     return "\n".join(lines) + "\n"
 
 
+def _finish(fig, ax, path: str | Path) -> Path:
+    """Grid, legend, tight layout, save as PNG, close."""
+    import matplotlib.pyplot as plt
+
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_ppl_vs_length(records: list[dict[str, Any]], path: str | Path, *, protocol: str | None = None,
                        title: str = "Perplexity vs evaluation length") -> Path:
     import matplotlib
@@ -84,13 +97,7 @@ def plot_ppl_vs_length(records: list[dict[str, Any]], path: str | Path, *, proto
     ax.set_ylabel("perplexity (log scale)")
     protocols = sorted({r.get("protocol", "?") for r in records if r.get("metric") == "ppl"})
     ax.set_title(f"{title} [{', '.join(protocols)}]", fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path)
 
 
 def plot_loss_by_position(records: list[dict[str, Any]], path: str | Path, *, eval_len: int | None = None) -> Path | None:
@@ -115,13 +122,7 @@ def plot_loss_by_position(records: list[dict[str, Any]], path: str | Path, *, ev
     ax.set_xlabel(f"position inside a window of {eval_len} tokens; dotted: training length")
     ax.set_ylabel("mean next-token loss (nats)")
     ax.set_title("Loss by position", fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path)
 
 
 def write_report(run_dir: str | Path, *, baseline: str = "rope") -> tuple[Path, Path]:
