@@ -149,7 +149,8 @@ def test_loss_falls_and_result_reports(tmp_path):
     assert any(line.startswith("step 10/40 | loss") and "tok/s" in line for line in lines)
 
     model, config, state = load_checkpoint(result.checkpoint)
-    assert config == tiny(steps=40) and state["step"] == 40 and state["losses"] == losses
+    assert config.resolved() == tiny(steps=40).resolved() and config.pe["base"] == 10000.0  # defaults stored
+    assert state["step"] == 40 and state["losses"] == losses
     assert state["version"] == FORMAT_VERSION and state["data"] == {"seed": 0, "step": 40}
     assert_same_tensors(model.state_dict(), result.model.state_dict(), "model")
     torch.load(result.checkpoint, weights_only=True)                        # weights-only safe

@@ -37,7 +37,8 @@ class BenchConfig:
     extensions_of: str = "rope"
 
     def resolved(self) -> dict[str, Any]:
-        return {"name": self.name, "experiment": self.experiment.resolved(), "methods": self.methods,
+        return {"name": self.name, "experiment": self.experiment.resolved(),
+                "methods": {name: pe_lib.resolve(cfg) for name, cfg in self.methods.items()},
                 "extensions_of": self.extensions_of}
 
 
@@ -134,7 +135,7 @@ def run_bench(preset: str | Path = "default", *, run_dir: str | Path | None = No
         model = result.model.eval()
         records = read_records(records_path) if records_path.exists() else []
         if not any(r.get("method") == name and r.get("metric") == "train_seconds" for r in records):
-            common = dict(method=name, params=pe_config, train_len=t_len, eval_len=t_len, task="bench",
+            common = dict(method=name, params=pe_lib.resolve(pe_config), train_len=t_len, eval_len=t_len, task="bench",
                           model=model_descriptor(model), seed=exp.train.seed, corpus=exp.data.corpus,
                           config=cfg.resolved())
             append_records(records_path, [

@@ -163,13 +163,18 @@ class ExperimentConfig:
                 _fail(self, "model", f"must not contain {name!r} (set it through {'data.tokenizer' if name == 'vocab_size' else 'pe'})")
 
     def model_config(self, vocab_size: int):
+        from . import pe as pe_lib
         from .model import ModelConfig
 
-        return ModelConfig(vocab_size=vocab_size, pe=dict(self.pe), **dict(self.model))
+        # every pe default filled in, so checkpoints say which values were used (see pe.resolve)
+        return ModelConfig(vocab_size=vocab_size, pe=pe_lib.resolve(self.pe), **dict(self.model))
 
     def resolved(self) -> dict[str, Any]:
-        """Plain JSON-able dict (what is printed, checkpointed and recorded)."""
-        return json.loads(json.dumps(dataclasses.asdict(self), default=list))
+        """Plain JSON-able dict (what is printed, checkpointed and recorded), with every pe default
+        filled in (``pe.resolve``)."""
+        from . import pe as pe_lib
+
+        return json.loads(json.dumps({**dataclasses.asdict(self), "pe": pe_lib.resolve(self.pe)}, default=list))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ExperimentConfig":

@@ -101,7 +101,8 @@ def test_naive_float32_defect_is_real():
 
 @pytest.mark.parametrize("omega_scale,penalty", [
     (1.0, 1.05),          # RoPE frequencies (very local; values underflow fast)
-    (0.01, 0.0105),       # our default
+    (0.2, 0.21),          # our default
+    (0.01, 0.0105),       # slow decay: contributions significant out to Δ ≈ 10^4
     (1e-5, 1.000001e-5),  # tiny rates: contributions still significant at Δ = 2^20
 ])
 @pytest.mark.parametrize("offset", [0, 1_000_000])

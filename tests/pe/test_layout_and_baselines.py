@@ -100,3 +100,17 @@ def test_randomized_positions_sampler():
     assert torch.equal(sampler.evaluation(5), torch.arange(5))
     with pytest.raises(ValueError, match="max_position"):
         sampler.sample(1, 2048)
+
+
+def test_resolve_fills_every_default_and_round_trips():
+    assert pe.resolve({"kind": "alibi"}) == {"kind": "alibi", "max_bias": 8.0}
+    hyp = pe.resolve({"kind": "hope_hyperbolic", "penalty": 0.5})
+    assert hyp["omega_scale"] == pe.HyperbolicParams().omega_scale and hyp["penalty"] == 0.5
+    nested = pe.resolve({"kind": "bipe", "inter": {"kind": "alibi"}})
+    assert nested["inter"] == {"kind": "alibi", "max_bias": 8.0} and nested["boundary_ids"] == [46, 10]
+    for config in ({"kind": "yarn", "factor": 4.0, "train_len": 64}, nested, hyp):
+        assert pe.resolve(pe.resolve(config)) == pe.resolve(config)   # idempotent: the full form rebuilds itself
+    with pytest.raises(ValueError, match="omega_scale"):
+        pe.resolve({"kind": "hope_hyperbolic", "omega_scale": -1.0})
+    with pytest.raises(ValueError, match="kind"):
+        pe.resolve({"factor": 2.0})

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from .. import pe as pe_lib
 from ..config import ExperimentConfig
 from .extensions import extension_configs, extension_name, with_pe
 from .perplexity import LengthLimitError, eval_kwargs, model_descriptor, perplexity, ppl_records, skipped_records
@@ -58,6 +59,7 @@ def evaluate_lengths(model: nn.Module, config: ExperimentConfig, records_path: s
         if (name, eval_len, protocol) in done:
             return
         t0 = time.perf_counter()
+        params = pe_lib.resolve(params)  # every default filled in
         try:
             res = perplexity(m, docs, eval_len, separator=tokenizer.eos_id, **eval_kwargs(config.eval, t_len, eval_len))
             rows = ppl_records(res, method=name, params=params, train_len=t_len, model=model_descriptor(m), **common)

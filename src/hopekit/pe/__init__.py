@@ -29,7 +29,7 @@ from .schedules import (DynamicNTKParams, HighFreqParams, LinearParams, Llama3Pa
                         NTKParams, RopeParams, Spectrum, YarnParams)
 
 __all__ = [
-    "REGISTRY", "Method", "build", "from_config", "name_of",
+    "REGISTRY", "Method", "build", "from_config", "resolve", "name_of",
     "PositionalEncoding", "Params", "reset_encodings",
     "RotaryEncoding", "LongRoPEEncoding", "HyperbolicEncoding", "ALiBi", "Sinusoidal", "Learned", "NoPE",
     "RopeParams", "LinearParams", "NTKParams", "DynamicNTKParams", "YarnParams", "Llama3Params",
@@ -107,12 +107,33 @@ def build(kind: str | Params, *, head_dim: int, num_heads: int = 1, d_model: int
     return method.encoding(p, head_dim=head_dim, num_heads=num_heads, d_model=d_model, **extra)
 
 
-def from_config(config: Mapping[str, Any], *, head_dim: int, num_heads: int = 1,
-                d_model: int | None = None) -> PositionalEncoding:
-    """Build from a mapping that names its method: ``{"kind": "yarn", "factor": 4, ...}``."""
+def _split_config(config: Any) -> tuple[str, dict[str, Any]]:
     if not isinstance(config, Mapping):
         raise TypeError(f"pe config: expected a mapping with a 'kind' key, got {type(config).__name__}")
     if "kind" not in config:
         raise ValueError(f"pe config: missing 'kind' (one of {', '.join(REGISTRY)}); got keys {sorted(config)}")
-    rest = {k: v for k, v in config.items() if k != "kind"}
-    return build(config["kind"], head_dim=head_dim, num_heads=num_heads, d_model=d_model, **rest)
+    return config["kind"], {k: v for k, v in config.items() if k != "kind"}
+
+
+def resolve(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The full, validated parameter set of a pe config with every default filled in, e.g.
+    ``resolve({"kind": "alibi"}) == {"kind": "alibi", "max_bias": 8.0}`` (BiPE's ``inter`` too).
+
+    Records and checkpoints store this form, so a run made before a default changed still says which
+    value it used, and resuming it under the new default is refused rather than silently mixed."""
+    kind, rest = _split_config(config)
+    params = make_params(kind, **rest)
+    out = {"kind": kind, **{f.name: getattr(params, f.name) for f in dataclasses.fields(params)}}
+    for key, value in out.items():
+        if isinstance(value, tuple):
+            out[key] = list(value)
+        elif isinstance(value, Mapping) and "kind" in value:  # a nested method (BiPE's inter)
+            out[key] = resolve(value)
+    return out
+
+
+def from_config(config: Mapping[str, Any], *, head_dim: int, num_heads: int = 1,
+                d_model: int | None = None) -> PositionalEncoding:
+    """Build from a mapping that names its method: ``{"kind": "yarn", "factor": 4, ...}``."""
+    kind, rest = _split_config(config)
+    return build(kind, head_dim=head_dim, num_heads=num_heads, d_model=d_model, **rest)
