@@ -1,8 +1,10 @@
 """Results are records: one JSON line per measurement (DESIGN §6).
 
 Required fields: ``method, params, train_len, eval_len, task, metric, value, seed, model, corpus,
-commit, time``; free extra fields (``protocol``, ``config``, ``tokens``, ...) are allowed. Reports and
-plots read records, never models.
+commit, time``; free extra fields (``protocol``, ``config``, ``tokens``, ...) are allowed. ``params``
+(and ``config["pe"]``) hold the encoding's full parameter set with defaults filled in (``pe.resolve``),
+so a record still says what it measured after a default changes. Reports and plots read records,
+never models.
 """
 
 from __future__ import annotations
