@@ -1,37 +1,21 @@
-"""Shared fixtures: one example configuration per registered method (a test checks it covers all)."""
+"""Shared fixtures: the registry's example configuration of every method, tiny shapes, seeding."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from hopekit import pe
+
 HEAD_DIM = 16
 NUM_HEADS = 4
 
-#: one example configuration per registry entry, with non-trivial parameters
-EXAMPLES: dict[str, dict] = {
-    "rope": {"base": 10000.0},
-    "linear": {"factor": 4.0},
-    "ntk": {"factor": 4.0},
-    "dynamic_ntk": {"factor": 4.0, "train_len": 64},
-    "yarn": {"factor": 4.0, "train_len": 64},
-    "llama3": {"factor": 4.0, "train_len": 64, "base": 10000.0},
-    "longrope": {"short_rescale": [1.0 + 0.1 * i for i in range(HEAD_DIM // 2)],
-                 "long_rescale": [1.0 + 0.5 * i for i in range(HEAD_DIM // 2)],
-                 "train_len": 64, "factor": 4.0},
-    "hope_highfreq": {"train_len": 64},
-    "hope_hyperbolic": {"omega_scale": 0.05, "penalty": 0.06},
-    "alibi": {},
-    "sinusoidal": {},
-    "learned": {"max_len": 4096},
-    "nope": {},
-    "bipe": {"inter": {"kind": "rope"}, "intra_max_len": 512},
-}
+#: the registry's example configuration of every method (``Method.example``) at HEAD_DIM, without kind
+EXAMPLES: dict[str, dict] = {name: {k: v for k, v in pe.example_config(name, HEAD_DIM).items() if k != "kind"}
+                             for name in pe.REGISTRY}
 
 
 def build_example(name: str, head_dim: int = HEAD_DIM, num_heads: int = NUM_HEADS, **overrides):
-    from hopekit import pe
-
     params = {**EXAMPLES[name], **overrides}
     return pe.build(name, head_dim=head_dim, num_heads=num_heads, **params)
 

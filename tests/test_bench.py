@@ -70,5 +70,5 @@ def test_bench_config_validation_names_the_problem():
     with pytest.raises(ValueError, match="factor"):
         load_bench("smoke", overrides=["methods.rope={kind: linear, factor: 0.5}"])
     b = load_bench("smoke", overrides=["train.steps=3"])
-    assert b.experiment.train.steps == 3 and b.methods["hope_highfreq"]["train_len"] == 32
+    assert b.experiment.train.steps == 3 and b.methods["hope_highfreq"].train_len == 32
     json.dumps(b.resolved())

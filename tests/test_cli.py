@@ -9,14 +9,20 @@ def test_demo_prints_every_method(capsys):
     out = capsys.readouterr().out
     for name in pe.REGISTRY:
         assert f"\n{name}" in out
-    # hope_highfreq's floor: 16 position-free pairs at head_dim 64, L = 512 (papers/hope_highfreq.md)
+    # hope_highfreq's floor: each position-free pair adds cos 0 = 1 at every distance, while the kept
+    # pairs' cosines average out far away (papers/hope_highfreq.md)
+    from hopekit.pe.schedules import highfreq_keep_mask
+
+    params = pe.parse(pe.example_config("hope_highfreq", head_dim=64))
+    position_free = int((~highfreq_keep_mask(params, 64)).sum())
+    assert position_free > 0
     row = next(line for line in out.splitlines() if line.startswith("hope_highfreq"))
-    assert abs(float(row.split()[-1]) - 16.0) < 0.5
+    assert abs(float(row.split()[-1]) - position_free) < 0.5
 
 
 def test_train_then_eval_from_the_command_line(tmp_path, capsys):
     out = tmp_path / "run"
-    tiny = ["train.steps=3", "train.batch_size=2", "train.train_len=16", "model.d_model=16", "model.n_layers=1",
+    tiny = ["train.steps=3", "train.warmup_steps=1", "train.batch_size=2", "train.train_len=16", "model.d_model=16", "model.n_layers=1",
             "model.n_heads=2", "train.checkpoint_every=0", "train.log_every=1"]
     assert main(["train", "--out", str(out), "--no-progress", *tiny]) == 0
     assert (out / "checkpoint.pt").exists()

@@ -307,7 +307,7 @@ def test_config_validation_names_the_field(overrides, field, error):
 def test_config_defaults():
     cfg = ModelConfig(vocab_size=VOCAB, d_model=64, n_heads=4)
     assert cfg.n_kv_heads == 4 and cfg.head_dim == 16 and cfg.ffn_hidden % 8 == 0 and cfg.ffn_hidden >= 170
-    assert cfg.pe == {"kind": "rope"}
+    assert cfg.pe == pe.RopeParams() and pe.to_config(cfg.pe) == {"kind": "rope", "base": 10000.0, "rotary_fraction": 1.0}
 
 
 def test_num_parameters_counts_tied_weights_once():

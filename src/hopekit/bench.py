@@ -4,7 +4,7 @@
 A bench preset (``presets/bench_<name>.yaml``) holds one ``experiment`` (model, data, train, eval;
 see :mod:`hopekit.config`) and a ``methods`` mapping ``name -> pe config``. Every method is trained
 with the same seed, data and budget; a method's ``train_len`` parameter (hope_highfreq, yarn, ...)
-defaults to the experiment's ``train.train_len``.
+is the experiment's ``train.train_len`` (the config owns it, see :mod:`hopekit.config`).
 
 Outputs in ``results/<run>/``: ``bench.json`` (the resolved bench config), ``records.jsonl`` (one row
 per measurement), ``report.md``, ``ppl_vs_length.png``, and ``checkpoints/<method>/``. The run is
@@ -22,55 +22,41 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from . import pe as pe_lib
-from .config import CONFIG_DIR, ExperimentConfig, apply_overrides
+from .config import ExperimentConfig, apply_overrides, load_yaml, preset_path
 
 __all__ = ["BenchConfig", "load_bench", "run_bench", "BENCH_PRESETS"]
 
-BENCH_PRESETS = ("smoke", "default", "gpu")
+BENCH_PRESETS = ("smoke", "default", "gpu")  # presets/bench_<name>.yaml
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
+    """A bench: one experiment and the methods to train with it (name -> typed pe parameters)."""
+
     name: str
     experiment: ExperimentConfig
-    methods: dict[str, dict[str, Any]]
+    methods: dict[str, pe_lib.Params]
     extensions_of: str = "rope"
+
+    def method_config(self, name: str) -> ExperimentConfig:
+        """The experiment of one method."""
+        return dataclasses.replace(self.experiment, name=name, pe=self.methods[name])
 
     def resolved(self) -> dict[str, Any]:
         return {"name": self.name, "experiment": self.experiment.resolved(),
-                "methods": {name: pe_lib.resolve(cfg) for name, cfg in self.methods.items()},
+                "methods": {name: pe_lib.to_config(p) for name, p in self.methods.items()},
                 "extensions_of": self.extensions_of}
-
-
-def _fill_train_len(pe_config: Mapping[str, Any], train_len: int) -> dict[str, Any]:
-    """Give ``train_len`` to methods whose parameters have one, unless set (BiPE: to its inter method)."""
-    out = dict(pe_config)
-    kind = out.get("kind")
-    if kind == "bipe" and isinstance(out.get("inter"), Mapping):
-        out["inter"] = _fill_train_len(out["inter"], train_len)
-        return out
-    if kind in pe_lib.REGISTRY:
-        fields = {f.name for f in dataclasses.fields(pe_lib.REGISTRY[kind].params)}
-        if "train_len" in fields and out.get("train_len") is None and "keep_fraction" not in out:
-            out["train_len"] = train_len
-    return out
 
 
 def load_bench(preset: str | Path = "default", overrides: list[str] | None = None,
                methods: list[str] | None = None) -> BenchConfig:
     """A bench preset name (smoke, default, gpu) or YAML path, with ``experiment.*`` / ``methods.*``
     dotted overrides (``train.steps=50`` is shorthand for ``experiment.train.steps=50``)."""
-    import yaml
-
-    path = Path(preset)
-    if not (path.suffix in (".yaml", ".yml") or path.exists()):
-        path = CONFIG_DIR / f"bench_{preset}.yaml"
-        if not path.exists():
-            raise ValueError(f"preset={str(preset)!r}: not a file and not a bench preset; presets: {list(BENCH_PRESETS)}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    path = preset_path(preset, prefix="bench_")
+    raw = load_yaml(path)
     unknown = sorted(set(raw) - {"name", "experiment", "methods", "extensions_of"})
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}")
+        raise ValueError(f"{path}: unknown key(s) {unknown}; a bench has name, experiment, methods, extensions_of")
     sections = ("name", "model", "pe", "data", "train", "eval")
     expanded = [f"experiment.{o}" if o.split("=", 1)[0].split(".")[0] in sections else o for o in (overrides or [])]
     raw = apply_overrides(raw, expanded)
@@ -81,16 +67,28 @@ def load_bench(preset: str | Path = "default", overrides: list[str] | None = Non
     if methods:
         missing = [m for m in methods if m not in all_methods]
         if missing:
-            raise ValueError(f"methods: {missing} not in the preset; available: {list(all_methods)}")
+            raise ValueError(f"--methods: {missing} not in the preset; available: {list(all_methods)}")
         all_methods = {m: all_methods[m] for m in methods}
-    resolved = {}
+    parsed = {}
     for name, cfg in all_methods.items():
         if not isinstance(cfg, Mapping) or "kind" not in cfg:
             raise ValueError(f"methods.{name}={cfg!r}: expected a pe config naming its kind")
-        resolved[name] = _fill_train_len(cfg, experiment.train.train_len)
-        dataclasses.replace(experiment, pe=resolved[name]).model_config(vocab_size=256)  # validate before training
-    return BenchConfig(name=str(raw.get("name", path.stem)), experiment=experiment, methods=resolved,
+        try:  # parsed with the experiment's training length, and checked against the model's shape
+            parsed[name] = dataclasses.replace(experiment, pe=cfg).pe
+            dataclasses.replace(experiment, pe=parsed[name]).model_config(vocab_size=256)
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"methods.{name}: {e}") from None
+    return BenchConfig(name=str(raw.get("name", path.stem)), experiment=experiment, methods=parsed,
                        extensions_of=str(raw.get("extensions_of", "rope")))
+
+
+def _differences(saved: Any, now: Any, where: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved configs, with both values."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        return [line for key in sorted(set(saved) | set(now), key=str)
+                for line in _differences(saved.get(key, "(absent)"), now.get(key, "(absent)"),
+                                         f"{where}.{key}" if where else str(key))]
+    return [] if saved == now else [f"{where}: saved {saved!r}, now {now!r}"]
 
 
 def run_bench(preset: str | Path = "default", *, run_dir: str | Path | None = None, overrides: list[str] | None = None,
@@ -111,10 +109,15 @@ def run_bench(preset: str | Path = "default", *, run_dir: str | Path | None = No
     resolved = bench.resolved()
     if config_path.exists():
         saved = json.loads(config_path.read_text())
-        if {k: v for k, v in saved.items() if k != "methods"} != {k: v for k, v in resolved.items() if k != "methods"} \
-                or any(saved["methods"].get(m, v) != v for m, v in resolved["methods"].items()):
-            raise ValueError(f"{run_dir}: holds a bench made with a different config ({config_path}); "
-                             f"use another --run-dir or delete it")
+        # methods may be added to a run (or left out with --methods), never changed
+        diffs = _differences({k: v for k, v in saved.items() if k != "methods"},
+                             {k: v for k, v in resolved.items() if k != "methods"})
+        diffs += _differences({m: saved["methods"][m] for m in resolved["methods"] if m in saved.get("methods", {})},
+                              {m: v for m, v in resolved["methods"].items() if m in saved.get("methods", {})},
+                              "methods")
+        if diffs:
+            raise ValueError(f"{run_dir}: holds a bench made with a different config ({config_path}); use another "
+                             f"--run-dir or delete it. Differences: " + "; ".join(diffs))
         resolved["methods"] = {**saved["methods"], **resolved["methods"]}
     config_path.write_text(json.dumps(resolved, indent=2) + "\n")
 
@@ -126,23 +129,24 @@ def run_bench(preset: str | Path = "default", *, run_dir: str | Path | None = No
     records_path = run_dir / "records.jsonl"
     started = time.perf_counter()
 
-    for name, pe_config in bench.methods.items():
-        cfg = dataclasses.replace(exp, name=name, pe=pe_config)
+    for i, name in enumerate(bench.methods, 1):
+        cfg = bench.method_config(name)
+        params = pe_lib.to_config(cfg.pe)
         t0 = time.perf_counter()
-        log(f"[{name}] training {cfg.train.steps} steps ({pe_config})")
+        log(f"[{i}/{len(bench.methods)} {name}] training {cfg.train.steps} steps ({params})")
         result = train(cfg, run_dir / "checkpoints" / name, resume=True, batches=batches, vocab_size=vocab,
                        progress=progress)
         model = result.model.eval()
         records = read_records(records_path) if records_path.exists() else []
         if not any(r.get("method") == name and r.get("metric") == "train_seconds" for r in records):
-            common = dict(method=name, params=pe_lib.resolve(pe_config), train_len=t_len, eval_len=t_len, task="bench",
+            common = dict(method=name, params=params, train_len=t_len, eval_len=t_len, task="bench",
                           model=model_descriptor(model), seed=exp.train.seed, corpus=exp.data.corpus,
                           config=cfg.resolved())
             append_records(records_path, [
                 make_record(metric="train_seconds", value=result.total_train_time, **common),
                 make_record(metric="final_train_loss", value=result.losses[-1] if result.losses else None, **common),
                 make_record(metric="tokens_per_s", value=result.tokens_per_s, **common)])
-        log(f"[{name}] trained in {time.perf_counter() - t0:.1f}s; evaluating")
+        log(f"[{i}/{len(bench.methods)} {name}] trained in {time.perf_counter() - t0:.1f}s; evaluating")
         extensions = exp.eval.extensions if name == bench.extensions_of else ()
         evaluate_lengths(model, cfg, records_path, method=name, extensions=extensions, log=log)
 

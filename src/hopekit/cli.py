@@ -10,18 +10,19 @@ import torch
 
 def _demo(args: argparse.Namespace) -> int:
     from hopekit import pe
-    from hopekit.analysis import DEMO_CONFIGS, score_vs_distance
+    from hopekit.analysis import score_vs_distance
 
     windows = [(1, 16), (16, 128), (128, 512), (512, 2048), (2048, 8192), (8192, 32768)]
     distances = torch.arange(0, windows[-1][1])
     header = f"{'method':<24}" + "".join(f"{f'Δ∈[{a},{b})':>16}" for a, b in windows)
-    print("Mean pre-softmax score of the aligned probe (q̂ = k̂ = 1 per pair), head_dim 64, head 0,")
-    print("training length 512 where a method needs one. Windows are query–key distances.\n")
+    print("Mean pre-softmax score of the aligned probe (q̂ = k̂ = 1 per pair), head_dim 64, head 0, for")
+    print("each method's registry example (`hopekit methods`). Windows are query–key distances.\n")
     print(header)
     print("-" * len(header))
     for name in pe.REGISTRY:
-        enc = pe.build(name, head_dim=64, num_heads=8, **DEMO_CONFIGS[name])
-        if name == "learned":
+        config = pe.example_config(name, head_dim=64)
+        enc = pe.from_config(config, head_dim=64, num_heads=8)
+        if any(True for _ in enc.parameters()):  # learned weights: its scores mean nothing until trained
             print(f"{name:<24}" + f"{'(random until trained)':>{16 * len(windows)}}")
             continue
         s = score_vs_distance(enc, distances, seq_len=4 * 512)
@@ -46,7 +47,7 @@ def _train(args: argparse.Namespace) -> int:
     from hopekit.train import train
 
     config = load_config(args.config, args.overrides)
-    out = args.out or f"checkpoints/{config.name}-{config.pe['kind']}"
+    out = args.out or f"checkpoints/{config.name}-{config.pe.kind}"
     result = train(config, out, resume=args.resume, progress=not args.no_progress)
     print(f"trained {result.step} steps; final loss {result.losses[-1]:.4f}; checkpoint {result.checkpoint}")
     return 0
@@ -73,7 +74,7 @@ def _eval(args: argparse.Namespace) -> int:
         longrope = json.loads(open(args.longrope).read())
     extensions = tuple(args.extensions.split(",")) if args.extensions is not None else None
     records = args.records or str(__import__("pathlib").Path(args.checkpoint).parent / "records.jsonl")
-    method = args.method or config.pe["kind"]
+    method = args.method or config.pe.kind
     evaluate_lengths(model, dataclasses.replace(config), records, method=method, extensions=extensions,
                      longrope=longrope)
     print(markdown_table(read_records(records), baseline=method, protocol=config.eval.protocol))

@@ -6,6 +6,9 @@ YAML file in ``configs/`` or a path), then ``key.sub=value`` overrides, e.g.::
     hopekit train --config tiny train.steps=200 pe.kind=alibi pe='{"kind": "yarn", "factor": 4, "train_len": 128}'
 
 Every value is validated when the dataclasses are built; an unknown key is an error naming it.
+The ``pe`` block is parsed **once**, here, into its method's typed parameters (``hopekit.pe.parse``);
+the training length is owned by ``train.train_len`` and handed to every method that has a
+``train_len`` parameter the config leaves unset. Inside hopekit ``config.pe`` is that typed object;
 ``resolved()`` gives the plain-dict form that is printed at start-up and stored in every checkpoint
 and record.
 """
@@ -14,13 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from .pe.base import Params, check_bool, check_choice, check_int, check_real
+
 __all__ = [
     "DataConfig", "TrainConfig", "EvalConfig", "ExperimentConfig", "load_config", "apply_overrides",
-    "CONFIG_DIR", "preset_path",
+    "CONFIG_DIR", "preset_path", "load_yaml", "parse_yaml",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "presets"
@@ -28,27 +33,6 @@ CONFIG_DIR = Path(__file__).resolve().parent / "presets"
 
 def _fail(obj: Any, name: str, why: str, exc: type[Exception] = ValueError) -> None:
     raise exc(f"{type(obj).__name__}.{name}={getattr(obj, name)!r}: {why}")
-
-
-def _int(obj: Any, name: str, low: int = 0) -> None:
-    v = getattr(obj, name)
-    if isinstance(v, bool) or not isinstance(v, int):
-        _fail(obj, name, "expected an int", TypeError)
-    if v < low:
-        _fail(obj, name, f"must be >= {low}")
-
-
-def _real(obj: Any, name: str, low: float = 0.0, strict: bool = False) -> None:
-    v = getattr(obj, name)
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        _fail(obj, name, "expected a real number", TypeError)
-    if not math.isfinite(v) or (v <= low if strict else v < low):
-        _fail(obj, name, f"must be finite and {'>' if strict else '>='} {low}")
-
-
-def _choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
-    if getattr(obj, name) not in choices:
-        _fail(obj, name, f"must be one of {choices}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -64,7 +48,7 @@ class DataConfig:
         for name in ("corpus", "tokenizer", "text_column"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 _fail(self, name, "expected a non-empty string", TypeError)
-        _int(self, "vocab_size", 1)
+        check_int(self, "vocab_size", low=1)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -92,25 +76,26 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("train_len", "batch_size", "steps", "log_every"):
-            _int(self, name, 1)
+            check_int(self, name, low=1)
         for name in ("warmup_steps", "checkpoint_every", "seed", "max_position"):
-            _int(self, name, 0)
-        _real(self, "lr", 0.0, strict=True)
-        _real(self, "min_lr", 0.0)
-        _real(self, "weight_decay", 0.0)
-        _real(self, "grad_clip", 0.0)
+            check_int(self, name, low=0)
+        check_real(self, "lr", low=0.0, low_open=True)
+        check_real(self, "min_lr", low=0.0)
+        check_real(self, "weight_decay", low=0.0)
+        check_real(self, "grad_clip", low=0.0)
         for name in ("beta1", "beta2"):
-            _real(self, name, 0.0)
-            if getattr(self, name) >= 1:
-                _fail(self, name, "must be < 1")
+            check_real(self, name, low=0.0, high=1.0, high_open=True)
         if self.min_lr > self.lr:
             _fail(self, "min_lr", f"must be <= lr={self.lr}")
-        _choice(self, "precision", ("auto", "fp32", "bf16"))
-        _choice(self, "positions", ("contiguous", "randomized"))
-        if not isinstance(self.device, str):
-            _fail(self, "device", "expected a string", TypeError)
-        if not isinstance(self.fsdp, bool):
-            _fail(self, "fsdp", "expected a bool", TypeError)
+        if self.warmup_steps > self.steps:
+            _fail(self, "warmup_steps", f"must be <= steps={self.steps} (the warm-up would never finish)")
+        check_choice(self, "precision", ("auto", "fp32", "bf16"))
+        check_choice(self, "positions", ("contiguous", "randomized"))
+        if not isinstance(self.device, str) or not self.device:
+            _fail(self, "device", "expected a device string such as 'auto', 'cpu', 'cuda', 'cuda:1'", TypeError)
+        check_bool(self, "fsdp")
+        if self.positions == "randomized" and self.max_position and self.max_position < self.train_len:
+            _fail(self, "max_position", f"must be >= train_len={self.train_len} (or 0 for 16 × train_len)")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -130,11 +115,11 @@ class EvalConfig:
         object.__setattr__(self, "extensions", tuple(self.extensions))
         if not self.multiples or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.multiples):
             _fail(self, "multiples", "expected a non-empty list of ints >= 1")
-        _choice(self, "protocol", ("nonoverlapping", "sliding", "truncate"))
-        _choice(self, "split", ("train", "validation", "test"))
-        _int(self, "stride", 0)
-        _int(self, "max_tokens", 1)
-        _int(self, "batch_size", 1)
+        check_choice(self, "protocol", ("nonoverlapping", "sliding", "truncate"))
+        check_choice(self, "split", ("train", "validation", "test"))
+        check_int(self, "stride", low=0)
+        check_int(self, "max_tokens", low=1)
+        check_int(self, "batch_size", low=1)
         bad = [e for e in self.extensions if e not in ("linear", "ntk", "dynamic_ntk", "yarn", "longrope")]
         if bad:
             _fail(self, "extensions", f"unknown eval-time extension(s) {bad}")
@@ -143,38 +128,49 @@ class EvalConfig:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ExperimentConfig:
     """A whole experiment. ``model`` holds ModelConfig fields except ``vocab_size`` (from the tokenizer)
-    and ``pe`` (its own section)."""
+    and ``pe`` (its own section). ``pe`` is the method's typed parameters; a mapping that names its
+    method (``{"kind": "yarn", "factor": 4}``) is parsed with ``train.train_len`` as the training
+    length (``hopekit.pe.parse``)."""
 
     name: str = "experiment"
     model: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    pe: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"kind": "rope"})
+    pe: Params = dataclasses.field(default_factory=lambda: {"kind": "rope"})  # type: ignore[assignment]
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.pe, Mapping) or "kind" not in self.pe:
-            _fail(self, "pe", 'expected a mapping that names its method, e.g. {"kind": "rope"}')
-        if self.train.positions == "randomized" and self.pe.get("kind") == "bipe":
-            _fail(self, "pe", "bipe derives its positions from token ids; train.positions='randomized' "
-                  "cannot apply to it")
+        from . import pe as pe_lib
+
+        if not isinstance(self.pe, (Params, Mapping)):
+            _fail(self, "pe", 'expected a mapping that names its method, e.g. {"kind": "rope"}', TypeError)
+        object.__setattr__(self, "pe", pe_lib.parse(self.pe, train_len=self.train.train_len))
+        for where, value in _train_lens(pe_lib.to_config(self.pe), "pe"):
+            if value != self.train.train_len and value != float("inf"):
+                raise ValueError(f"{where}={value!r}: differs from train.train_len={self.train.train_len}; the "
+                                 f"experiment owns the training length, leave {where} unset")
+        if self.train.positions == "randomized" and pe_lib.method_of(self.pe).encoding.uses_tokens:
+            raise ValueError(f"pe.kind={self.pe.kind!r}: derives its positions from the token ids; "
+                             f"train.positions='randomized' cannot apply to it")
+        if not isinstance(self.model, Mapping):
+            _fail(self, "model", "expected a mapping of ModelConfig fields", TypeError)
         for name in ("vocab_size", "pe"):
             if name in self.model:
                 _fail(self, "model", f"must not contain {name!r} (set it through {'data.tokenizer' if name == 'vocab_size' else 'pe'})")
 
     def model_config(self, vocab_size: int):
-        from . import pe as pe_lib
         from .model import ModelConfig
 
-        # every pe default filled in, so checkpoints say which values were used (see pe.resolve)
-        return ModelConfig(vocab_size=vocab_size, pe=pe_lib.resolve(self.pe), **dict(self.model))
+        return ModelConfig(vocab_size=vocab_size, pe=self.pe, **dict(self.model))
 
     def resolved(self) -> dict[str, Any]:
         """Plain JSON-able dict (what is printed, checkpointed and recorded), with every pe default
-        filled in (``pe.resolve``)."""
+        filled in (``hopekit.pe.to_config``)."""
         from . import pe as pe_lib
 
-        return json.loads(json.dumps({**dataclasses.asdict(self), "pe": pe_lib.resolve(self.pe)}, default=list))
+        sections = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "pe"}
+        plain = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in sections.items()}
+        return json.loads(json.dumps({**plain, "pe": pe_lib.to_config(self.pe)}, default=list))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ExperimentConfig":
@@ -194,29 +190,75 @@ class ExperimentConfig:
                 fields = {f.name for f in dataclasses.fields(sub)}
                 bad = sorted(set(value) - fields)
                 if bad:
-                    raise ValueError(f"config.{key}: unknown key(s) {bad}; allowed: {sorted(fields)}")
+                    raise ValueError(f"{key}.{bad[0]}: unknown key; {key} accepts {sorted(fields)}")
                 d[key] = sub(**value)
         return cls(**d)
 
 
-def preset_path(name: str | Path) -> Path:
-    """A preset name ("tiny") resolves to the packaged YAML; anything else is a path."""
+def _train_lens(config: Mapping[str, Any], where: str):
+    """``(dotted key, value)`` of every ``train_len`` in a pe config, nested methods included."""
+    for key, value in config.items():
+        if key == "train_len" and value is not None:
+            yield f"{where}.{key}", value
+        elif isinstance(value, Mapping):
+            yield from _train_lens(value, f"{where}.{key}")
+
+
+def preset_path(name: str | Path, prefix: str = "") -> Path:
+    """A preset name (``tiny``; ``default`` with ``prefix="bench_"``) resolves to the packaged YAML; a
+    name ending in .yaml/.yml, or naming an existing file, is a path. A folder of the same name in the
+    working directory is not mistaken for a preset file."""
     p = Path(name)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        if not p.exists():
-            raise FileNotFoundError(f"config: {p} does not exist")
+    if p.suffix in (".yaml", ".yml") or p.is_file():
+        if not p.is_file():
+            raise FileNotFoundError(f"config: {p} is not a file")
         return p
-    candidate = CONFIG_DIR / f"{name}.yaml"
-    if not candidate.exists():
-        known = sorted(x.stem for x in CONFIG_DIR.glob("*.yaml"))
-        raise ValueError(f"config={str(name)!r}: not a file and not a preset; presets: {known}")
+    candidate = CONFIG_DIR / f"{prefix}{name}.yaml"
+    if not candidate.is_file():
+        known = sorted(x.stem[len(prefix):] for x in CONFIG_DIR.glob(f"{prefix}*.yaml")
+                       if prefix or not x.stem.startswith("bench_"))
+        raise ValueError(f"preset={str(name)!r}: not a file and not a preset; presets: {known}")
     return candidate
 
 
-def _parse_value(text: str) -> Any:
+def _yaml_loader():
+    """PyYAML's safe loader with YAML 1.2 floats: ``1e-3`` is a float (YAML 1.1 reads it as a string)."""
     import yaml
 
-    return yaml.safe_load(text)
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+        list("-+0123456789."))
+    return Loader
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML ``text``; a syntax error is a one-line ``ValueError`` naming ``source`` and the line."""
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"{where}: invalid YAML: {problem}") from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file holding a mapping (a preset); errors name the file."""
+    path = Path(path)
+    d = parse_yaml(path.read_text(), str(path)) or {}
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level, got {type(d).__name__}")
+    return d
 
 
 def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -232,7 +274,7 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: {part!r} is not a section")
-        value = _parse_value(text)
+        value = parse_yaml(text, f"override {item!r}")
         if parts[-1] == "pe" and len(parts) == 1 and isinstance(value, dict):
             node["pe"] = value                                        # replace the whole pe block
         elif len(parts) == 2 and parts[0] == "pe" and parts[1] == "kind" and node.get("kind") != value:
@@ -245,13 +287,6 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
 
 def load_config(name: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Load a preset or YAML file, apply dotted overrides, validate."""
-    import yaml
-
-    d: dict[str, Any] = {}
-    if name is not None:
-        with open(preset_path(name)) as f:
-            d = yaml.safe_load(f) or {}
-        if not isinstance(d, dict):
-            raise ValueError(f"config {name}: expected a mapping at the top level")
+    d = load_yaml(preset_path(name)) if name is not None else {}
     d = apply_overrides(d, overrides or [])
     return ExperimentConfig.from_dict(d)

@@ -31,14 +31,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import pe as pe_lib
-from .pe.base import PositionalEncoding, check_positions
+from .pe.base import PositionalEncoding, check_bool, check_int, check_positions, check_real
 
 __all__ = ["ModelConfig", "Context", "KVCache", "RMSNorm", "SwiGLU", "Attention", "Block", "Decoder"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    """Shape of the decoder. ``pe`` names its method: ``{"kind": "rope", "base": 10000}``."""
+    """Shape of the decoder. ``pe``: the encoding's typed parameters (``hopekit.pe.parse``); a mapping
+    that names its method (``{"kind": "rope", "base": 10000}``) is parsed here."""
 
     vocab_size: int
     d_model: int = 256
@@ -51,37 +52,28 @@ class ModelConfig:
     dropout: float = 0.0
     init_std: float = 0.02
     attn_chunk: int = 256                # query rows per block on the bias / scores paths
-    pe: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"kind": "rope"})
+    pe: pe_lib.Params = dataclasses.field(default_factory=lambda: pe_lib.RopeParams())
 
     def __post_init__(self) -> None:
-        def check(name: str, ok: bool, why: str, error: type[Exception] = ValueError) -> None:
-            if not ok:
-                raise error(f"ModelConfig.{name}={getattr(self, name)!r}: {why}")
-
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden", "attn_chunk"):
-            value = getattr(self, name)
-            if value is None and name in ("n_kv_heads", "ffn_hidden"):
-                continue  # filled in below
-            check(name, isinstance(value, int) and not isinstance(value, bool), "expected an int", TypeError)
-            check(name, value >= 1, "must be >= 1")
-        for name in ("norm_eps", "init_std", "dropout"):
-            value = getattr(self, name)
-            check(name, isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-                  "expected a finite real number", TypeError)
-        check("norm_eps", self.norm_eps > 0, "must be > 0")
-        check("init_std", self.init_std > 0, "must be > 0")
-        check("dropout", 0 <= self.dropout < 1, "must be in [0, 1)")
-        check("tie_embeddings", isinstance(self.tie_embeddings, bool), "expected a bool", TypeError)
-        check("d_model", self.d_model % self.n_heads == 0, f"must be divisible by n_heads={self.n_heads}")
         if self.n_kv_heads is None:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
-        check("n_kv_heads", self.n_heads % self.n_kv_heads == 0, f"must divide n_heads={self.n_heads}")
-        if self.ffn_hidden is None:  # Llama's 8/3 · d_model, rounded up to a multiple of 8
+        if self.ffn_hidden is None and isinstance(self.d_model, int):  # Llama's 8/3 · d_model, to a multiple of 8
             object.__setattr__(self, "ffn_hidden", 8 * math.ceil(self.d_model / 3))
-        check("pe", isinstance(self.pe, Mapping) and "kind" in self.pe,
-              'expected a mapping that names its method, e.g. {"kind": "rope"}')
-        object.__setattr__(self, "pe", dict(self.pe))
-        with torch.device("meta"):  # validate the encoding's parameters against this shape, allocating nothing
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden", "attn_chunk"):
+            check_int(self, name, low=1)
+        check_real(self, "norm_eps", low=0.0, low_open=True)
+        check_real(self, "init_std", low=0.0, low_open=True)
+        check_real(self, "dropout", low=0.0, high=1.0, high_open=True)
+        check_bool(self, "tie_embeddings")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"ModelConfig.d_model={self.d_model}: must be divisible by n_heads={self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"ModelConfig.n_kv_heads={self.n_kv_heads}: must divide n_heads={self.n_heads}")
+        if not isinstance(self.pe, pe_lib.Params) and not (isinstance(self.pe, Mapping) and "kind" in self.pe):
+            raise ValueError(f"ModelConfig.pe={self.pe!r}: expected parameters or a mapping that names its "
+                             f'method, e.g. {{"kind": "rope"}}')
+        object.__setattr__(self, "pe", pe_lib.parse(self.pe))
+        with torch.device("meta"):  # check the encoding against this shape before anything is allocated
             self.build_pe()
 
     @property
@@ -89,7 +81,13 @@ class ModelConfig:
         return self.d_model // self.n_heads
 
     def build_pe(self) -> PositionalEncoding:
-        return pe_lib.from_config(self.pe, head_dim=self.head_dim, num_heads=self.n_heads, d_model=self.d_model)
+        return pe_lib.build(self.pe, head_dim=self.head_dim, num_heads=self.n_heads, d_model=self.d_model)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able fields (``pe`` as ``hopekit.pe.to_config``), as checkpoints store them;
+        ``ModelConfig(**d)`` reads them back."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {**fields, "pe": pe_lib.to_config(self.pe)}
 
 
 class Context(NamedTuple):

@@ -341,7 +341,7 @@ def _config_differences(saved: dict[str, Any], current: dict[str, Any], ignore: 
 def _check_resumable(ckpt: dict[str, Any], config: ExperimentConfig, model_cfg: ModelConfig, path: Path) -> None:
     diffs = _config_differences(ckpt["config"], config.resolved(), RESUME_MAY_DIFFER)
     diffs += _config_differences({"model_config": ckpt["model_config"]},
-                                 {"model_config": json.loads(json.dumps(dataclasses.asdict(model_cfg)))})
+                                 {"model_config": json.loads(json.dumps(model_cfg.to_dict()))})
     if diffs:
         raise CheckpointError(
             f"checkpoint {path}: written by a different configuration, refusing to resume:\n" + "\n".join(diffs)
@@ -425,24 +425,10 @@ def corpus_batches(config: ExperimentConfig) -> tuple[Batches, int]:
     data, t = config.data, config.train
     spec = f"bpe:{data.vocab_size}" if data.tokenizer == "bpe" else data.tokenizer
     tokenizer = load_tokenizer(spec, corpus=data.corpus)
-    _check_bipe_boundaries(config.pe, tokenizer)
+    config.pe.check_tokenizer(tokenizer)  # e.g. bipe's boundary ids against this tokenizer
     documents = load_corpus(data.corpus, "train", text_field=data.text_column)
     sampler = TrainBatches(token_stream(documents, tokenizer), t.batch_size, t.train_len, seed=t.seed)
     return sampler.batch, tokenizer.vocab_size
-
-
-def _check_bipe_boundaries(pe_config: Mapping[str, Any], tokenizer: Any) -> None:
-    """BiPE's default boundary ids are the byte tokenizer's "." and newline; any other tokenizer needs
-    its own (``hopekit.data.boundary_ids_for(tokenizer)``), or segments would be cut at random tokens."""
-    from .data import ByteTokenizer, boundary_ids_for
-    from .pe.bipe import BYTE_BOUNDARIES
-
-    if pe_config.get("kind") == "bipe" and not isinstance(tokenizer, ByteTokenizer) \
-            and tuple(pe_config.get("boundary_ids", BYTE_BOUNDARIES)) == BYTE_BOUNDARIES:
-        ids = sorted(boundary_ids_for(tokenizer))
-        raise ValueError(f"pe.boundary_ids: bipe's default {BYTE_BOUNDARIES} are the byte ids of '.' and newline, "
-                         f"but the tokenizer is {tokenizer.name}; pass its own, e.g. pe.boundary_ids={ids} "
-                         f"(hopekit.data.boundary_ids_for(tokenizer))")
 
 
 # --- the loop ------------------------------------------------------------------------------------
@@ -574,7 +560,7 @@ def _train(config: ExperimentConfig, out_dir: Path, d: _Dist, *, resume: bool, b
         if d.main:
             save_checkpoint(path, {
                 "format": FORMAT, "version": FORMAT_VERSION, "step": step,
-                "config": config.resolved(), "model_config": json.loads(json.dumps(dataclasses.asdict(model_cfg))),
+                "config": config.resolved(), "model_config": json.loads(json.dumps(model_cfg.to_dict())),
                 "model": model_state, "optimizer": optim_state, "rng": rng,
                 "data": {"seed": cfg.seed, "step": step}, "losses": list(losses),
                 "tokens": tokens_before + (step - start) * tokens_per_step, "train_time": time_before + elapsed,

@@ -16,6 +16,7 @@ from hopekit.eval.perplexity import (LengthLimitError, bin_curve, eval_kwargs, m
 from hopekit.eval.records import REQUIRED_FIELDS, append_records, read_records
 from hopekit.config import EvalConfig
 from hopekit.model import Decoder, ModelConfig
+from hopekit.pe import RopeParams, to_config
 
 VOCAB = 24
 TRAIN_LEN = 16
@@ -207,8 +208,8 @@ def test_argument_errors_and_training_flag_restored(rope_model):
 
 def test_with_pe_shares_weights_and_leaves_the_model_alone(rope_model):
     swapped = with_pe(rope_model, {"kind": "yarn", "factor": 4.0, "train_len": TRAIN_LEN})
-    assert swapped is not rope_model and swapped.config.pe["kind"] == "yarn"
-    assert rope_model.config.pe == {"kind": "rope"} and rope_model.pe.kind == "rope" and swapped.pe.kind == "yarn"
+    assert swapped is not rope_model and swapped.config.pe.kind == "yarn"
+    assert rope_model.config.pe == RopeParams() and rope_model.pe.kind == "rope" and swapped.pe.kind == "yarn"
     pairs = list(zip(swapped.named_parameters(), rope_model.named_parameters()))
     assert len(pairs) == len(list(rope_model.parameters())) > 0
     assert all(n1 == n2 and p1 is p2 for (n1, p1), (n2, p2) in pairs)           # the same objects: no copy
@@ -277,7 +278,7 @@ def test_eval_at_16x_train_len_runs_for_every_family(kind, params):
 def test_rope_extensions_at_16x(rope_model):
     L = 16 * TRAIN_LEN
     lr = {"short_rescale": [1.0] * 8, "long_rescale": [1.0 + i for i in range(8)]}
-    cfgs = extension_configs(rope_model.config.pe, TRAIN_LEN, L,
+    cfgs = extension_configs(to_config(rope_model.config.pe), TRAIN_LEN, L,
                              ("rope", "linear", "ntk", "dynamic_ntk", "yarn", "longrope"), longrope=lr)
     s = stream(L + 1)
     nlls = {name: perplexity(with_pe(rope_model, cfg), s, L).nll for name, cfg in cfgs.items()}
@@ -290,7 +291,7 @@ def test_learned_absolute_refuses_beyond_its_table_and_is_recorded_as_a_skip(tmp
     assert math.isfinite(perplexity(model, stream(100), TRAIN_LEN).nll)
     with pytest.raises(LengthLimitError, match="max_len=16"):
         perplexity(model, stream(1000), 16 * TRAIN_LEN)
-    rows = skipped_records(method="learned", params=model.config.pe, train_len=TRAIN_LEN, eval_len=16 * TRAIN_LEN,
+    rows = skipped_records(method="learned", params=to_config(model.config.pe), train_len=TRAIN_LEN, eval_len=16 * TRAIN_LEN,
                            protocol="nonoverlapping", seed=0, model=model_descriptor(model), corpus="toy",
                            reason="beyond the learned table")
     assert [r["metric"] for r in rows] == ["ppl", "nll"] and all(r["value"] is None for r in rows)

@@ -62,3 +62,17 @@ def test_composite_capabilities_follow_inter(inter):
 def test_validation(bad, field):
     with pytest.raises((ValueError, TypeError), match=field):
         BiPEParams(**bad)
+
+
+def test_bipe_with_a_non_byte_tokenizer_needs_its_boundary_ids():
+    from hopekit import pe
+
+    class Bpe:  # any tokenizer that is not the byte tokenizer
+        name, vocab_size, eos_id = "bpe-test", 3, None
+
+        def decode(self, ids):
+            return {0: "a", 1: ".", 2: "b\n"}[ids[0]]
+
+    with pytest.raises(ValueError, match=r"pe.boundary_ids.*bpe-test.*\[1, 2\]"):
+        pe.parse({"kind": "bipe"}).check_tokenizer(Bpe())
+    pe.parse({"kind": "bipe", "boundary_ids": [1, 2]}).check_tokenizer(Bpe())   # explicit ids are fine

@@ -1,5 +1,5 @@
 """Analysis of how attention behaves with distance (score-vs-distance curves; more studies to come)."""
 
-from .distance import DEMO_CONFIGS, score_vs_distance
+from .distance import score_vs_distance
 
-__all__ = ["score_vs_distance", "DEMO_CONFIGS"]
+__all__ = ["score_vs_distance"]

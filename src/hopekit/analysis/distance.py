@@ -15,26 +15,6 @@ import torch
 
 from hopekit import pe
 
-#: demo configurations: head_dim 64, 8 heads, a training length of 512 where one is needed
-DEMO_CONFIGS: dict[str, dict] = {
-    "rope": {},
-    "linear": {"factor": 4.0},
-    "ntk": {"factor": 4.0},
-    "dynamic_ntk": {"factor": 4.0, "train_len": 512},
-    "yarn": {"factor": 4.0, "train_len": 512},
-    "llama3": {"factor": 4.0, "train_len": 512, "base": 10000.0},
-    "longrope": {"short_rescale": [1.0] * 32, "long_rescale": [1.0 + 3.0 * i / 31 for i in range(32)],
-                 "train_len": 512, "factor": 4.0},
-    "hope_highfreq": {"train_len": 512},
-    "hope_hyperbolic": {},
-    "alibi": {},
-    "sinusoidal": {},
-    "learned": {"max_len": 65536},
-    "nope": {},
-    "bipe": {"inter": {"kind": "rope"}},
-}
-
-
 @torch.no_grad()
 def score_vs_distance(enc: pe.PositionalEncoding, distances: torch.Tensor, *, query_pos: int | None = None,
                       seq_len: int | None = None) -> torch.Tensor:

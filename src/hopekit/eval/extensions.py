@@ -63,6 +63,8 @@ def extension_configs(base_pe: Mapping[str, Any], train_len: int, eval_len: int,
                       dynamic_factor: float | None = None) -> dict[str, dict[str, Any]]:
     """``{kind: pe_config}`` for evaluating a rope model (``base_pe``) trained at ``train_len`` at
     ``eval_len``; see the module docstring for each configuration. Every configuration is validated."""
+    if isinstance(base_pe, pe_lib.Params):
+        base_pe = pe_lib.to_config(base_pe)
     if not isinstance(base_pe, Mapping) or base_pe.get("kind") != "rope":
         raise ValueError(f"base_pe={base_pe!r}: eval-time extensions apply to a model trained with "
                          f"{{'kind': 'rope', ...}}")

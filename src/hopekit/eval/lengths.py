@@ -72,7 +72,7 @@ def evaluate_lengths(model: nn.Module, config: ExperimentConfig, records_path: s
         append_records(records_path, rows)
         new.extend(rows)
 
-    pe_config = dict(config.pe)
+    pe_config = pe_lib.to_config(config.pe)
     kinds = config.eval.extensions if extensions is None else extensions
     if longrope is not None and "longrope" not in kinds:
         kinds = (*kinds, "longrope")

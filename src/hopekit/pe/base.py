@@ -116,13 +116,24 @@ class Params:
     def validate_dims(self, head_dim: int, num_heads: int) -> None:  # noqa: B027 - optional hook
         """Checks that need the model shape; default: nothing."""
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON view (tuples become lists) for records and checkpoints."""
-        out = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            out[f.name] = list(v) if isinstance(v, tuple) else v
-        return out
+    def check_tokenizer(self, tokenizer: Any) -> None:  # noqa: B027 - optional hook
+        """Checks of parameters that name token ids against the tokenizer in use; default: nothing."""
+
+    @classmethod
+    def fill_train_len(cls, fields: dict[str, Any], train_len: int) -> dict[str, Any]:
+        """Config ``fields`` with the experiment's training length given to a ``train_len`` parameter
+        the config leaves unset (the experiment owns that fact; see ``hopekit.pe.parse``)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        if "train_len" in names and fields.get("train_len") is None:
+            return {**fields, "train_len": train_len}
+        return fields
+
+    @property
+    def kind(self) -> str:
+        """The registry name of these parameters."""
+        from . import name_of  # local import: the registry imports this module
+
+        return name_of(self)
 
 
 def check_dims(head_dim: Any, num_heads: Any, d_model: Any = None) -> tuple[int, int]:

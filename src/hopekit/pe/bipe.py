@@ -61,26 +61,32 @@ def bipe_positions(idx: torch.Tensor, boundary_ids: tuple[int, ...] | torch.Tens
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class BiPEParams(Params):
-    """BiPE. ``inter``: a relative method's config (``{"kind": "rope"}``); ``intra``: "learned" or
-    "sinusoidal"; ``intra_max_len``: size of the learned intra table (a longer segment is refused);
-    ``boundary_ids``: token ids that end a segment (default: the byte tokenizer's "." and "\\n")."""
+    """BiPE. ``inter``: a relative method's parameters (a config such as ``{"kind": "rope"}`` is parsed);
+    ``intra``: "learned" or "sinusoidal"; ``intra_max_len``: size of the learned intra table (a longer
+    segment is refused); ``boundary_ids``: token ids that end a segment (default: the byte tokenizer's
+    "." and "\\n")."""
 
-    inter: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"kind": "rope"})
+    inter: Params = dataclasses.field(default_factory=lambda: _parse({"kind": "rope"}))
     intra: str = "learned"
     intra_max_len: int = 1024
     boundary_ids: tuple[int, ...] = BYTE_BOUNDARIES
 
     def __post_init__(self) -> None:
-        from . import REGISTRY
+        from . import method_of
 
-        if not isinstance(self.inter, Mapping) or "kind" not in self.inter:
-            raise ValueError(f"BiPEParams.inter={self.inter!r}: expected a mapping naming a relative method, "
+        inter = self.inter
+        if isinstance(inter, Mapping):
+            try:
+                inter = _parse(inter)
+            except (ValueError, TypeError) as e:
+                raise type(e)(f"BiPEParams.inter: {e}") from None
+        elif not isinstance(inter, Params):
+            raise ValueError(f"BiPEParams.inter={inter!r}: expected a mapping naming a relative method, "
                              f'e.g. {{"kind": "rope"}}')
-        kind = self.inter["kind"]
-        if not isinstance(kind, str) or kind not in REGISTRY or kind in ("bipe", "learned", "sinusoidal"):
-            raise ValueError(f"BiPEParams.inter={dict(self.inter)!r}: kind must be a relative method "
+        if method_of(inter).encoding.uses_embed:  # absolute (or BiPE itself): not an inter-segment method
+            raise ValueError(f"BiPEParams.inter={inter.kind!r}: must be a relative method "
                              f"(rope family, hope_highfreq, hope_hyperbolic, alibi, nope)")
-        object.__setattr__(self, "inter", dict(self.inter))
+        object.__setattr__(self, "inter", inter)
         if self.intra not in ("learned", "sinusoidal"):
             raise ValueError(f"BiPEParams.intra={self.intra!r}: must be 'learned' or 'sinusoidal'")
         check_int(self, "intra_max_len", low=1)
@@ -91,6 +97,38 @@ class BiPEParams(Params):
             if isinstance(i, bool) or not isinstance(i, int) or i < 0:
                 raise ValueError(f"BiPEParams.boundary_ids={ids!r}: entries must be non-negative ints")
         object.__setattr__(self, "boundary_ids", tuple(ids))
+
+    def validate_dims(self, head_dim: int, num_heads: int) -> None:
+        self.inter.validate_dims(head_dim, num_heads)
+
+    @classmethod
+    def fill_train_len(cls, fields: dict[str, Any], train_len: int) -> dict[str, Any]:
+        """The training length goes to the inter-segment method (e.g. hope_highfreq's)."""
+        inter = fields.get("inter", {"kind": "rope"})
+        if isinstance(inter, Mapping) and "kind" in inter:
+            from . import REGISTRY
+
+            if inter["kind"] in REGISTRY:
+                inter = REGISTRY[inter["kind"]].params.fill_train_len(dict(inter), train_len)
+            return {**fields, "inter": inter}
+        return fields
+
+    def check_tokenizer(self, tokenizer: Any) -> None:
+        """The default boundary ids are the byte tokenizer's "." and newline; another tokenizer needs its
+        own, or segments would be cut at random tokens."""
+        if self.boundary_ids == BYTE_BOUNDARIES and not str(getattr(tokenizer, "name", "")).startswith("byte"):
+            from ..data import boundary_ids_for  # only reached with a tokenizer, i.e. with hopekit.data loaded
+
+            ids = sorted(boundary_ids_for(tokenizer))
+            raise ValueError(f"pe.boundary_ids={list(BYTE_BOUNDARIES)}: bipe's default ids are the byte tokenizer's "
+                             f"'.' and newline, but the tokenizer is {getattr(tokenizer, 'name', tokenizer)!r}; pass "
+                             f"its own, e.g. pe.boundary_ids={ids} (hopekit.data.boundary_ids_for(tokenizer))")
+
+
+def _parse(config: Mapping[str, Any]) -> Params:
+    from . import parse  # local import: the registry imports this module
+
+    return parse(config)
 
 
 class BiPE(PositionalEncoding):
@@ -105,9 +143,9 @@ class BiPE(PositionalEncoding):
 
     def __init__(self, params: BiPEParams, *, head_dim: int, num_heads: int = 1, d_model: int | None = None):
         super().__init__(params, head_dim=head_dim, num_heads=num_heads, d_model=d_model)
-        from . import build, from_config
+        from . import build
 
-        self.inter = from_config(params.inter, head_dim=head_dim, num_heads=num_heads, d_model=d_model)
+        self.inter = build(params.inter, head_dim=head_dim, num_heads=num_heads, d_model=d_model)
         intra_params = {"max_len": params.intra_max_len} if params.intra == "learned" else {}
         self.intra = build(params.intra, head_dim=head_dim, num_heads=num_heads, d_model=d_model, **intra_params)
 
