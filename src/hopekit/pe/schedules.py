@@ -233,13 +233,18 @@ def yarn(p: YarnParams, rotary_dim: int, seq_len: int | None = None) -> Spectrum
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Llama3Params(RopeParams):
     """Llama-3.1 scaling: wavelengths < L/high_freq_factor keep θ_i, > L/low_freq_factor get θ_i/s,
-    a linear blend in between; no attention factor. Defaults are Llama-3.1's (8, 1, 4, 8192)."""
+    a linear blend in between; no attention factor.
 
-    factor: float = 8.0
-    train_len: int = 8192
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
-    base: float = 500000.0
+    ``factor``, ``train_len``, ``low_freq_factor`` and ``high_freq_factor`` are required, as in
+    transformers (they describe a checkpoint; no value is method-independent), and ``base`` has RoPE's
+    default like every rope-family method. Llama-3.1 itself is ``factor=8, train_len=8192,
+    low_freq_factor=1, high_freq_factor=4, base=500000``.
+    """
+
+    factor: float
+    train_len: int
+    low_freq_factor: float
+    high_freq_factor: float
 
     def __post_init__(self) -> None:
         super().__post_init__()
