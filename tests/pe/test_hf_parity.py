@@ -288,6 +288,31 @@ def test_llama3(head_dim, fraction, base, factor, train_len, low, high):
     assert_parity(mine, hf_spectrum("llama3", cfg), base)
 
 
+#: transformers' llama3 rope_scaling keys → ours
+LLAMA3_REQUIRED = {"factor": "factor", "low_freq_factor": "low_freq_factor",
+                   "high_freq_factor": "high_freq_factor", "original_max_position_embeddings": "train_len"}
+
+
+@pytest.mark.parametrize("hf_key", sorted(LLAMA3_REQUIRED))
+def test_llama3_required_keys_match_transformers(hf_key):
+    """transformers refuses a llama3 rope_scaling without any of these four keys; so do we (no silent
+    Llama-3.1 values), and its default rope_theta is RoPE's, as is our default base."""
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 1024}
+    mine = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "train_len": 1024}
+    with pytest.raises(KeyError, match=hf_key):  # (at config validation or in the init function)
+        cfg = transformers.LlamaConfig(hidden_size=128, num_attention_heads=2, head_dim=64,
+                                       max_position_embeddings=8192,
+                                       rope_scaling={k: v for k, v in scaling.items() if k != hf_key})
+        ROPE_INIT_FUNCTIONS["llama3"](cfg, "cpu")
+    ours_key = LLAMA3_REQUIRED[hf_key]
+    with pytest.raises(TypeError, match=ours_key):
+        pe.build("llama3", head_dim=64, **{k: v for k, v in mine.items() if k != ours_key})
+    full = transformers.LlamaConfig(hidden_size=128, num_attention_heads=2, head_dim=64,
+                                    max_position_embeddings=8192, rope_scaling=scaling)
+    assert pe.build("llama3", head_dim=64, **mine).params.base == full.rope_theta
+
+
 # --------------------------------------------------------------------------------------------------
 # LongRoPE
 # --------------------------------------------------------------------------------------------------
@@ -421,7 +446,7 @@ def test_rotary_module_cos_sin(kind, last):
     elif kind == "yarn":
         params, scaling, max_pos = {"factor": s, "train_len": L}, _yarn_scaling(s, L), int(s * L)
     elif kind == "llama3":
-        params = {"factor": s, "train_len": L, "base": base}
+        params = {"factor": s, "train_len": L, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
         scaling = {"rope_type": "llama3", "factor": s, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                    "original_max_position_embeddings": L}
         max_pos = int(s * L)
@@ -491,7 +516,8 @@ def test_llama31_known_bands():
     the blend (1 − σ)θ/s + σθ with σ = (L/w − 1)/3 in between."""
     d, b, s, L = 128, 500000.0, 8.0, 8192
     theta = ours("rope", d, base=b).inv_freq
-    new = ours("llama3", d).inv_freq  # the defaults are Llama-3.1's
+    llama31 = {"base": b, "factor": s, "train_len": L, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+    new = ours("llama3", d, **llama31).inv_freq
     w = 2 * math.pi / theta
     high, low, mid = w < L / 4, w > L, (w >= L / 4) & (w <= L)
     assert high.sum() > 0 and low.sum() > 0 and mid.sum() > 0  # all three bands are populated
@@ -499,7 +525,7 @@ def test_llama31_known_bands():
     torch.testing.assert_close(new[low], theta[low] / s, rtol=1e-15, atol=0)
     sigma = (L / w[mid] - 1) / 3
     torch.testing.assert_close(new[mid], (1 - sigma) * theta[mid] / s + sigma * theta[mid], rtol=1e-14, atol=0)
-    assert ours("llama3", d).attn_scale == 1.0
+    assert ours("llama3", d, **llama31).attn_scale == 1.0
 
 
 @pytest.mark.parametrize(("head_dim", "fraction", "base"), SHAPES, ids=SHAPE_IDS)

@@ -223,3 +223,112 @@ def test_default_penalty_and_validation():
     assert p.resolved_penalty == pytest.approx(1.05 * p.omega_scale)
     with pytest.raises(ValueError, match="penalty"):
         HyperbolicParams(omega_scale=0.1, penalty=0.1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Learnable λ: as exact as a fixed λ (issue 13, item 2.9)
+# ---------------------------------------------------------------------------------------------------
+
+U32 = 2.0 ** -24  # float32 unit roundoff
+#: Relative error of one channel term Q_c K_c e^{−r_c Δ} of ``scores`` (float32), in units of U32:
+#: * the rate r̃_c = r_c(1 + ε_r): |ε_r| ≤ RATE_ROUNDINGS·U32, which shifts the exponent by r_cΔ·ε_r.
+#:   Fixed λ: 1 (the float64 rate cast once). Learnable λ: 4 (the cast of the float64 offset
+#:   (ω_max ∓ ω_i) + ω_max·margin, float32 softplus = exp then log1p (2), the sum);
+#: * the two block exponents x_q = r̃·dq, x_k = r̃·dk are rounded products: |x_q| ≤ 20 (the block rule)
+#:   and |x_k| ≤ r_cΔ + 20, so they are off by U32·(r_cΔ + 40) in all;
+#: * a fixed count of further roundings: exp twice, the two scalings, the eigenbasis change
+#:   ((a ± b)·(1/√2) on each side, and 1/√2 itself), the matmul's addition of the u and v terms.
+FURTHER_ROUNDINGS = 12
+
+
+def channel_error_bound(up, down, a, b, rate_u, rate_v, delta, rate_roundings):
+    """Σ_c |term_c| · U32 · (r_cΔ·(rate_roundings + 1) + 40 + FURTHER_ROUNDINGS) over the u and v channel."""
+    def per_term(rate):
+        return U32 * (rate * delta * (rate_roundings + 1) + 40 + FURTHER_ROUNDINGS)
+    return 0.5 * (up * abs(a + b) * per_term(rate_u) + down * abs(a - b) * per_term(rate_v))
+
+
+def learned_rates64(enc, omega):
+    """The rates a learnable encoding's parameter denotes, in float64: λ = ω_max(1 + margin) + softplus(p)
+    (the module docstring's definition), λ − ω_i and λ + ω_i."""
+    lam = float(omega.max()) * (1 + 1e-6) + torch.nn.functional.softplus(enc.penalty_raw.detach().double())
+    return lam - omega, lam + omega
+
+
+@pytest.mark.parametrize("learnable", [False, True])
+@pytest.mark.parametrize("omega_scale", [1.0, 0.01, 1e-3])
+def test_learnable_penalty_as_exact_as_fixed_near_max_omega(omega_scale, learnable):
+    """λ = ω(1 + 1e-5): the slowest rate λ − ω_max is 1e-5·ω. A float32 difference λ − ω loses ~ulp(ω)/2
+    of it (relative 6e-3), i.e. a relative score error of 6e-3·(λ − ω)Δ — up to 3e-2 at Δ = 5.7e5. Both
+    paths must stay within the float32 rounding bound of ``channel_error_bound``."""
+    d = 16
+    lam_cfg = omega_scale * (1 + 1e-5)
+    enc = hyper(d, 1, omega_scale=omega_scale, penalty=lam_cfg, learnable=learnable)
+    omega = omega64(d, 10000.0, omega_scale)
+    if learnable:
+        rate_u, rate_v = learned_rates64(enc, omega)
+        # the parameter denotes the configured λ: p is float32, so softplus(p) is off by ≤ |p|·U32 relative
+        p = enc.penalty_raw.detach()[0].item()
+        excess = lam_cfg - omega_scale * (1 + 1e-6)
+        assert abs((rate_u[0] - (lam_cfg - omega_scale)).item()) <= (abs(p) + 2) * U32 * excess
+        rate_roundings = 4
+    else:
+        rate_u, rate_v = lam_cfg - omega, lam_cfg + omega
+        rate_roundings = 1
+    deltas = torch.cat([torch.arange(0, 64), torch.logspace(6, math.log2(5.7e5), 40, base=2).long(),
+                        torch.tensor([570_000])]).unique()
+    delta = deltas.double()
+    m = 1_000_000 + int(deltas.max())
+    worst = 0.0
+    for i in range(d // 2):
+        for a, b in ((1.0, 0.0), (0.0, 1.0), (0.75, 0.25), (0.5, 0.5)):  # exact in float32
+            q, k = torch.zeros(1, 1, 1, d), torch.zeros(1, 1, len(deltas), d)
+            q[..., i] = 1.0
+            k[..., i], k[..., i + d // 2] = a, b
+            with torch.no_grad():
+                ours = enc.scores(q, k, torch.tensor([m]), m - deltas)[0, 0, 0].double()
+            up, down = torch.exp(-delta * rate_u[i]), torch.exp(-delta * rate_v[i])
+            ref = 0.5 * (up + down) * a + 0.5 * (up - down) * b
+            bound = channel_error_bound(up, down, a, b, rate_u[i], rate_v[i], delta, rate_roundings)
+            magnitude = 0.5 * (up * abs(a + b) + down * abs(a - b))
+            big = magnitude > 1e-30  # below: near float32's underflow, compared absolutely
+            assert torch.isfinite(ours).all()
+            err = (ours - ref).abs()
+            assert (err[~big] <= 1e-30).all()
+            worst = max(worst, (err[big] / bound[big]).max().item())
+    assert worst <= 1.0, worst
+
+
+def test_learnable_penalty_gradient_matches_float64_closed_form():
+    """d/dp of Σ_n e^{−(λ−ω_0)Δ_n} (u channel of pair 0) = −σ(p) Σ_n Δ_n e^{−(λ−ω_0)Δ_n}, at λ near ω."""
+    d, omega_scale = 16, 1.0
+    enc = hyper(d, 1, omega_scale=omega_scale, penalty=omega_scale * (1 + 1e-5), learnable=True)
+    omega = omega64(d, 10000.0, omega_scale)
+    deltas = torch.tensor([0, 1, 1000, 100_000, 570_000])
+    m = 1_000_000
+    q, k = torch.zeros(1, 1, 1, d), torch.zeros(1, 1, len(deltas), d)
+    q[..., 0] = 1.0
+    k[..., 0], k[..., d // 2] = 1.0, 1.0  # a = b = 1: only the u channel, term = e^{−(λ−ω_0)Δ}
+    enc.scores(q, k, torch.tensor([m]), m - deltas).sum().backward()
+    rate_u, rate_v = learned_rates64(enc, omega)
+    delta = deltas.double()
+    terms = torch.exp(-delta * rate_u[0])
+    sigma = torch.sigmoid(enc.penalty_raw.detach().double())
+    ref = -(sigma * (delta * terms).sum()).item()
+    # each term's relative error as in channel_error_bound (learnable: 4 rate roundings), plus the
+    # product with Δ, σ(p) (2), and the sum of same-sign terms (len − 1)
+    rel = max(U32 * (rate_u[0].item() * dl * 5 + 40 + FURTHER_ROUNDINGS) for dl in deltas.tolist())
+    rel += U32 * (3 + len(deltas))
+    grad = enc.penalty_raw.grad.double().item()
+    assert grad < 0 and abs(grad - ref) <= rel * abs(ref), (grad, ref, abs(grad / ref - 1), rel)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool], ids=str)
+@pytest.mark.parametrize("which", ["q", "k"])
+def test_scores_refuse_non_floating_q_or_k(which, dtype):
+    enc = hyper(16, 2)
+    t = {"q": torch.ones(1, 2, 3, 16), "k": torch.ones(1, 2, 3, 16)}
+    t[which] = t[which].to(dtype)
+    pos = torch.arange(3)
+    with pytest.raises(TypeError, match=rf"^{which}: .*{dtype}"):
+        enc.scores(t["q"], t["k"], pos, pos)

@@ -29,7 +29,7 @@ def test_factor_one_is_rope(base, rotary_fraction):
         spectrum("linear", factor=1.0, **common),
         spectrum("ntk", factor=1.0, **common),
         spectrum("yarn", factor=1.0, train_len=128, **common),
-        spectrum("llama3", factor=1.0, train_len=128, **common),
+        spectrum("llama3", factor=1.0, train_len=128, low_freq_factor=1.0, high_freq_factor=4.0, **common),
     ]
     pairs = int(D * rotary_fraction) // 2
     for seq_len in (None, 64, 4096):

@@ -21,9 +21,16 @@ from .base import Params, PositionalEncoding, check_positions, check_real
 
 __all__ = ["ALiBiParams", "ALiBi", "alibi_slopes"]
 
+#: the largest ``max_bias``: every slope is ≥ 2^(−max_bias) and the bias is float32, so this keeps each
+#: slope a positive normal float32 (≥ 2^−126); beyond it slopes silently round to 0 (no position at all)
+MAX_BIAS = 126.0
+
 
 def alibi_slopes(num_heads: int, max_bias: float = 8.0) -> torch.Tensor:
-    """Per-head slopes (float64), including non-power-of-two head counts."""
+    """Per-head slopes (float64), including non-power-of-two head counts; 0 < ``max_bias`` ≤ 126."""
+    if isinstance(max_bias, bool) or not isinstance(max_bias, (int, float)) or not 0 < max_bias <= MAX_BIAS:
+        raise ValueError(f"max_bias={max_bias!r}: must be a real number in (0, {MAX_BIAS:g}] "
+                         f"(the smallest slope, 2^-max_bias, must stay a normal float32)")
 
     def geometric(n: int) -> list[float]:
         return [2.0 ** (-max_bias * (h + 1) / n) for h in range(n)]
@@ -37,12 +44,13 @@ def alibi_slopes(num_heads: int, max_bias: float = 8.0) -> torch.Tensor:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ALiBiParams(Params):
-    """ALiBi. ``max_bias``: the exponent range of the slope sequence (8 in the paper)."""
+    """ALiBi. ``max_bias``: the exponent range of the slope sequence (8 in the paper), at most 126 so
+    that every slope 2^(−max_bias·h/n) is a positive normal float32."""
 
     max_bias: float = 8.0
 
     def __post_init__(self) -> None:
-        check_real(self, "max_bias", low=0.0, low_open=True)
+        check_real(self, "max_bias", low=0.0, low_open=True, high=MAX_BIAS)
 
 
 class ALiBi(PositionalEncoding):

@@ -27,17 +27,19 @@ which is the same method up to a fixed permutation of the projection weights.
 
 * ω_i = ``omega_scale`` · ``base``^(−2i/d). Default base 10 000 and ``omega_scale`` 0.2, so the slowest
   channel decays at λ − ω_0 = 0.01/token (half-life ≈ 69 tokens) and position-poor pairs at ≈ λ = 0.21
-  (half-life ≈ 3 tokens): a local encoding. We chose 0.2 on the validation plays of the default bench
-  (``hopekit bench --preset benchmarks/hyperbolic_sweep.yaml``, byte level, train_len 128): validation
-  PPL at 1× is U-shaped in ``omega_scale`` as in the paper's Fig. 3 — 10.59 (0.002), 8.09 (0.01),
-  7.23 (0.05), 7.05 (0.1), 6.82 (0.2), 6.94 (0.5), 7.18 (1.0), against 6.59 for rope — and flat to 16×.
-  Between 0.1 and 0.5 the differences are within seed noise. Retune it for other tokenizers and
-  lengths. With ``omega_scale=1`` (RoPE's own frequencies) the encoding is extremely local
-  (papers/hope_hyperbolic.md, "Properties"). ``omega_scale`` is one of the two knobs of the paper's
-  "scaling factor" axis.
+  (half-life ≈ 3 tokens): a local encoding. How 0.2 was chosen: a sweep of ``omega_scale`` (and of λ,
+  fixed or learned) on the default bench budget, scored on the *validation* plays so that choosing the
+  default never looked at the test split (``hopekit bench --preset benchmarks/hyperbolic_sweep.yaml``,
+  byte level, train_len 128); 0.2 had the lowest in-distribution perplexity, the curve is U-shaped in
+  ``omega_scale`` as in the paper's Fig. 3, and its neighbours 0.1 and 0.5 were close behind. The
+  numbers are in docs/results/hyperbolic_sweep/report.md. Retune it for other tokenizers and lengths. With
+  ``omega_scale=1`` (RoPE's own frequencies) the encoding is extremely local (papers/hope_hyperbolic.md,
+  "Properties"). ``omega_scale`` is one of the two knobs of the paper's "scaling factor" axis.
 * λ = ``penalty``; default 1.05 · max ω_i. It must exceed max ω_i = ``omega_scale`` (paper §3.2.3).
 * ``learnable=True`` learns λ as max ω·(1 + 1e-6) + softplus(p), initialised at ``penalty``, so it
-  stays above max ω by construction; ``per_head=True`` gives every head its own λ.
+  stays above max ω by construction; ``per_head=True`` gives every head its own λ. Its rates are formed
+  without a float32 difference λ − ω_i (see :meth:`HyperbolicEncoding.rates`), so a learned λ is as
+  exact as a fixed one, even with λ very close to max ω.
 * ``max_block``: cap on the query-block length of the stable evaluation (memory/speed trade-off only;
   results do not depend on it beyond float32 rounding).
 
@@ -54,6 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Params, PositionalEncoding, check_bool, check_int, check_positions, check_qk, check_real
+from .rotary import check_floating
 
 __all__ = ["HyperbolicParams", "HyperbolicEncoding", "to_eigenbasis", "decay_rates"]
 
@@ -150,15 +153,28 @@ class HyperbolicEncoding(PositionalEncoding):
         return self.params.omega_scale * (1 + _LEARNED_MARGIN) + F.softplus(self.penalty_raw.float())
 
     def rates(self, device: torch.device | None = None) -> torch.Tensor:
-        """Decay rates ``(H or 1, head_dim)`` in float32 (fixed λ: computed in float64, then cast)."""
+        """Decay rates ``(H or 1, head_dim)`` in float32, each exact to float32 rounding.
+
+        Fixed λ: computed in float64, then cast. Learnable λ = ω_max(1 + margin) + softplus(p): no rate
+        is formed as a float32 difference λ − ω_i (which loses ~ulp(ω)/(λ − ω) of the slowest rate, 1e-2
+        and more relative when λ is close to ω_max). Instead each rate is a sum of non-negative terms,
+        r_c = C_c + softplus(p) with C_c = (ω_max ∓ ω_i) + ω_max·margin computed in float64 and cast
+        once, so its relative error stays a few float32 roundings and the gradient still reaches p.
+        """
         if self.penalty_raw is None:
             key = ("rates", device)
             if key not in self._cache:
                 lam = torch.full((self._heads,), self.params.resolved_penalty, dtype=torch.float64)
                 self._cache[key] = decay_rates(self._omega64(), lam).float().to(device)
             return self._cache[key]
-        omega = self._omega64().float().to(self.penalty_raw.device)
-        return decay_rates(omega, self.penalty())
+        device = self.penalty_raw.device
+        key = ("rate_offsets", device)
+        if key not in self._cache:
+            omega = self._omega64()
+            omega_max = float(omega.max())  # = omega_scale (pair 0)
+            floor = omega_max * _LEARNED_MARGIN
+            self._cache[key] = torch.cat([(omega_max - omega) + floor, (omega_max + omega) + floor]).float().to(device)
+        return self._cache[key] + F.softplus(self.penalty_raw.float())[:, None]
 
     # ----- the scores hook -----------------------------------------------------------------------
     def scores(self, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
@@ -169,6 +185,7 @@ class HyperbolicEncoding(PositionalEncoding):
         (bf16 stays bf16, with every factor bounded by e^20); exponents are always float32.
         """
         check_qk(self, q, k)
+        check_floating(q=q, k=k)
         if q.dim() != 4 or k.dim() != 4:
             raise ValueError(f"q, k: expected (B, H, T, head_dim), got {tuple(q.shape)} and {tuple(k.shape)}")
         if self._heads > 1 and q.shape[1] != self._heads:

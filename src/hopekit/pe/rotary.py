@@ -62,12 +62,20 @@ def _features(angle: torch.Tensor, scale: float, dtype: torch.dtype) -> RotaryFe
     return RotaryFeatures(cos, sin)
 
 
+def check_floating(**tensors: torch.Tensor) -> None:
+    """Refuse integer, bool or complex q/k (a rotation of integers silently returns wrong integers)."""
+    for name, t in tensors.items():
+        if not t.is_floating_point():
+            raise TypeError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
+
+
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate the half-split pairs of the first ``2 * cos.shape[-1]`` channels of ``x`` ``(..., T, D)``.
 
     Pairs with angle 0 (cos = 1, sin = 0, unscaled) come out bit-identical; channels past the rotary
-    dim are passed through.
+    dim are passed through. ``x`` must be floating point (``TypeError`` otherwise).
     """
+    check_floating(x=x)
     half = cos.shape[-1]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     x1, x2 = x[..., :half], x[..., half:2 * half]
@@ -140,6 +148,7 @@ class RotaryEncoding(PositionalEncoding):
 
     def rotate(self, q, k, q_pos, k_pos, *, seq_len=None):
         check_qk(self, q, k)
+        check_floating(q=q, k=k)
         q_pos = check_positions(q_pos, "q_pos", q.shape[-2], batch=q.shape[0] if q.dim() == 4 else None)
         k_pos = check_positions(k_pos, "k_pos", k.shape[-2], batch=k.shape[0] if k.dim() == 4 else None)
         if seq_len is None and self.params.length_dependent:

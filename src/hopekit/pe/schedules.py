@@ -52,8 +52,17 @@ def rope_inv_freq(base: float, rotary_dim: int) -> torch.Tensor:
     return 1.0 / (float(base) ** exponent)
 
 
+def _check_factor(p: Params) -> None:
+    check_real(p, "factor", low=1.0)
+
+
+def _check_train_len(p: Params) -> None:
+    check_int(p, "train_len", low=1)
+
+
 # --------------------------------------------------------------------------------------------------
-# Parameter dataclasses
+# One section per method: its parameter dataclass, then its schedule, a pure function
+# (params, rotary_dim, seq_len) -> Spectrum
 # --------------------------------------------------------------------------------------------------
 
 
@@ -88,12 +97,8 @@ class RopeParams(Params):
                 f"int({head_dim}*{self.rotary_fraction})={r}, which must be even and >= 2")
 
 
-def _check_factor(p: Params) -> None:
-    check_real(p, "factor", low=1.0)
-
-
-def _check_train_len(p: Params) -> None:
-    check_int(p, "train_len", low=1)
+def rope(p: RopeParams, rotary_dim: int, seq_len: int | None = None) -> Spectrum:
+    return Spectrum(rope_inv_freq(p.base, rotary_dim))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -105,6 +110,10 @@ class LinearParams(RopeParams):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_factor(self)
+
+
+def linear(p: LinearParams, rotary_dim: int, seq_len: int | None = None) -> Spectrum:
+    return Spectrum(rope_inv_freq(p.base, rotary_dim) / p.factor)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -127,6 +136,14 @@ class NTKParams(RopeParams):
                              f"base·factor^(r/(r−2)) overflows float64")
 
 
+def _ntk_base(base: float, factor: float, rotary_dim: int) -> float:
+    return base * factor ** (rotary_dim / (rotary_dim - 2))
+
+
+def ntk(p: NTKParams, rotary_dim: int, seq_len: int | None = None) -> Spectrum:
+    return Spectrum(rope_inv_freq(_ntk_base(p.base, p.factor, rotary_dim), rotary_dim))
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DynamicNTKParams(NTKParams):
     """Dynamic NTK (emozilla 2023): at length ℓ = max(seq_len, L), base′ = b·(s·ℓ/L − (s−1))^(r/(r−2)).
@@ -140,6 +157,13 @@ class DynamicNTKParams(NTKParams):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_train_len(self)
+
+
+def dynamic_ntk(p: DynamicNTKParams, rotary_dim: int, seq_len: int | None = None) -> Spectrum:
+    length = max(seq_len or p.train_len, p.train_len)
+    # = s·ℓ/L − (s − 1) (HF's form), written so that it is exactly 1 at ℓ = L for any s
+    effective = 1.0 + p.factor * (length - p.train_len) / p.train_len
+    return Spectrum(rope_inv_freq(_ntk_base(p.base, effective, rotary_dim), rotary_dim))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -175,16 +199,52 @@ class YarnParams(RopeParams):
         check_bool(self, "truncate")
 
 
+def yarn_get_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's attention temperature term 0.1·m·ln s + 1 (1 for s ≤ 1)."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def yarn(p: YarnParams, rotary_dim: int, seq_len: int | None = None) -> Spectrum:
+    inv_freq = rope_inv_freq(p.base, rotary_dim)
+    pairs = rotary_dim // 2
+
+    # Pair index at which a pair completes `turns` rotations within train_len (continuous).
+    def pair_for_turns(turns: float) -> float:
+        return rotary_dim * (math.log(p.train_len) - math.log(turns) - math.log(2 * math.pi)) / (2 * math.log(p.base))
+
+    lo, hi = pair_for_turns(p.beta_fast), pair_for_turns(p.beta_slow)
+    if p.truncate:
+        lo, hi = math.floor(lo), math.ceil(hi)
+    lo, hi = max(lo, 0), min(hi, rotary_dim - 1)  # (clip to rotary_dim - 1, as the reference code does)
+    if lo == hi:
+        hi += 0.001  # avoid 0/0 in the ramp
+    ramp = ((torch.arange(pairs, dtype=torch.float64) - lo) / (hi - lo)).clamp(0.0, 1.0)  # 0 keep … 1 interpolate
+    inv_freq = inv_freq * (1.0 - ramp) + (inv_freq / p.factor) * ramp
+
+    if p.attention_factor is not None:
+        scale = float(p.attention_factor)
+    elif p.mscale and p.mscale_all_dim:
+        scale = yarn_get_mscale(p.factor, p.mscale) / yarn_get_mscale(p.factor, p.mscale_all_dim)
+    else:
+        scale = yarn_get_mscale(p.factor)
+    return Spectrum(inv_freq, scale)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Llama3Params(RopeParams):
     """Llama-3.1 scaling: wavelengths < L/high_freq_factor keep θ_i, > L/low_freq_factor get θ_i/s,
-    a linear blend in between; no attention factor. Defaults are Llama-3.1's (8, 1, 4, 8192)."""
+    a linear blend in between; no attention factor.
 
-    factor: float = 8.0
-    train_len: int = 8192
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
-    base: float = 500000.0
+    ``factor``, ``train_len``, ``low_freq_factor`` and ``high_freq_factor`` are required, as in
+    transformers (they describe a checkpoint; no value is method-independent), and ``base`` has RoPE's
+    default like every rope-family method. Llama-3.1 itself is ``factor=8, train_len=8192,
+    low_freq_factor=1, high_freq_factor=4, base=500000``.
+    """
+
+    factor: float
+    train_len: int
+    low_freq_factor: float
+    high_freq_factor: float
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -195,6 +255,18 @@ class Llama3Params(RopeParams):
         if high <= low:
             raise ValueError(
                 f"Llama3Params.high_freq_factor={self.high_freq_factor!r}: must be > low_freq_factor={low!r}")
+
+
+def llama3(p: Llama3Params, rotary_dim: int, seq_len: int | None = None) -> Spectrum:
+    inv_freq = rope_inv_freq(p.base, rotary_dim)
+    wavelen = 2 * math.pi / inv_freq
+    low_wavelen = p.train_len / p.low_freq_factor    # longer than this: fully interpolated
+    high_wavelen = p.train_len / p.high_freq_factor  # shorter than this: untouched
+    smooth = (p.train_len / wavelen - p.low_freq_factor) / (p.high_freq_factor - p.low_freq_factor)
+    blended = (1 - smooth) * inv_freq / p.factor + smooth * inv_freq
+    out = torch.where(wavelen > low_wavelen, inv_freq / p.factor, inv_freq)
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return Spectrum(torch.where(medium, blended, out))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -254,6 +326,27 @@ class LongRoPEParams(RopeParams):
                     f"(head_dim={head_dim}, rotary_fraction={self.rotary_fraction})")
 
 
+def longrope_attention_factor(p: LongRoPEParams) -> float:
+    if not isinstance(p.attention_factor, str):
+        return float(p.attention_factor)
+    if p.factor <= 1.0:
+        return 1.0
+    if p.attention_factor == "su":
+        return math.sqrt(1.0 + math.log(p.factor) / math.log(p.train_len))
+    return yarn_get_mscale(p.factor)
+
+
+def longrope_uses_long(p: LongRoPEParams, seq_len: int | None) -> bool:
+    """The HF/Phi switching rule: long factors iff the current length exceeds ``train_len``."""
+    return seq_len is not None and seq_len > p.train_len
+
+
+def longrope(p: LongRoPEParams, rotary_dim: int, seq_len: int | None = None) -> Spectrum:
+    rescale = p.long_rescale if longrope_uses_long(p, seq_len) else p.short_rescale
+    inv_freq = rope_inv_freq(p.base, rotary_dim) / torch.tensor(rescale, dtype=torch.float64)
+    return Spectrum(inv_freq, longrope_attention_factor(p))
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class HighFreqParams(RopeParams):
     """hope_highfreq (Chen et al. 2024, arXiv 2410.21216): keep only pairs with θ_i ≥ 2π/L.
@@ -280,98 +373,6 @@ class HighFreqParams(RopeParams):
             check_real(self, "train_len", low=1.0, allow_inf=True)
         else:
             check_real(self, "keep_fraction", low=0.0, high=1.0, low_open=True)
-
-
-# --------------------------------------------------------------------------------------------------
-# Schedules: pure functions (params, rotary_dim, seq_len) -> Spectrum
-# --------------------------------------------------------------------------------------------------
-
-
-def rope(p: RopeParams, rotary_dim: int, seq_len: int | None = None) -> Spectrum:
-    return Spectrum(rope_inv_freq(p.base, rotary_dim))
-
-
-def linear(p: LinearParams, rotary_dim: int, seq_len: int | None = None) -> Spectrum:
-    return Spectrum(rope_inv_freq(p.base, rotary_dim) / p.factor)
-
-
-def _ntk_base(base: float, factor: float, rotary_dim: int) -> float:
-    return base * factor ** (rotary_dim / (rotary_dim - 2))
-
-
-def ntk(p: NTKParams, rotary_dim: int, seq_len: int | None = None) -> Spectrum:
-    return Spectrum(rope_inv_freq(_ntk_base(p.base, p.factor, rotary_dim), rotary_dim))
-
-
-def dynamic_ntk(p: DynamicNTKParams, rotary_dim: int, seq_len: int | None = None) -> Spectrum:
-    length = max(seq_len or p.train_len, p.train_len)
-    # = s·ℓ/L − (s − 1) (HF's form), written so that it is exactly 1 at ℓ = L for any s
-    effective = 1.0 + p.factor * (length - p.train_len) / p.train_len
-    return Spectrum(rope_inv_freq(_ntk_base(p.base, effective, rotary_dim), rotary_dim))
-
-
-def yarn_get_mscale(factor: float, mscale: float = 1.0) -> float:
-    """YaRN's attention temperature term 0.1·m·ln s + 1 (1 for s ≤ 1)."""
-    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
-
-
-def yarn(p: YarnParams, rotary_dim: int, seq_len: int | None = None) -> Spectrum:
-    inv_freq = rope_inv_freq(p.base, rotary_dim)
-    pairs = rotary_dim // 2
-
-    # Pair index at which a pair completes `turns` rotations within train_len (continuous).
-    def pair_for_turns(turns: float) -> float:
-        return rotary_dim * (math.log(p.train_len) - math.log(turns) - math.log(2 * math.pi)) / (2 * math.log(p.base))
-
-    lo, hi = pair_for_turns(p.beta_fast), pair_for_turns(p.beta_slow)
-    if p.truncate:
-        lo, hi = math.floor(lo), math.ceil(hi)
-    lo, hi = max(lo, 0), min(hi, rotary_dim - 1)  # (clip to rotary_dim - 1, as the reference code does)
-    if lo == hi:
-        hi += 0.001  # avoid 0/0 in the ramp
-    ramp = ((torch.arange(pairs, dtype=torch.float64) - lo) / (hi - lo)).clamp(0.0, 1.0)  # 0 keep … 1 interpolate
-    inv_freq = inv_freq * (1.0 - ramp) + (inv_freq / p.factor) * ramp
-
-    if p.attention_factor is not None:
-        scale = float(p.attention_factor)
-    elif p.mscale and p.mscale_all_dim:
-        scale = yarn_get_mscale(p.factor, p.mscale) / yarn_get_mscale(p.factor, p.mscale_all_dim)
-    else:
-        scale = yarn_get_mscale(p.factor)
-    return Spectrum(inv_freq, scale)
-
-
-def llama3(p: Llama3Params, rotary_dim: int, seq_len: int | None = None) -> Spectrum:
-    inv_freq = rope_inv_freq(p.base, rotary_dim)
-    wavelen = 2 * math.pi / inv_freq
-    low_wavelen = p.train_len / p.low_freq_factor    # longer than this: fully interpolated
-    high_wavelen = p.train_len / p.high_freq_factor  # shorter than this: untouched
-    smooth = (p.train_len / wavelen - p.low_freq_factor) / (p.high_freq_factor - p.low_freq_factor)
-    blended = (1 - smooth) * inv_freq / p.factor + smooth * inv_freq
-    out = torch.where(wavelen > low_wavelen, inv_freq / p.factor, inv_freq)
-    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-    return Spectrum(torch.where(medium, blended, out))
-
-
-def longrope_attention_factor(p: LongRoPEParams) -> float:
-    if not isinstance(p.attention_factor, str):
-        return float(p.attention_factor)
-    if p.factor <= 1.0:
-        return 1.0
-    if p.attention_factor == "su":
-        return math.sqrt(1.0 + math.log(p.factor) / math.log(p.train_len))
-    return yarn_get_mscale(p.factor)
-
-
-def longrope_uses_long(p: LongRoPEParams, seq_len: int | None) -> bool:
-    """The HF/Phi switching rule: long factors iff the current length exceeds ``train_len``."""
-    return seq_len is not None and seq_len > p.train_len
-
-
-def longrope(p: LongRoPEParams, rotary_dim: int, seq_len: int | None = None) -> Spectrum:
-    rescale = p.long_rescale if longrope_uses_long(p, seq_len) else p.short_rescale
-    inv_freq = rope_inv_freq(p.base, rotary_dim) / torch.tensor(rescale, dtype=torch.float64)
-    return Spectrum(inv_freq, longrope_attention_factor(p))
 
 
 def highfreq_keep_mask(p: HighFreqParams, rotary_dim: int) -> torch.Tensor:
