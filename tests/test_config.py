@@ -104,3 +104,8 @@ def test_every_registry_example_parses_builds_and_round_trips(name):
     assert pe.method_of(params) is pe.REGISTRY[name] and params.kind == name
     assert pe.parse(pe.to_config(params)) == params
     pe.build(params, head_dim=32, num_heads=2)
+
+
+def test_hope_highfreq_keep_fraction_takes_no_train_len():
+    cfg = load_config("tiny", ["pe={kind: hope_highfreq, keep_fraction: 0.25}"])
+    assert cfg.pe.keep_fraction == 0.25 and cfg.pe.train_len is None

@@ -374,6 +374,11 @@ class HighFreqParams(RopeParams):
         else:
             check_real(self, "keep_fraction", low=0.0, high=1.0, low_open=True)
 
+    @classmethod
+    def fill_train_len(cls, fields: dict, train_len: int) -> dict:
+        """The experiment's training length is the 2π/L rule's L, unless ``keep_fraction`` is chosen."""
+        return fields if fields.get("keep_fraction") is not None else super().fill_train_len(fields, train_len)
+
 
 def highfreq_keep_mask(p: HighFreqParams, rotary_dim: int) -> torch.Tensor:
     """Boolean mask of kept pairs, computed once in float64 from the frozen parameters."""
