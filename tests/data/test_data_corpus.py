@@ -358,6 +358,24 @@ def test_loader_errors_name_the_problem(tmp_path):
         load_corpus("shakespeare", "train", streaming=True)
 
 
+def test_invalid_utf8_names_the_file_and_the_byte_offset(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\xfe bad")
+    with pytest.raises(ValueError, match=r"bad\.txt: not valid UTF-8 at byte offset 0 \(byte 0xff"):
+        load_corpus(bad, "all")
+    later = tmp_path / "later.jsonl"    # the offset counts a BOM and is the file's, not the line's
+    later.write_bytes(b'\xef\xbb\xbf{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=r"later\.jsonl: not valid UTF-8 at byte offset 31 \(byte 0xe9"):
+        load_corpus(later, "all")
+    packed = tmp_path / "packed.txt.gz"
+    packed.write_bytes(gzip.compress(b"fine\n\x80"))
+    with pytest.raises(ValueError, match=r"packed\.txt\.gz: not valid UTF-8 at byte offset 5 of the decompressed"):
+        load_corpus(packed, "all")
+    (tmp_path / "torn.txt.gz").write_bytes(gzip.compress(b"fine")[:-6])
+    with pytest.raises(ValueError, match=r"torn\.txt\.gz: not a valid gzip file"):
+        load_corpus(tmp_path / "torn.txt.gz", "all")
+
+
 # --- import hygiene and reproducibility ----------------------------------------------------------
 
 def test_import_needs_torch_and_stdlib_only():

@@ -19,6 +19,7 @@ Project Gutenberg header and licence footer are stripped from local text files b
 
 from __future__ import annotations
 
+import codecs
 import functools
 import gzip
 import json
@@ -92,10 +93,22 @@ def load_embedded(
 # --- local files ---------------------------------------------------------------------------------
 
 def _read_text(path: Path) -> str:
+    """UTF-8 text (an optional BOM dropped, line endings normalised); a file that is not valid
+    UTF-8 (or not valid gzip) raises ValueError naming the path and the byte offset."""
     raw = path.read_bytes()
+    where = ""
     if path.name.endswith(".gz"):
-        raw = gzip.decompress(raw)
-    text = raw.decode("utf-8-sig")
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise ValueError(f"{path}: not a valid gzip file ({e})") from None
+        where = " of the decompressed text"
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        offset = e.start + (len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0)
+        raise ValueError(f"{path}: not valid UTF-8 at byte offset {offset}{where} "
+                         f"(byte 0x{raw[offset]:02x}: {e.reason})") from None
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
