@@ -23,7 +23,8 @@ Batching::
     for w in eval_windows(NONOVERLAP, encode_documents(test_docs, tok), eval_len=1024,
                           separator=tok.eos_id): ...
 
-BiPE segment positions: ``bipe_positions(ids, boundary_ids_for(tok))``.
+BiPE: ``boundary_ids_for(tok)`` — the ids of ``tok`` that end a segment, for the encoding's
+``boundary_ids`` (the positions are computed by :func:`hopekit.pe.bipe.bipe_positions`).
 """
 
 from .batching import (
@@ -46,7 +47,7 @@ from .batching import (
     token_stream,
     truncate_windows,
 )
-from .bipe import BIPE_BOUNDARY_CHARS, bipe_positions, boundary_ids_for
+from .bipe import BIPE_BOUNDARY_CHARS, boundary_ids_for
 from .corpus import (
     DEFAULT_CORPUS,
     EMBEDDED,
@@ -83,7 +84,7 @@ __all__ = [
     "BIPE_BOUNDARY_CHARS", "DEFAULT_CORPUS", "DEFAULT_PROTOCOL", "DEFAULT_SPLIT_SEED", "EMBEDDED",
     "ENDOFTEXT", "NONOVERLAP", "PROTOCOLS", "SLIDING", "SPLITS", "TRUNCATE",
     "ByteTokenizer", "Document", "EvalWindow", "HFTokenizer", "Tokenizer", "TrainBatches",
-    "assign_splits", "batch_windows", "bipe_positions", "boundary_ids_for", "cache_dir",
+    "assign_splits", "batch_windows", "boundary_ids_for", "cache_dir",
     "canonical_id", "corpus_stats", "count_scored", "embedded_manifest", "encode_document",
     "encode_documents", "eval_windows", "join_tokens", "load_corpus", "load_directory",
     "load_embedded", "load_jsonl", "load_local", "load_text_file", "load_tokenizer",
