@@ -105,7 +105,7 @@ def test_bpe_rejects_tiny_vocab(small_texts):
 def test_pretrained_from_file_reads_specials_from_config(bpe, tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
-    bpe.save(folder / "tokenizer.json")
+    bpe.tokenizer.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps(
         {"eos_token": {"content": ENDOFTEXT}, "bos_token": None}))
     tok = load_tokenizer(str(folder))
@@ -118,7 +118,7 @@ def test_pretrained_from_file_reads_specials_from_config(bpe, tmp_path):
 
 
 def test_pretrained_unknown_special_is_an_error(bpe, tmp_path):
-    bpe.save(tmp_path / "tokenizer.json")
+    bpe.tokenizer.save(str(tmp_path / "tokenizer.json"))
     with pytest.raises(ValueError, match="not in the vocabulary"):
         HFTokenizer.from_file(tmp_path / "tokenizer.json", eos_token="</s>")
 

@@ -35,8 +35,6 @@ from .batching import (
     TRUNCATE,
     EvalWindow,
     TrainBatches,
-    batch_windows,
-    count_scored,
     encode_document,
     encode_documents,
     eval_windows,
@@ -82,12 +80,11 @@ from .tokenizer import (
 
 __all__ = [
     "BIPE_BOUNDARY_CHARS", "DEFAULT_CORPUS", "DEFAULT_PROTOCOL", "DEFAULT_SPLIT_SEED", "EMBEDDED",
-    "ENDOFTEXT", "NONOVERLAP", "PROTOCOLS", "SLIDING", "SPLITS", "TRUNCATE",
-    "ByteTokenizer", "Document", "EvalWindow", "HFTokenizer", "Tokenizer", "TrainBatches",
-    "assign_splits", "batch_windows", "boundary_ids_for", "cache_dir",
-    "canonical_id", "corpus_stats", "count_scored", "embedded_manifest", "encode_document",
-    "encode_documents", "eval_windows", "join_tokens", "load_corpus", "load_directory",
-    "load_embedded", "load_jsonl", "load_local", "load_text_file", "load_tokenizer",
-    "nonoverlap_windows", "sliding_windows", "split_documents", "split_gutenberg", "step_seed",
-    "strip_gutenberg", "token_stream", "train_bpe", "truncate_windows", "work_id",
+    "ENDOFTEXT", "NONOVERLAP", "PROTOCOLS", "SLIDING", "SPLITS", "TRUNCATE", "ByteTokenizer",
+    "Document", "EvalWindow", "HFTokenizer", "Tokenizer", "TrainBatches", "assign_splits",
+    "boundary_ids_for", "cache_dir", "canonical_id", "corpus_stats", "embedded_manifest",
+    "encode_document", "encode_documents", "eval_windows", "join_tokens", "load_corpus",
+    "load_directory", "load_embedded", "load_jsonl", "load_local", "load_text_file",
+    "load_tokenizer", "nonoverlap_windows", "sliding_windows", "split_documents", "split_gutenberg",
+    "step_seed", "strip_gutenberg", "token_stream", "train_bpe", "truncate_windows", "work_id",
 ]

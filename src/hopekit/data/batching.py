@@ -12,8 +12,8 @@ constant that every record carries. A window is ``(input_ids, target_ids, loss_m
 only targets with ``loss_mask[j]`` count.
 
 * :data:`NONOVERLAP` — consecutive, non-overlapping windows of exactly ``eval_len`` inputs;
-  every target scored once; the tail that does not fill a window is dropped (reported by
-  :func:`count_scored`). Our default, and the HoPE-hyperbolic paper's.
+  every target scored once; the tail that does not fill a window is dropped. Our default, and
+  the HoPE-hyperbolic paper's.
 * :data:`SLIDING` — windows of ``eval_len`` every ``stride`` tokens, scoring only targets no
   earlier window scored (PI / YaRN / LongRoPE); the last window is moved back to end at the
   stream's end, so all windows have exactly ``eval_len`` inputs and every target from 1 to
@@ -109,7 +109,7 @@ class TrainBatches:
     ``batch(step)`` -> ``(inputs, targets)``, each ``(batch_size, train_len)`` int64, with
     ``targets[:, t] == inputs[:, t + 1]`` inside a window. Window starts are uniform over every
     offset that fits. ``rank`` (torchrun) gives each process its own windows for the same step.
-    The only state worth checkpointing is ``state_dict(step)`` = ``{"seed", "step"}``.
+    There is no sampler state: a checkpoint needs only ``seed`` and the next ``step``.
     """
 
     stream: torch.Tensor
@@ -149,23 +149,6 @@ class TrainBatches:
         w = self.windows(step, rank=rank)
         return w[:, :-1], w[:, 1:]
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return (self.batch(s) for s in _count_from(0))
-
-    def iterate(self, start_step: int = 0, *, rank: int = 0) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        """``(step, inputs, targets)`` for ``start_step, start_step + 1, ...`` (endless)."""
-        for s in _count_from(start_step):
-            x, y = self.batch(s, rank=rank)
-            yield s, x, y
-
-    def state_dict(self, step: int) -> dict[str, int]:
-        return {"seed": self.seed, "step": step}
-
-
-def _count_from(n: int) -> Iterator[int]:
-    while True:
-        yield n
-        n += 1
 
 
 # --- evaluation windows --------------------------------------------------------------------------
@@ -267,24 +250,3 @@ def eval_windows(
     if protocol == NONOVERLAP:
         return (w for s in streams for w in nonoverlap_windows(s, eval_len))
     return (w for s in streams for w in sliding_windows(s, eval_len, stride))  # type: ignore[arg-type]
-
-
-def batch_windows(windows: Iterable[EvalWindow], batch_size: int) -> Iterator[EvalWindow]:
-    """Stack windows into ``(B, eval_len)`` batches (the last one may be smaller)."""
-    buf: list[EvalWindow] = []
-    for w in windows:
-        buf.append(w)
-        if len(buf) == batch_size:
-            yield EvalWindow(*(torch.stack(t) for t in zip(*buf, strict=True)))
-            buf = []
-    if buf:
-        yield EvalWindow(*(torch.stack(t) for t in zip(*buf, strict=True)))
-
-
-def count_scored(windows: Iterable[EvalWindow]) -> dict[str, int]:
-    """``{"windows": ..., "scored": ...}`` — how many windows and scored targets a protocol gives."""
-    n = s = 0
-    for w in windows:
-        n += 1
-        s += int(w.loss_mask.sum())
-    return {"windows": n, "scored": s}

@@ -149,14 +149,8 @@ class HFTokenizer:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
-
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
-
-    def save(self, path: str | Path) -> None:
-        self.tokenizer.save(str(path))
 
     def __repr__(self) -> str:
         return f"HFTokenizer(name={self.name!r}, vocab_size={self.vocab_size})"
