@@ -55,6 +55,41 @@ def test_token_stream_layout():
         token_stream(["ab"], ByteTokenizer(specials=()))
 
 
+class _OffByOne:
+    """A tokenizer whose encode gives an id == vocab_size (one past its table)."""
+
+    name, vocab_size, bos_id, eos_id = "offbyone", 10, None, 9
+
+    def encode(self, text):
+        return [len(text) % 10 for _ in text] + [10]
+
+    def decode(self, ids):
+        return ""
+
+
+def test_token_ids_outside_the_vocabulary_are_refused():
+    with pytest.raises(ValueError, match=r"offbyone.encode\(...\) holds token id 10 at position 3, "
+                                         r"outside the vocabulary \[0, 10\)"):
+        token_stream(["abc"], _OffByOne())
+    with pytest.raises(ValueError, match=r"offbyone.encode"):
+        encode_documents(["abc"], _OffByOne())
+    tok = ByteTokenizer()
+    for bad in (257, -1, "256"):
+        with pytest.raises(ValueError, match=rf"separator={bad!r}: .* \[0, 257\)"):
+            token_stream(["ab"], tok, separator=bad)
+    assert token_stream(["ab"], tok, separator=256).tolist() == [97, 98, 256]
+    stream = token_stream(["hello", "world"], tok)
+    TrainBatches(stream, batch_size=2, train_len=4, vocab_size=tok.vocab_size)   # in range: fine
+    for bad in (257, -3):
+        bad_stream = stream.clone()
+        bad_stream[7] = bad
+        with pytest.raises(ValueError, match=rf"TrainBatches.stream holds token id {bad} at position 7, "
+                                             r"outside the vocabulary \[0, 257\)"):
+            TrainBatches(bad_stream, batch_size=2, train_len=4, vocab_size=tok.vocab_size)
+    with pytest.raises(ValueError, match="vocab_size"):
+        TrainBatches(stream, batch_size=2, train_len=4, vocab_size=0)
+
+
 def test_encode_documents_matches_generic_encode():
     tok = ByteTokenizer()
     text = "Ay, there's the rub;\nFor in that sleep of death — what dreams may come\n"

@@ -17,8 +17,9 @@ Tokenizers — ``encode`` / ``decode`` / ``vocab_size`` / ``bos_id`` / ``eos_id`
 
 Batching::
 
-    stream = token_stream(docs, tok)                     # doc SEP doc SEP ...
-    batches = TrainBatches(stream, batch_size=32, train_len=256, seed=0)
+    stream = token_stream(docs, tok)                     # doc SEP doc SEP ..., ids < tok.vocab_size
+    batches = TrainBatches(stream, batch_size=32, train_len=256, seed=0,
+                           vocab_size=tok.vocab_size)    # refuses ids outside [0, vocab_size)
     x, y = batches.batch(step)                           # same (seed, step) -> same batch
     for w in eval_windows(NONOVERLAP, encode_documents(test_docs, tok), eval_len=1024,
                           separator=tok.eos_id): ...
@@ -35,6 +36,7 @@ from .batching import (
     TRUNCATE,
     EvalWindow,
     TrainBatches,
+    check_token_ids,
     encode_document,
     encode_documents,
     eval_windows,
@@ -82,9 +84,9 @@ __all__ = [
     "BIPE_BOUNDARY_CHARS", "DEFAULT_CORPUS", "DEFAULT_PROTOCOL", "DEFAULT_SPLIT_SEED", "EMBEDDED",
     "ENDOFTEXT", "NONOVERLAP", "PROTOCOLS", "SLIDING", "SPLITS", "TRUNCATE", "ByteTokenizer",
     "Document", "EvalWindow", "HFTokenizer", "Tokenizer", "TrainBatches", "assign_splits",
-    "boundary_ids_for", "cache_dir", "canonical_id", "corpus_stats", "embedded_manifest",
-    "encode_document", "encode_documents", "eval_windows", "join_tokens", "load_corpus",
-    "load_directory", "load_embedded", "load_jsonl", "load_local", "load_text_file",
+    "boundary_ids_for", "cache_dir", "canonical_id", "check_token_ids", "corpus_stats",
+    "embedded_manifest", "encode_document", "encode_documents", "eval_windows", "join_tokens",
+    "load_corpus", "load_directory", "load_embedded", "load_jsonl", "load_local", "load_text_file",
     "load_tokenizer", "nonoverlap_windows", "sliding_windows", "split_documents", "split_gutenberg",
     "step_seed", "strip_gutenberg", "token_stream", "train_bpe", "truncate_windows", "work_id",
 ]

@@ -111,7 +111,10 @@ class HFTokenizer:
                  eos_token: str | None = None):
         self.tokenizer = tokenizer
         self.name = name
-        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        # one past the largest id, not the number of entries: a tokenizer.json may leave holes
+        # in its ids, and encode must never give an id >= vocab_size (a model's embedding size)
+        ids = tokenizer.get_vocab(with_added_tokens=True).values()
+        self.vocab_size = max(tokenizer.get_vocab_size(with_added_tokens=True), max(ids, default=-1) + 1)
         self.bos_id = self._id(bos_token, "bos_token")
         self.eos_id = self._id(eos_token, "eos_token")
 
