@@ -3,8 +3,9 @@
 One entry point, :func:`load_corpus`, takes a *source* and a *split* and returns whole
 :class:`~hopekit.data.documents.Document` objects:
 
-* ``"shakespeare"`` — the embedded default: 42 works of Shakespeare from Project Gutenberg,
-  one edition per work, split by work (``corpus/shakespeare/README.md``). Offline, ~2 MB.
+* ``"shakespeare"`` — the embedded default, offline: the works of Shakespeare from Project
+  Gutenberg, one edition per work, split by work. Its counts, sizes and provenance are in
+  ``corpus/shakespeare/README.md`` and :func:`embedded_manifest` (generated with the corpus).
 * a path — a ``.txt`` / ``.txt.gz`` file (one document), a ``.jsonl`` / ``.jsonl.gz`` / ``.json``
   file (one document per record, ``text_field``), or a directory of them (recursively). A
   directory with ``train/``, ``validation/``, ``test/`` sub-folders or ``train.jsonl``-style

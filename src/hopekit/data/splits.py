@@ -9,8 +9,8 @@ Two rules keep evaluation honest:
 
 Assignment ranks the work ids by a keyed hash (BLAKE2b of ``"<seed>:<id>"``) and cuts the
 ranking at exact counts (``round(fraction * n_works)``, at least one work per non-empty split),
-so the sizes are predictable on a corpus of forty works and the result depends on nothing but
-the set of ids and the seed: not on file order, Python's hash seed, or the platform.
+so the sizes are predictable even on a corpus of a few dozen works, and the result depends on
+nothing but the set of ids and the seed: not on file order, Python's hash seed, or the platform.
 """
 
 from __future__ import annotations
