@@ -21,8 +21,6 @@ from hopekit.data import (
     ByteTokenizer,
     Document,
     TrainBatches,
-    batch_windows,
-    count_scored,
     encode_documents,
     eval_windows,
     load_corpus,
@@ -55,6 +53,41 @@ def test_token_stream_layout():
     assert token_stream(["ab"], tok, separator=7).tolist() == [97, 98, 7]
     with pytest.raises(ValueError, match="eos_id"):
         token_stream(["ab"], ByteTokenizer(specials=()))
+
+
+class _OffByOne:
+    """A tokenizer whose encode gives an id == vocab_size (one past its table)."""
+
+    name, vocab_size, bos_id, eos_id = "offbyone", 10, None, 9
+
+    def encode(self, text):
+        return [len(text) % 10 for _ in text] + [10]
+
+    def decode(self, ids):
+        return ""
+
+
+def test_token_ids_outside_the_vocabulary_are_refused():
+    with pytest.raises(ValueError, match=r"offbyone.encode\(...\) holds token id 10 at position 3, "
+                                         r"outside the vocabulary \[0, 10\)"):
+        token_stream(["abc"], _OffByOne())
+    with pytest.raises(ValueError, match=r"offbyone.encode"):
+        encode_documents(["abc"], _OffByOne())
+    tok = ByteTokenizer()
+    for bad in (257, -1, "256"):
+        with pytest.raises(ValueError, match=rf"separator={bad!r}: .* \[0, 257\)"):
+            token_stream(["ab"], tok, separator=bad)
+    assert token_stream(["ab"], tok, separator=256).tolist() == [97, 98, 256]
+    stream = token_stream(["hello", "world"], tok)
+    TrainBatches(stream, batch_size=2, train_len=4, vocab_size=tok.vocab_size)   # in range: fine
+    for bad in (257, -3):
+        bad_stream = stream.clone()
+        bad_stream[7] = bad
+        with pytest.raises(ValueError, match=rf"TrainBatches.stream holds token id {bad} at position 7, "
+                                             r"outside the vocabulary \[0, 257\)"):
+            TrainBatches(bad_stream, batch_size=2, train_len=4, vocab_size=tok.vocab_size)
+    with pytest.raises(ValueError, match="vocab_size"):
+        TrainBatches(stream, batch_size=2, train_len=4, vocab_size=0)
 
 
 def test_encode_documents_matches_generic_encode():
@@ -94,13 +127,11 @@ def test_batches_do_not_depend_on_the_global_rng(stream):
 
 def test_resume_replays_the_uninterrupted_run(stream):
     tb = TrainBatches(stream, batch_size=4, train_len=16, seed=11)
-    it = tb.iterate()
-    full = [next(it) for _ in range(10)]
-    state = tb.state_dict(6)
-    resumed = TrainBatches(stream, batch_size=4, train_len=16, seed=state["seed"]).iterate(state["step"])
-    for step, x, y in (next(resumed) for _ in range(4)):
-        s0, x0, y0 = full[step]
-        assert step == s0 and torch.equal(x, x0) and torch.equal(y, y0)
+    full = [tb.batch(step) for step in range(10)]
+    resumed = TrainBatches(stream.clone(), batch_size=4, train_len=16, seed=11)   # a new process at step 6
+    for step in range(6, 10):
+        x, y = resumed.batch(step)
+        assert torch.equal(x, full[step][0]) and torch.equal(y, full[step][1])
 
 
 def test_windows_are_contiguous_and_targets_shifted(stream):
@@ -233,20 +264,12 @@ def test_eval_windows_dispatch_and_per_document():
     assert set(PROTOCOLS) == {NONOVERLAP, SLIDING, TRUNCATE}
 
 
-def test_batch_windows_and_count_scored():
-    windows = list(nonoverlap_windows(torch.arange(100), 8))
-    batches = list(batch_windows(windows, 5))
-    assert [b.input_ids.shape for b in batches] == [(5, 8), (5, 8), (2, 8)]
-    assert count_scored(windows) == {"windows": 12, "scored": 96}
-    assert count_scored(sliding_windows(torch.arange(100), 8, 3))["scored"] == 99
-
-
 def test_protocols_on_the_shipped_test_split():
     tok = ByteTokenizer()
     docs = encode_documents(load_corpus("shakespeare", "test"), tok)
     n = sum(d.numel() for d in docs) + len(docs)
-    c = count_scored(eval_windows(SLIDING, docs, 1024, stride=512, separator=tok.eos_id))
-    assert c["scored"] == n - 1
-    c = count_scored(eval_windows(NONOVERLAP, docs, 1024, separator=tok.eos_id))
-    assert c["scored"] == (n - 1) // 1024 * 1024
-    assert count_scored(eval_windows(TRUNCATE, docs, 4096))["windows"] == len(docs)
+    scored = sum(_scored(eval_windows(SLIDING, docs, 1024, stride=512, separator=tok.eos_id)).values())
+    assert scored == n - 1
+    scored = sum(_scored(eval_windows(NONOVERLAP, docs, 1024, separator=tok.eos_id)).values())
+    assert scored == (n - 1) // 1024 * 1024
+    assert len(list(eval_windows(TRUNCATE, docs, 4096))) == len(docs)

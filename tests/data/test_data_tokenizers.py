@@ -105,7 +105,7 @@ def test_bpe_rejects_tiny_vocab(small_texts):
 def test_pretrained_from_file_reads_specials_from_config(bpe, tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
-    bpe.save(folder / "tokenizer.json")
+    bpe.tokenizer.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps(
         {"eos_token": {"content": ENDOFTEXT}, "bos_token": None}))
     tok = load_tokenizer(str(folder))
@@ -118,9 +118,24 @@ def test_pretrained_from_file_reads_specials_from_config(bpe, tmp_path):
 
 
 def test_pretrained_unknown_special_is_an_error(bpe, tmp_path):
-    bpe.save(tmp_path / "tokenizer.json")
+    bpe.tokenizer.save(str(tmp_path / "tokenizer.json"))
     with pytest.raises(ValueError, match="not in the vocabulary"):
         HFTokenizer.from_file(tmp_path / "tokenizer.json", eos_token="</s>")
+
+
+def test_vocab_size_covers_every_id_of_a_tokenizer_json_with_holes(tmp_path):
+    """A tokenizer.json may number its tokens with gaps; vocab_size (a model's embedding size)
+    must still exceed every id encode can give, or the id reaches the model out of range."""
+    from tokenizers import Tokenizer as _Tk
+    from tokenizers import models, pre_tokenizers
+
+    tk = _Tk(models.WordLevel({"[UNK]": 0, "to": 1, "be": 7}, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.save(str(tmp_path / "tokenizer.json"))
+    tok = load_tokenizer(str(tmp_path / "tokenizer.json"))
+    ids = tok.encode("to be or not to be")
+    assert 7 in ids and tok.vocab_size == 8
+    assert max(ids) < tok.vocab_size
 
 
 @pytest.mark.slow

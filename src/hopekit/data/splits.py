@@ -9,8 +9,8 @@ Two rules keep evaluation honest:
 
 Assignment ranks the work ids by a keyed hash (BLAKE2b of ``"<seed>:<id>"``) and cuts the
 ranking at exact counts (``round(fraction * n_works)``, at least one work per non-empty split),
-so the sizes are predictable on a corpus of forty works and the result depends on nothing but
-the set of ids and the seed: not on file order, Python's hash seed, or the platform.
+so the sizes are predictable even on a corpus of a few dozen works, and the result depends on
+nothing but the set of ids and the seed: not on file order, Python's hash seed, or the platform.
 """
 
 from __future__ import annotations
@@ -23,10 +23,19 @@ from collections.abc import Callable, Iterable, Sequence
 from .documents import Document
 
 SPLITS = ("train", "validation", "test")
+#: the pseudo-split every loader accepts besides :data:`SPLITS`: all documents, unsplit
+ALL = "all"
 #: the seed and fractions the shipped corpus was split with (scripts/build_corpus.py)
 DEFAULT_SPLIT_SEED = 0
 DEFAULT_VALIDATION = 0.1
 DEFAULT_TEST = 0.1
+
+
+def check_split(split: str) -> None:
+    """Refuse a split name that is neither one of :data:`SPLITS` nor :data:`ALL`."""
+    if split not in (*SPLITS, ALL):
+        raise ValueError(f"split must be one of {(*SPLITS, ALL)}, got {split!r}")
+
 
 # --- canonical work ids --------------------------------------------------------------------------
 

@@ -111,7 +111,10 @@ class HFTokenizer:
                  eos_token: str | None = None):
         self.tokenizer = tokenizer
         self.name = name
-        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        # one past the largest id, not the number of entries: a tokenizer.json may leave holes
+        # in its ids, and encode must never give an id >= vocab_size (a model's embedding size)
+        ids = tokenizer.get_vocab(with_added_tokens=True).values()
+        self.vocab_size = max(tokenizer.get_vocab_size(with_added_tokens=True), max(ids, default=-1) + 1)
         self.bos_id = self._id(bos_token, "bos_token")
         self.eos_id = self._id(eos_token, "eos_token")
 
@@ -149,14 +152,8 @@ class HFTokenizer:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
-
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
-
-    def save(self, path: str | Path) -> None:
-        self.tokenizer.save(str(path))
 
     def __repr__(self) -> str:
         return f"HFTokenizer(name={self.name!r}, vocab_size={self.vocab_size})"
