@@ -363,3 +363,138 @@ def test_bipe_feeds_segment_positions_to_attention_and_intra_positions_to_embed(
     torch.testing.assert_close(bipe(idx)[0], learned(idx, positions=intra)[0], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="positions"):
         bipe(idx, positions=torch.arange(24))
+
+
+# ----- generation with a KV cache == recomputing the full forward every step (every method) ---------
+
+GEN_PAIRS = 8           # rotary pairs of the tiny generation model: head_dim 16 = d_model 32 / 2 heads
+GEN_TRAIN_LEN = 8       # a 6-token prompt + 8 new tokens crosses it
+GEN_LONGROPE = {"short_rescale": [1.0] * GEN_PAIRS,
+                "long_rescale": [1.0 + 3.0 * i / (GEN_PAIRS - 1) for i in range(GEN_PAIRS)],  # 1 … 4
+                "train_len": GEN_TRAIN_LEN, "factor": 4.0}
+#: one small valid configuration per registry method (plus BiPE over a length-dependent inter method)
+GEN_CONFIGS: dict[str, dict] = {
+    "rope": {},
+    "linear": {"factor": 4.0},
+    "ntk": {"factor": 4.0},
+    "dynamic_ntk": {"factor": 4.0, "train_len": GEN_TRAIN_LEN},
+    "yarn": {"factor": 4.0, "train_len": GEN_TRAIN_LEN},
+    "llama3": {"factor": 4.0, "train_len": GEN_TRAIN_LEN, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "base": 10000.0},
+    "longrope": GEN_LONGROPE,
+    "hope_highfreq": {"train_len": GEN_TRAIN_LEN},
+    "hope_hyperbolic": {"omega_scale": 0.2, "penalty": 0.3},
+    "alibi": {},
+    "sinusoidal": {},
+    "learned": {"max_len": 64},
+    "nope": {},
+    "bipe": {"inter": {"kind": "rope"}, "boundary_ids": (1, 2, 3, 4), "intra_max_len": 64},
+}
+GEN_CASES = {**{k: (k, v) for k, v in GEN_CONFIGS.items()},
+             # segment positions (boundaries: half the vocabulary) go from 0…2 in the prompt to 6 at the
+             # end, crossing the inter method's train_len=3 while decoding
+             "bipe/longrope": ("bipe", {"inter": {"kind": "longrope", **GEN_LONGROPE, "train_len": 3},
+                                        "boundary_ids": tuple(range(16)), "intra_max_len": 64})}
+PROMPT, NEW = 6, 8
+
+
+def tiny(kind: str, params: dict) -> Decoder:
+    """Vocab 32, d_model 32, 2 layers, 2 heads; init_std 0.5 so that attention is sharp and positions
+    matter (at 0.02 LongRoPE's wrong rotation moves logits by only ~1e-4 and no token changes)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=2, init_std=0.5, pe={"kind": kind, **params})
+    return Decoder(cfg).eval()
+
+
+def generate_with_logits(model: Decoder, prompt: torch.Tensor, **kw) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``model.generate`` plus the last-row logits of each of its forwards (one per new token)."""
+    seen: list[torch.Tensor] = []
+    hook = model.register_forward_hook(lambda _m, _args, output: seen.append(output[0][:, -1]))
+    try:
+        out = model.generate(prompt, max_new_tokens=NEW, temperature=0, **kw)
+    finally:
+        hook.remove()
+    return out, seen
+
+
+@torch.no_grad()
+def recompute(model: Decoder, prompt: torch.Tensor, seq_len: int | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Greedy decoding without a cache: a full forward of every token so far, at every step."""
+    seq, steps = prompt, []
+    for _ in range(NEW):
+        last = model(seq, seq_len=seq_len)[0][:, -1]                      # (B, vocab)
+        steps.append(last)
+        seq = torch.cat([seq, last.argmax(-1, keepdim=True)], dim=1)
+    return seq, steps
+
+
+def test_generation_cases_cover_the_registry():
+    assert set(GEN_CONFIGS) == set(pe.REGISTRY)
+
+
+@pytest.mark.parametrize("rule", ["default", "fixed"])
+@pytest.mark.parametrize("case", list(GEN_CASES))
+def test_greedy_generation_equals_recomputing_the_full_forward(case, rule):
+    """Documented rule (Decoder.generate): with ``seq_len=None`` every step equals a cache-free forward
+    at the default length; with a fixed ``seq_len`` every step equals a forward at that ``seq_len``.
+    Before the re-prefill, longrope and dynamic_ntk differed by 7.9 and 7.0 here (default rule)."""
+    model = tiny(*GEN_CASES[case])
+    prompt = torch.randint(0, VOCAB, (2, PROMPT))
+    seq_len = None if rule == "default" else PROMPT + NEW
+    out, steps = generate_with_logits(model, prompt, seq_len=seq_len)
+    ref, ref_steps = recompute(model, prompt, seq_len)
+    assert len(steps) == NEW
+    scale = max(float(s.abs().max()) for s in ref_steps)  # float32: ~1e-7 relative per op; allow 1e-4
+    for step, (got, want) in enumerate(zip(steps, ref_steps)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * scale, msg=lambda m, s=step: f"step {s}: {m}")
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("kind, rebuilds", [("rope", 0), ("longrope", 1), ("dynamic_ntk", 5)])
+def test_generate_rebuilds_the_cache_only_when_the_spectrum_changes(kind, rebuilds):
+    """LongRoPE: once, when the length first exceeds train_len (9 > 8); dynamic NTK: at every fed
+    position 8 … 12 (lengths 9 … 13); with a fixed seq_len never. Counted as multi-token forwards."""
+    model = tiny(kind, GEN_CONFIGS[kind])
+    prompt = torch.randint(0, VOCAB, (2, PROMPT))
+    for seq_len, expected in ((None, rebuilds), (PROMPT + NEW, 0)):
+        widths: list[int] = []
+        hook = model.register_forward_hook(lambda _m, args, _out: widths.append(args[0].shape[1]))
+        try:
+            model.generate(prompt, max_new_tokens=NEW, temperature=0, seq_len=seq_len)
+        finally:
+            hook.remove()
+        assert widths[0] == PROMPT and len(widths) == NEW
+        assert sum(w > 1 for w in widths[1:]) == expected, (seq_len, widths)
+
+
+# ----- bad input to the decoder ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("positions", [torch.tensor([0, 1, 3, 2]), torch.tensor([[0, 1, 2, 3], [0, 2, 1, 3]])])
+def test_decreasing_positions_are_refused(positions):
+    model = make("rope")
+    with pytest.raises(ValueError, match=r"positions: must not decrease along the sequence, got (3 then 2|2 then 1)"):
+        model(tokens(2, 4), positions=positions)
+    model(tokens(2, 4), positions=torch.tensor([0, 1, 1, 2]))  # equal positions are allowed (BiPE's segments)
+
+
+@pytest.mark.parametrize("cached", [torch.arange(5), torch.arange(5).expand(2, 5)])
+def test_new_positions_before_the_cached_ones_are_refused(cached):
+    model = make("alibi")
+    cache = model.new_cache()
+    model(tokens(2, 5), positions=cached, cache=cache)
+    with pytest.raises(ValueError, match="positions: the new positions start at 2, before the last cached position 4"):
+        model(tokens(2, 1), positions=torch.tensor([2]), cache=cache)
+    assert len(cache) == 5                                          # the refused call changed nothing
+    model(tokens(2, 1), positions=torch.tensor([4]), cache=cache)   # not decreasing: accepted
+
+
+@pytest.mark.parametrize("bad", [VOCAB, 300, -1])
+def test_token_ids_outside_the_vocabulary_are_refused(bad):
+    model = make("rope")
+    idx = tokens(2, 6)
+    idx[1, 3] = bad
+    with pytest.raises(ValueError, match=rf"^idx: token id {bad} out of range for vocab_size={VOCAB}$"):
+        model(idx)
+    with pytest.raises(ValueError, match=rf"token id {bad} out of range"):
+        model.generate(idx, max_new_tokens=2)

@@ -113,10 +113,18 @@ class KVCache:
     each new query from the cached positions, so nothing unbounded is stored), ALiBi (bias from the
     cached positions), absolute methods and NoPE. Keys keep the KV head count (GQA stores less).
 
-    Length-dependent spectra (dynamic_ntk, longrope): cached keys were rotated with the spectrum of the
-    forward that produced them. Decoding equals the full forward only if every call gets the same
-    ``seq_len`` (e.g. the final length). With the HF default (``seq_len`` = max position + 1) the
-    spectrum drifts while decoding, and LongRoPE's short→long switch would need a re-prefill.
+    Length-dependent spectra (dynamic_ntk, longrope, or BiPE over one of them): cached keys keep the
+    rotation of the forward that produced them; a forward with a cache never re-rotates them. Feeding
+    more tokens therefore equals a cache-free forward only while the spectrum stays the one the cache
+    was built with, i.e. ``encoding.spectrum(length)`` is unchanged, where ``length`` is the
+    ``seq_len`` given or else max(position) + 1. Two ways to keep that true:
+
+    * pass one fixed ``seq_len`` to every call (e.g. the final length): one spectrum throughout, and
+      the result equals a full forward at that ``seq_len``;
+    * or rebuild the cache from all tokens so far whenever the spectrum changes. This is what
+      :meth:`Decoder.generate` does by default (as transformers does for Phi-3's LongRoPE switch):
+      once when LongRoPE's length first exceeds ``train_len``, and at every step past ``train_len``
+      for dynamic NTK, whose base grows with the length (correct, but a full recompute per step).
 
     Simple by design: ``update`` concatenates, O(T) copy per step.
     """
@@ -147,6 +155,31 @@ def _cat_positions(old: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
         batch = max(old.shape[0] if old.dim() == 2 else 1, new.shape[0] if new.dim() == 2 else 1)
         old, new = (p if p.dim() == 2 else p.expand(batch, -1) for p in (old, new))  # (B, T_old), (B, T)
     return torch.cat([old, new], dim=-1)
+
+
+def _same_spectrum(a: pe_lib.Spectrum, b: pe_lib.Spectrum) -> bool:
+    """Whether keys rotated with spectrum ``a`` are the keys a forward with ``b`` would make."""
+    return a is b or (a.attn_scale == b.attn_scale and torch.equal(a.inv_freq, b.inv_freq))
+
+
+def _check_tokens_and_positions(idx: torch.Tensor, vocab_size: int, pos: torch.Tensor | None, past: int) -> None:
+    """Refuse token ids outside ``[0, vocab_size)`` and positions that decrease. ``pos``: the last
+    cached position (when ``past`` > 0) followed by the new ones; None: any order is fine (positions
+    that only index an absolute table). One host sync for both checks."""
+    lo, hi = torch.aminmax(idx) if idx.numel() else (idx.new_zeros(()), idx.new_zeros(()))
+    steps = pos.diff(dim=-1) if pos is not None else idx.new_zeros(0)                 # (T') or (B, T')
+    bad_low, bad_high, decreasing = torch.stack([lo < 0, hi >= vocab_size, (steps < 0).any()]).tolist()
+    if bad_low or bad_high:
+        value = int(hi) if bad_high else int(lo)
+        raise ValueError(f"idx: token id {value} out of range for vocab_size={vocab_size}")
+    if decreasing:
+        where = (steps < 0).nonzero()[0].tolist()                                     # [t] or [b, t]
+        t, row = where[-1], pos[where[0]] if pos.dim() == 2 else pos
+        before, after = int(row[t]), int(row[t + 1])
+        if past and t == 0:
+            raise ValueError(f"positions: the new positions start at {after}, before the last cached position "
+                             f"{before}; positions must not decrease")
+        raise ValueError(f"positions: must not decrease along the sequence, got {before} then {after}")
 
 
 class RMSNorm(nn.Module):
@@ -287,7 +320,12 @@ class Decoder(nn.Module):
         """Logits ``(B, T, vocab)`` and the mean next-token loss when ``targets`` ``(B, T)`` are given
         (``-1`` is ignored). With a ``cache``, ``idx`` holds only the new tokens and the cache is
         extended in place. ``seq_len`` fixes the spectrum of length-dependent rotary methods (see
-        :class:`KVCache`); by default the encoding uses max(new positions) + 1, the HF rule."""
+        :class:`KVCache`); by default the encoding uses max(new positions) + 1, the HF rule.
+
+        Refused with a ``ValueError``: token ids outside ``[0, vocab_size)``, and, for encodings whose
+        attention reads positions (rotary, bias, scores), positions that decrease along the sequence
+        or new positions before the last cached one (attention is causal by token order). Positions
+        that only index an absolute table (sinusoidal, learned, NoPE) may come in any order."""
         if idx.dim() != 2 or idx.dtype != torch.long:
             raise ValueError(f"idx: expected (B, T) int64 token ids, got {tuple(idx.shape)} {idx.dtype}")
         B, T = idx.shape
@@ -302,6 +340,9 @@ class Decoder(nn.Module):
             positions = torch.arange(past, past + T, device=idx.device)              # (T,)
         positions = check_positions(positions, "positions", T).to(idx.device)        # (T,) or (B, T)
         k_pos = _cat_positions(cache.positions if cache is not None else None, positions)  # (past + T,) or (B, …)
+        ordered = enc.uses_rotate or enc.uses_bias or enc.uses_scores  # attention reads the positions
+        tail = k_pos[..., max(past - 1, 0):] if ordered else None                  # last cached + new
+        _check_tokens_and_positions(idx, self.config.vocab_size, tail, past)
         rotary = enc.features(positions, seq_len) if enc.uses_rotate else None       # cos/sin, once
         ctx = Context(enc, positions, k_pos, rotary, past)
 
@@ -323,8 +364,33 @@ class Decoder(nn.Module):
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  generator: torch.Generator | None = None, seq_len: int | None = None) -> torch.Tensor:
-        """Sample ``max_new_tokens`` after ``idx`` ``(B, T)`` with a KV cache; ``temperature=0`` is greedy."""
+        """Sample ``max_new_tokens`` after ``idx`` ``(B, T)`` with a KV cache; ``temperature=0`` is greedy.
+
+        Every step's logits are those of a cache-free forward of all tokens so far with the same
+        ``seq_len`` argument: greedy decoding equals taking, at every step, the argmax of the last row
+        of ``self(tokens_so_far, seq_len=seq_len)``. For length-dependent spectra (see :class:`KVCache`):
+
+        * ``seq_len=None`` (default): each step uses the encoding's default length, max(position) + 1.
+          When the spectrum at that length (``self.pe.spectrum``) differs from the one the cached keys
+          were rotated with, the cache is rebuilt from all tokens so far: once for LongRoPE, at the
+          step where the length first exceeds ``train_len`` (as transformers does for Phi-3), and at
+          every step past ``train_len`` for dynamic NTK (correct, but a full recompute per step).
+        * ``seq_len=L`` (e.g. prompt + ``max_new_tokens``): one fixed spectrum and never a rebuild;
+          every step equals a full forward at ``seq_len=L``.
+        """
+        enc = self.pe
+        track = enc.uses_rotate and seq_len is None  # only then can the spectrum change between steps
+
+        def spectrum(tokens: torch.Tensor, past: int, state: torch.Tensor | None):
+            """The spectrum a forward of ``tokens`` after ``past`` cached ones rotates with (default rule)."""
+            if enc.uses_tokens:  # positions come from the ids (BiPE: segment indices)
+                length = int(enc.token_positions(tokens, state)[1].max()) + 1
+            else:
+                length = past + tokens.shape[1]
+            return enc.spectrum(length)
+
         cache = self.new_cache()
+        built = spectrum(idx, 0, None) if track else None                            # what the cache holds
         logits, _ = self(idx, cache=cache, seq_len=seq_len)                          # prefill
         out = [idx]
         for step in range(max_new_tokens):
@@ -338,6 +404,12 @@ class Decoder(nn.Module):
                     last = last.masked_fill(last < kth, float("-inf"))
                 nxt = torch.multinomial(last.softmax(-1), 1, generator=generator)    # (B, 1)
             out.append(nxt)
-            if step + 1 < max_new_tokens:
+            if step + 1 == max_new_tokens:
+                break
+            now = spectrum(nxt, len(cache), cache.token_state) if track else None
+            if track and not _same_spectrum(now, built):  # cached keys have another rotation: rebuild
+                cache, built = self.new_cache(), now
+                logits, _ = self(torch.cat(out, dim=1), cache=cache, seq_len=seq_len)  # (B, T_so_far, vocab)
+            else:
                 logits, _ = self(nxt, cache=cache, seq_len=seq_len)
         return torch.cat(out, dim=1)                                                 # (B, T + new)
