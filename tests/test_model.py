@@ -372,24 +372,21 @@ GEN_TRAIN_LEN = 8       # a 6-token prompt + 8 new tokens crosses it
 GEN_LONGROPE = {"short_rescale": [1.0] * GEN_PAIRS,
                 "long_rescale": [1.0 + 3.0 * i / (GEN_PAIRS - 1) for i in range(GEN_PAIRS)],  # 1 … 4
                 "train_len": GEN_TRAIN_LEN, "factor": 4.0}
+
+
+def _gen_config(name: str) -> dict:
+    """The registry's example at head_dim 16, with the short GEN_TRAIN_LEN where the method has one, and
+    bipe's boundaries inside this tiny vocabulary."""
+    config = {k: v for k, v in pe.example_config(name, head_dim=16).items() if k != "kind"}
+    if "train_len" in config:
+        config["train_len"] = GEN_TRAIN_LEN
+    if pe.REGISTRY[name].encoding.uses_tokens:
+        config["boundary_ids"] = (1, 2, 3, 4)
+    return config
+
+
 #: one small valid configuration per registry method (plus BiPE over a length-dependent inter method)
-GEN_CONFIGS: dict[str, dict] = {
-    "rope": {},
-    "linear": {"factor": 4.0},
-    "ntk": {"factor": 4.0},
-    "dynamic_ntk": {"factor": 4.0, "train_len": GEN_TRAIN_LEN},
-    "yarn": {"factor": 4.0, "train_len": GEN_TRAIN_LEN},
-    "llama3": {"factor": 4.0, "train_len": GEN_TRAIN_LEN, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "base": 10000.0},
-    "longrope": GEN_LONGROPE,
-    "hope_highfreq": {"train_len": GEN_TRAIN_LEN},
-    "hope_hyperbolic": {"omega_scale": 0.2, "penalty": 0.3},
-    "alibi": {},
-    "sinusoidal": {},
-    "learned": {"max_len": 64},
-    "nope": {},
-    "bipe": {"inter": {"kind": "rope"}, "boundary_ids": (1, 2, 3, 4), "intra_max_len": 64},
-}
+GEN_CONFIGS: dict[str, dict] = {name: _gen_config(name) for name in pe.REGISTRY}
 GEN_CASES = {**{k: (k, v) for k, v in GEN_CONFIGS.items()},
              # segment positions (boundaries: half the vocabulary) go from 0…2 in the prompt to 6 at the
              # end, crossing the inter method's train_len=3 while decoding
