@@ -276,7 +276,8 @@ def test_eval_print_config_applies_eval_overrides(checkpoint, capsys):
     printed = yaml.safe_load(out)
     assert printed["eval"]["multiples"] == [1, 2] and printed["eval"]["protocol"] == "sliding"
     assert printed["eval"]["extensions"] == ["linear", "yarn"]
-    assert {k: v for k, v in printed.items() if k != "eval"} == {k: v for k, v in saved.resolved().items() if k != "eval"}
+    unchanged = {k: v for k, v in saved.resolved().items() if k != "eval"}
+    assert {k: v for k, v in printed.items() if k != "eval"} == unchanged
     assert not (checkpoint.parent / "records.jsonl").exists()
 
 

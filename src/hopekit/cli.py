@@ -293,8 +293,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = argparse.ArgumentParser(prog=PROG, description="Positional encodings for long-context language "
+                                     "models: list them, train and evaluate decoders with them, compare them.",
                                      epilog="Run `hopekit COMMAND --help` for a command's options.")
     parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -309,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", parents=[common], help="print every method's score-vs-distance numbers")
     demo.set_defaults(func=_demo)
 
-    methods = sub.add_parser("methods", parents=[common], help="list every positional encoding: capability, parameters, source",
+    methods = sub.add_parser("methods", parents=[common],
+                             help="list every positional encoding: capability, parameters, source",
                              description="Every registered method with what it hooks into (embed, rotate, bias, "
                              "scores, tokens), its parameters with their defaults (set them as pe.<name>=value), "
                              "and its source.")
