@@ -1,11 +1,31 @@
-"""``hopekit <command>`` — a thin command-line layer over the library."""
+"""``hopekit <command>`` — a thin command-line layer over the library.
+
+Every command delegates to a library function; this module only parses arguments, prints, and turns
+a user error (bad value, missing file, unusable checkpoint, malformed YAML) into one line
+``hopekit: error: ...`` with exit status 2 (``--debug`` adds the traceback). Dotted overrides
+(``train.steps=100``) and options mix in any order.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
+import json
+import linecache
+import re
 import sys
+import textwrap
+import traceback
+from pathlib import Path
+from typing import Any
 
 import torch
+
+import hopekit
+
+PROG = "hopekit"
+_PACKAGE_DIR = Path(hopekit.__file__).resolve().parent
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -32,12 +52,44 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- helpers ------------------------------------------------------------------------------------
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hopekit")
+    except PackageNotFoundError:
+        return getattr(hopekit, "__version__", "unknown")
+
+
+def _log(args: argparse.Namespace):
+    """Where log lines go: nowhere under ``--quiet``."""
+    return (lambda _message: None) if args.quiet else print
+
+
+def _print_yaml(data: Any) -> int:
+    """Print a resolved configuration as YAML (sections as blocks, lists inline) that loads back."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+    print(yaml.dump(data, Dumper=Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True), end="")
+    return 0
+
+
+# --- commands -----------------------------------------------------------------------------------
+
 def _bench(args: argparse.Namespace) -> int:
-    from hopekit.bench import run_bench
+    from hopekit.bench import load_bench, run_bench
 
     methods = args.methods.split(",") if args.methods else None
+    if args.print_config:
+        return _print_yaml(load_bench(args.preset, args.overrides, methods).resolved())
     run_dir = run_bench(args.preset, run_dir=args.run_dir, overrides=args.overrides, methods=methods,
-                        progress=not args.no_progress)
+                        progress=not (args.no_progress or args.quiet), log=_log(args))
     print((run_dir / "report.md").read_text())
     return 0
 
@@ -47,36 +99,49 @@ def _train(args: argparse.Namespace) -> int:
     from hopekit.train import train
 
     config = load_config(args.config, args.overrides)
+    if args.print_config:
+        return _print_yaml(config.resolved())
     out = args.out or f"checkpoints/{config.name}-{config.pe.kind}"
-    result = train(config, out, resume=args.resume, progress=not args.no_progress)
+    result = train(config, out, resume=args.resume, progress=not (args.no_progress or args.quiet),
+                   log=None if args.quiet else print)
     print(f"trained {result.step} steps; final loss {result.losses[-1]:.4f}; checkpoint {result.checkpoint}")
     return 0
 
 
-def _eval(args: argparse.Namespace) -> int:
-    import dataclasses
-    import json
-
+def _eval_config(config: Any, args: argparse.Namespace) -> Any:
+    """The checkpoint's config with the eval overrides (``eval.*`` and ``--extensions``) applied."""
     from hopekit.config import ExperimentConfig, apply_overrides
+
+    bad = [o for o in args.overrides if not o.startswith("eval.")]
+    if bad:
+        raise ValueError(f"only eval.* overrides are allowed at evaluation time, got {bad}")
+    overrides = list(args.overrides)
+    if args.extensions is not None:  # '' means none
+        overrides.append(f"eval.extensions={json.dumps([e for e in args.extensions.split(',') if e.strip()])}")
+    return ExperimentConfig.from_dict(apply_overrides(config.resolved(), overrides)) if overrides else config
+
+
+def _eval(args: argparse.Namespace) -> int:
     from hopekit.eval.lengths import evaluate_lengths
     from hopekit.eval.records import read_records
     from hopekit.eval.report import markdown_table
     from hopekit.train import load_checkpoint
 
     model, config, _ = load_checkpoint(args.checkpoint)
-    if args.overrides:  # only the eval section may change at evaluation time
-        bad = [o for o in args.overrides if not o.startswith("eval.")]
-        if bad:
-            raise SystemExit(f"hopekit eval: only eval.* overrides are allowed, got {bad}")
-        config = ExperimentConfig.from_dict(apply_overrides(config.resolved(), args.overrides))
+    config = _eval_config(config, args)
+    if args.print_config:
+        return _print_yaml(config.resolved())
     longrope = None
     if args.longrope:
-        longrope = json.loads(open(args.longrope).read())
-    extensions = tuple(args.extensions.split(",")) if args.extensions is not None else None
-    records = args.records or str(__import__("pathlib").Path(args.checkpoint).parent / "records.jsonl")
+        try:
+            longrope = json.loads(Path(args.longrope).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--longrope {args.longrope}: not valid JSON ({e})") from None
+    records = args.records or str(Path(args.checkpoint).parent / "records.jsonl")
     method = args.method or config.pe.kind
-    evaluate_lengths(model, dataclasses.replace(config), records, method=method, extensions=extensions,
-                     longrope=longrope)
+    log = _log(args)
+    evaluate_lengths(model, config, records, method=method, extensions=config.eval.extensions, longrope=longrope,
+                     log=log)
     print(markdown_table(read_records(records), baseline=method, protocol=config.eval.protocol))
     return 0
 
@@ -90,52 +155,243 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hopekit", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="print every method's score-vs-distance numbers")
+def _capability(encoding: type) -> list[str]:
+    """What an encoding class hooks into, from its ``uses_*`` flags; a flag that is a property (BiPE)
+    depends on the configured inner method."""
+    caps = [c for c in ("embed", "rotate", "bias", "scores", "tokens") if getattr(encoding, f"uses_{c}") is True]
+    if any(isinstance(getattr(encoding, f"uses_{c}"), property) for c in ("rotate", "bias", "scores")):
+        caps.append("+ inter method's")
+    return caps
+
+
+def _method_table() -> dict[str, dict[str, Any]]:
+    from hopekit import pe
+
+    table = {}
+    for name, method in pe.REGISTRY.items():
+        params = {}
+        for f in dataclasses.fields(method.params):
+            if f.default is not dataclasses.MISSING:
+                params[f.name] = {"required": False, "default": f.default}
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+                params[f.name] = {"required": False,
+                                  "default": pe.to_config(default) if isinstance(default, pe.Params) else default}
+            else:
+                params[f.name] = {"required": True}
+        table[name] = {"capability": _capability(method.encoding), "parameters": params, "source": method.summary}
+    return json.loads(json.dumps(table))  # tuples -> lists: one form for text and JSON
+
+
+def _value(v: Any) -> str:
+    """A default as one would type it in an override (YAML): bare when that reads back the same."""
+    import yaml
+
+    if isinstance(v, str) and yaml.safe_load(v) == v:
+        return v
+    return json.dumps(v, separators=(",", ":"))
+
+
+def _methods(args: argparse.Namespace) -> int:
+    table = _method_table()
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return 0
+    width = max(len(n) for n in table) + 2
+    cap_width = max(len(", ".join(m["capability"]) or "none") for m in table.values()) + 2
+    print(f"{'method':<{width}}{'capability':<{cap_width}}source")
+    for name, m in table.items():
+        print(f"{name:<{width}}{', '.join(m['capability']) or 'none':<{cap_width}}{m['source']}")
+        params = [f"pe.{p}=<required>" if spec["required"] else f"pe.{p}={_value(spec['default'])}"
+                  for p, spec in m["parameters"].items()]
+        indent = " " * width
+        print(textwrap.fill("  ".join(params) or "(no parameters)", 100, initial_indent=indent,
+                            subsequent_indent=indent, break_long_words=False, break_on_hyphens=False))
+    return 0
+
+
+def _preset_table() -> dict[str, dict[str, str]]:
+    """``{"experiment": {name: description}, "bench": {...}}`` from the packaged YAML files: the first
+    sentence of the leading comment, else the file's ``name``."""
+    import yaml
+
+    from hopekit.config import CONFIG_DIR
+
+    out: dict[str, dict[str, str]] = {"experiment": {}, "bench": {}}
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        text = path.read_text()
+        lines = itertools.takewhile(lambda line: line.startswith("#"), text.splitlines())
+        comment = " ".join(line.lstrip("#").strip() for line in lines)
+        description = re.split(r"(?<=\.)\s+(?=[A-Z])", comment, maxsplit=1)[0]
+        description = description or str((yaml.safe_load(text) or {}).get("name", ""))
+        if path.stem.startswith("bench_"):
+            out["bench"][path.stem[len("bench_"):]] = description
+        else:
+            out["experiment"][path.stem] = description
+    return out
+
+
+def _presets(args: argparse.Namespace) -> int:
+    table = _preset_table()
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return 0
+    width = max(len(n) for group in table.values() for n in group) + 2
+    for kind, usage in (("experiment", "hopekit train --config NAME"), ("bench", "hopekit bench --preset NAME")):
+        print(f"{kind} presets ({usage}):")
+        for name, description in table[kind].items():
+            print(f"  {name:<{width}}{description}")
+    return 0
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+_FILE_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    """Bad input rather than a bug: a file error, malformed YAML, or a ValueError / TypeError /
+    KeyError raised by a ``raise`` statement in hopekit's own code (its validation). The same types
+    raised elsewhere (inside torch, or by an operation such as ``None + 1``) are bugs."""
+    import yaml
+
+    if isinstance(exc, (yaml.YAMLError, *_FILE_ERRORS)):
+        return True
+    if not isinstance(exc, (ValueError, TypeError, KeyError)) or exc.__traceback__ is None:
+        return False
+    tb = exc.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    filename = tb.tb_frame.f_code.co_filename
+    inside = Path(filename).resolve().is_relative_to(_PACKAGE_DIR)
+    return inside and linecache.getline(filename, tb.tb_lineno).strip().startswith("raise")
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        return exc.args[0]  # str(KeyError) would quote it
+    return str(exc).strip() or type(exc).__name__
+
+
+# --- parser -------------------------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    """A subcommand parser that takes options and positional overrides in any order
+    (``parse_intermixed_args``): ``hopekit train train.steps=3 --out x model.n_layers=2``."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._intermixing:  # parse_known_intermixed_args calls back in here (Python < 3.12)
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Positional encodings for long-context language "
+                                     "models: list them, train and evaluate decoders with them, compare them.",
+                                     epilog="Run `hopekit COMMAND --help` for a command's options.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    common = argparse.ArgumentParser(add_help=False)  # accepted after the command too
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    running = argparse.ArgumentParser(add_help=False)
+    running.add_argument("--print-config", action="store_true",
+                         help="print the resolved configuration as YAML and exit (nothing is run)")
+    running.add_argument("-q", "--quiet", action="store_true", help="no log lines and no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    demo = sub.add_parser("demo", parents=[common], help="print every method's score-vs-distance numbers")
     demo.set_defaults(func=_demo)
 
-    bench = sub.add_parser("bench", help="the main job: train each method, perplexity at 1x-16x, report",
+    methods = sub.add_parser("methods", parents=[common],
+                             help="list every positional encoding: capability, parameters, source",
+                             description="Every registered method with what it hooks into (embed, rotate, bias, "
+                             "scores, tokens), its parameters with their defaults (set them as pe.<name>=value), "
+                             "and its source.")
+    methods.add_argument("--json", action="store_true", help="machine-readable output")
+    methods.set_defaults(func=_methods)
+
+    presets = sub.add_parser("presets", parents=[common], help="list the packaged presets",
+                             description="Experiment presets (hopekit train --config NAME) and bench presets "
+                             "(hopekit bench --preset NAME) shipped with hopekit.")
+    presets.add_argument("--json", action="store_true", help="machine-readable output")
+    presets.set_defaults(func=_presets)
+
+    bench = sub.add_parser("bench", parents=[common, running],
+                           help="the main job: train each method, perplexity at 1x-16x, report",
                            description="Train small decoders with each method (same seed, data, budget), "
                            "evaluate perplexity at multiples of the training length, add eval-time "
                            "extensions of the rope model, write records.jsonl, report.md and "
                            "ppl_vs_length.png. Resumable: re-run the same command to continue.")
-    bench.add_argument("--preset", default="default", help="smoke | default | gpu | path to a bench YAML")
+    bench.add_argument("--preset", default="default", help="smoke | default | gpu | path to a bench YAML "
+                       "(see `hopekit presets`)")
     bench.add_argument("--run-dir", default=None, help="output directory (default: results/<preset name>)")
     bench.add_argument("--methods", default=None, help="comma-separated subset of the preset's methods")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
-    bench.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=100 eval.multiples=[1,2]")
+    bench.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="dotted overrides, e.g. train.steps=100 eval.multiples=[1,2]")
     bench.set_defaults(func=_bench)
 
-    tr = sub.add_parser("train", help="train one model (resumable; torchrun for DDP/FSDP)",
+    tr = sub.add_parser("train", parents=[common, running], help="train one model (resumable; torchrun for DDP/FSDP)",
                         description="Train a decoder from a preset or YAML config with dotted overrides, e.g. "
                         "`hopekit train --config tiny pe.kind=alibi train.steps=200`. Under torchrun "
                         "(`torchrun --nproc_per_node 2 -m hopekit train ...`) it runs DDP, or FSDP with train.fsdp=true.")
-    tr.add_argument("--config", default="tiny", help="preset name (tiny) or path to a YAML file")
+    tr.add_argument("--config", default="tiny", help="preset name (tiny; see `hopekit presets`) or path to a YAML file")
     tr.add_argument("--out", default=None, help="checkpoint directory (default: checkpoints/<name>-<pe kind>)")
     tr.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    tr.add_argument("--no-progress", action="store_true")
-    tr.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=100 pe.kind=yarn")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="dotted overrides, e.g. train.steps=100 pe.kind=alibi (methods: `hopekit methods`)")
     tr.set_defaults(func=_train)
 
-    ev = sub.add_parser("eval", help="perplexity of a checkpoint at multiples of its training length",
+    ev = sub.add_parser("eval", parents=[common, running],
+                        help="perplexity of a checkpoint at multiples of its training length",
                         description="Evaluate a checkpoint at eval.multiples × train_len under eval.protocol; "
                         "for rope models also the eval-time extensions (linear, ntk, dynamic_ntk, yarn, "
                         "longrope with --longrope factors) without fine-tuning. Appends records.")
     ev.add_argument("checkpoint")
     ev.add_argument("--records", default=None, help="records file (default: next to the checkpoint)")
     ev.add_argument("--method", default=None, help="method name in records (default: the pe kind)")
-    ev.add_argument("--extensions", default=None, help="comma-separated eval-time extensions ('' for none)")
+    ev.add_argument("--extensions", default=None,
+                    help="comma-separated eval-time extensions, '' for none (default: eval.extensions)")
     ev.add_argument("--longrope", default=None, help="JSON file with short_rescale/long_rescale factors")
-    ev.add_argument("overrides", nargs="*", help="eval.* overrides, e.g. eval.protocol=sliding eval.multiples=[1,4]")
+    ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="eval.* overrides, e.g. eval.protocol=sliding eval.multiples=[1,4]")
     ev.set_defaults(func=_eval)
 
-    report = sub.add_parser("report", help="regenerate report.md and ppl_vs_length.png from records")
+    report = sub.add_parser("report", parents=[common], help="regenerate report.md and ppl_vs_length.png from records")
     report.add_argument("run_dir")
     report.set_defaults(func=_report)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``hopekit`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, usage errors: argparse has printed what to say
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if not _is_user_error(e):
+            raise  # a bug: keep the traceback
+        if args.debug:
+            traceback.print_exc()
+        first, *rest = _message(e).splitlines()
+        print(f"{PROG}: error: {first}", *rest, sep="\n", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
