@@ -329,9 +329,13 @@ def test_only_temporaries_of_dead_writers_are_removed(tmp_path):
     live = os.getppid()                                                     # alive while this test runs
     for pid in (dead, live):
         (tmp_path / f"{CHECKPOINT_NAME}.tmp.{pid}").write_bytes(b"partial")
+    (tmp_path / f"{LOG_NAME}.tmp.{dead}").write_text("partial")
+    (tmp_path / "notes.tmp.1").write_text("not ours")
     run(tiny(steps=2, checkpoint_every=0), tmp_path)
     assert not (tmp_path / f"{CHECKPOINT_NAME}.tmp.{dead}").exists()
+    assert not (tmp_path / f"{LOG_NAME}.tmp.{dead}").exists()
     assert (tmp_path / f"{CHECKPOINT_NAME}.tmp.{live}").read_bytes() == b"partial"
+    assert (tmp_path / "notes.tmp.1").exists()
 
 
 def test_unwritable_out_dir_fails_before_any_training(tmp_path):

@@ -405,15 +405,17 @@ def _check_writable(out_dir: Path) -> None:
                       "so nothing was lost") from None
 
 
-def prepare_run_dir(out_dir: str | Path) -> RunLock:
+def prepare_run_dir(out_dir: str | Path, files: tuple[str, ...] = (CHECKPOINT_NAME,)) -> RunLock:
     """Create ``out_dir``, check it is writable, lock it (:class:`RunLockedError` if another live run
-    holds it) and remove temporary checkpoint files left by writers that are no longer alive. The
-    caller releases the returned lock when the run ends."""
+    holds it) and remove the temporaries ``<name>.tmp.<pid>`` of ``files`` left by writers that are no
+    longer alive (a live writer's file is never touched). The caller releases the returned lock when
+    the run ends."""
     out_dir = Path(out_dir)
     _check_writable(out_dir)
     lock = _lock(out_dir)
-    for tmp in out_dir.glob(f"{CHECKPOINT_NAME}.tmp.*"):  # left by a process killed mid-write
-        pid = tmp.name.rsplit(".", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            tmp.unlink(missing_ok=True)
+    for name in files:
+        for tmp in out_dir.glob(f"{name}.tmp.*"):  # left by a process killed mid-write
+            pid = tmp.name.rsplit(".", 1)[-1]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                tmp.unlink(missing_ok=True)
     return lock

@@ -352,7 +352,7 @@ def train(config: ExperimentConfig, out_dir: str | Path, *, resume: bool = False
     lock: RunLock | None = None
     try:
         _check_run(config, out_dir, d, resume)
-        lock = _on_rank0(d, prepare_run_dir, out_dir)  # writable, locked, stale temporaries removed
+        lock = _on_rank0(d, prepare_run_dir, out_dir, (CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME))  # writable, locked
         return _train(config, out_dir, d, resume=resume, batches=batches, vocab_size=vocab_size,
                       progress=progress, log=(log if d.main and log is not None else _quiet))
     finally:
@@ -599,8 +599,11 @@ def _write_checkpoint(path: Path, config: ExperimentConfig, model_cfg: ModelConf
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _write_config(path: Path, config: ExperimentConfig) -> None:
