@@ -8,6 +8,10 @@ token stream below into ``out_dir``. ``sleep`` slows every step down (so a test 
 between checkpoints); ``dump`` writes this rank's final parameters to ``out_dir/final-rank<r>.pt`` and
 its losses to ``out_dir/losses-rank<r>.json``. Under torchrun with several jobs the process group is
 initialised here once (``train`` then joins it); with one job ``train`` initialises it itself.
+
+It also holds the helpers the training tests share (tests/test_train.py, tests/test_checkpoint.py):
+:func:`tiny` (a 2-layer, width-32 config), :func:`run` (train it quietly on the synthetic stream),
+:func:`unwritable_dir`.
 """
 
 from __future__ import annotations
@@ -52,6 +56,44 @@ def synthetic_batches(config, *, sleep: float = 0.0):
         return sampler.batch(step)
 
     return slow
+
+
+def tiny(model: dict | None = None, pe: dict | None = None, **train_fields):
+    """A 2-layer, width-32 decoder config; ``train_fields`` override the short training defaults."""
+    from hopekit.config import ExperimentConfig
+
+    t = dict(train_len=32, batch_size=8, steps=30, lr=3e-3, min_lr=3e-4, warmup_steps=2, checkpoint_every=10,
+             log_every=10)
+    return ExperimentConfig.from_dict({
+        "name": "tiny-test", "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, **(model or {})},
+        "pe": pe or {"kind": "rope"}, "train": {**t, **train_fields}})
+
+
+def run(config, out_dir, batches=None, **kw):
+    """``train`` on the synthetic stream, silently (``log=None``, no progress bar) unless ``kw`` says."""
+    from hopekit.train import train
+
+    kw.setdefault("log", None)
+    return train(config, out_dir, batches=batches or synthetic_batches(config), vocab_size=VOCAB,
+                 progress=False, **kw)
+
+
+def unwritable_dir(tmp_path: Path) -> Path:
+    """An existing directory this process cannot create files in: a read-only one, or (root ignores
+    permission bits) /proc/self, where nobody can. Skips the test where neither exists."""
+    import pytest
+
+    d = tmp_path / "read-only"
+    d.mkdir()
+    d.chmod(0o555)
+    try:
+        (d / "x").touch()
+    except OSError:
+        return d
+    (d / "x").unlink()
+    if Path("/proc/self").is_dir():
+        return Path("/proc/self")
+    pytest.skip("no directory this user cannot write to")
 
 
 def run_job(job: dict) -> None:

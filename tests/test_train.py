@@ -1,5 +1,7 @@
 """hopekit.train: schedule, optimiser groups, loss falls, bit-identical resume (also after SIGKILL),
-refused checkpoints, randomized positions, DDP and FSDP under torchrun (2 gloo processes on CPU).
+refused resumes (other config, other data), divergence, the run directory (lock, writability, config.yaml,
+train_log.jsonl, TensorBoard), devices, randomized positions, DDP and FSDP under torchrun (2 gloo
+processes on CPU). The checkpoint file format itself: tests/test_checkpoint.py.
 
 Everything trains a 2-layer, width-32 decoder on a synthetic token stream (tests/_train_worker.py) with
 one intra-op thread: bit-identity is promised for the same machine and thread count, and one thread
@@ -8,7 +10,6 @@ is also the fastest setting for models this small on a shared 2-core box.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -22,21 +23,27 @@ import pytest
 import torch
 from torch import nn
 
-from hopekit.config import ExperimentConfig, TrainConfig
+import hopekit.train as train_module
+from hopekit.checkpoint import RunLockedError, prepare_run_dir
+from hopekit.config import ExperimentConfig, TrainConfig, load_config
+from hopekit.data import TrainBatches
 from hopekit.model import Decoder, ModelConfig, RMSNorm
 from hopekit.train import (
     CHECKPOINT_NAME,
+    CONFIG_NAME,
     FORMAT_VERSION,
+    LOG_NAME,
+    TENSORBOARD_DIR,
     CheckpointError,
+    TrainingDivergedError,
     load_checkpoint,
     lr_at,
     param_groups,
     read_checkpoint,
     sample_positions,
-    save_checkpoint,
     train,
 )
-from tests._train_worker import VOCAB, synthetic_batches
+from tests._train_worker import VOCAB, run, synthetic_batches, synthetic_stream, tiny, unwritable_dir
 
 WORKER = Path(__file__).with_name("_train_worker.py")
 REPO = Path(__file__).resolve().parents[1]
@@ -48,20 +55,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def tiny(model: dict | None = None, pe: dict | None = None, **train_fields) -> ExperimentConfig:
-    t = dict(train_len=32, batch_size=8, steps=30, lr=3e-3, min_lr=3e-4, warmup_steps=2, checkpoint_every=10,
-             log_every=10)
-    return ExperimentConfig.from_dict({
-        "name": "tiny-test", "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, **(model or {})},
-        "pe": pe or {"kind": "rope"}, "train": {**t, **train_fields}})
-
-
-def run(config: ExperimentConfig, out_dir: Path, batches=None, **kw):
-    kw.setdefault("log", None)
-    return train(config, out_dir, batches=batches or synthetic_batches(config), vocab_size=VOCAB,
-                 progress=False, **kw)
 
 
 def assert_same_tensors(a: dict, b: dict, what: str) -> None:
@@ -183,6 +176,7 @@ def test_resume_after_crash_is_bit_identical_with_dropout_and_randomized_positio
     assert again.start_step == 30 and again.losses == ref.losses
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_in_a_new_process_is_bit_identical(tmp_path):
     cfg = tiny(steps=30, checkpoint_every=10)
     job = {"out_dir": tmp_path / "killed", "config": cfg.resolved(), "sleep": 0.2}
@@ -223,46 +217,6 @@ def finished_run(tmp_path_factory):
     return out / CHECKPOINT_NAME
 
 
-def _refused(path: Path, match: str) -> CheckpointError:
-    with pytest.raises(CheckpointError, match=match) as info:
-        read_checkpoint(path)
-    assert str(path) in str(info.value)
-    assert info.value.__cause__ is None                                     # no raw zip/pickle traceback
-    assert info.value.__context__ is None or info.value.__suppress_context__
-    return info.value
-
-
-def test_truncated_or_random_checkpoint_is_refused_clearly(tmp_path, finished_run):
-    data = finished_run.read_bytes()
-    cases = {"truncated": data[: len(data) // 2], "random": os.urandom(4096), "empty": b"",
-             "tail-cut": data[:-10]}
-    for name, payload in cases.items():
-        bad = tmp_path / f"{name}.pt"
-        bad.write_bytes(payload)
-        _refused(bad, "truncated or corrupt")
-
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / CHECKPOINT_NAME).write_bytes(data[: len(data) // 3])
-    with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        run(tiny(steps=3, checkpoint_every=0), out, resume=True)
-
-
-def test_foreign_or_unsafe_or_other_version_checkpoint_is_refused(tmp_path, finished_run):
-    torch.save({"weights": torch.ones(3)}, tmp_path / "foreign.pt")
-    _refused(tmp_path / "foreign.pt", "not a hopekit training checkpoint")
-
-    torch.save({"format": "hopekit.checkpoint", "x": argparse.Namespace(a=1)}, tmp_path / "unsafe.pt")
-    _refused(tmp_path / "unsafe.pt", "Namespace")
-
-    ckpt = torch.load(finished_run, weights_only=True)
-    torch.save({**ckpt, "version": FORMAT_VERSION + 1}, tmp_path / "future.pt")
-    _refused(tmp_path / "future.pt", "format version")
-
-    with pytest.raises(FileNotFoundError, match="nothing-here"):
-        read_checkpoint(tmp_path / "nothing-here.pt")
-
-
 def test_checkpoint_of_another_config_is_refused_naming_the_fields(tmp_path, finished_run):
     out = finished_run.parent
     cases = [
@@ -290,13 +244,173 @@ def test_resume_may_change_steps_and_bookkeeping(tmp_path, finished_run):
     assert read_checkpoint(out / CHECKPOINT_NAME)["config"]["name"] == "renamed"
 
 
-def test_checkpoint_write_is_atomic(tmp_path, finished_run):
-    path = tmp_path / CHECKPOINT_NAME
-    path.write_bytes(finished_run.read_bytes())
-    with pytest.raises(Exception):
-        save_checkpoint(path, {"unpicklable": lambda: None})
-    assert read_checkpoint(path)["step"] == 3                                # the old checkpoint is intact
-    assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_NAME]         # and no temporary left behind
+def test_a_corpus_changed_since_the_checkpoint_is_refused_naming_both_hashes(tmp_path, finished_run):
+    saved = read_checkpoint(finished_run)["data_hash"]
+    cfg = tiny(steps=6, checkpoint_every=0)
+    stream = synthetic_stream().clone()
+    stream[-1] = (stream[-1] + 1) % VOCAB                                   # one token at the very end
+    edited = TrainBatches(stream, cfg.train.batch_size, cfg.train.train_len, seed=cfg.train.seed).batch
+    assert torch.equal(edited(0)[0], synthetic_batches(cfg)(0)[0])          # the first batch does not show it
+    out = tmp_path / "edited"
+    out.mkdir()
+    (out / CHECKPOINT_NAME).write_bytes(finished_run.read_bytes())
+    with pytest.raises(CheckpointError, match="training data changed") as info:
+        run(cfg, out, batches=edited, resume=True)
+    assert saved["stream"] in str(info.value) and str(out / CHECKPOINT_NAME) in str(info.value)
+    assert "now sha256:" in str(info.value)
+
+    def shifted(step):                                                      # a plain callable: its first batch
+        x, y = synthetic_batches(cfg)(step)
+        return (x + 1) % VOCAB, (y + 1) % VOCAB
+
+    with pytest.raises(CheckpointError, match=f"first batch hash was {saved['batch0']}, now sha256:"):
+        run(cfg, out, batches=shifted, resume=True)
+
+    def same(step):                                                         # same data through a wrapper: fine
+        return synthetic_batches(cfg)(step)
+
+    assert run(cfg, out, batches=same, resume=True).start_step == 3
+
+
+# ----- divergence ------------------------------------------------------------------------------------
+
+def test_nan_loss_stops_with_a_clear_error_and_writes_no_checkpoint(tmp_path):
+    cfg = tiny(steps=30, lr=1.0e6, checkpoint_every=10)                      # NaN within a few steps
+    with pytest.raises(TrainingDivergedError, match=r"training diverged at step \d+/30: loss nan") as info:
+        run(cfg, tmp_path)
+    assert 1 <= info.value.step < 10 and math.isnan(info.value.loss)
+    assert isinstance(info.value, RuntimeError)
+    assert not (tmp_path / CHECKPOINT_NAME).exists()                         # never a checkpoint of NaN weights
+
+
+def test_divergence_after_a_checkpoint_keeps_it_untouched(tmp_path, monkeypatch):
+    cfg = tiny(steps=20, checkpoint_every=10, log_every=5)
+    run(tiny(steps=10, checkpoint_every=10, log_every=5), tmp_path)
+    good = (tmp_path / CHECKPOINT_NAME).read_bytes()
+    monkeypatch.setattr(train_module, "lr_at", lambda step, c: 1.0e6)       # blows up from step 11 on
+    with pytest.raises(TrainingDivergedError) as info:
+        run(cfg, tmp_path, resume=True)
+    assert 10 < info.value.step <= 20 and not math.isfinite(info.value.loss)
+    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == good
+    monkeypatch.undo()
+    assert run(cfg, tmp_path, resume=True).start_step == 10                 # and the directory is usable again
+
+
+def test_non_finite_weights_with_a_finite_loss_are_never_checkpointed(tmp_path, monkeypatch):
+    """The last step's update makes the weights infinite; its loss (computed before it) is still finite."""
+    cfg = tiny(steps=10, checkpoint_every=5, log_every=5)
+    monkeypatch.setattr(train_module, "lr_at", lambda step, c: math.inf if step == 9 else lr_at(step, c))
+    with pytest.raises(TrainingDivergedError, match=r"by step 10/10: model\..* is not finite") as info:
+        run(cfg, tmp_path)
+    assert info.value.step == 10 and math.isfinite(info.value.loss)
+    kept = read_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert kept["step"] == 5 and all(torch.isfinite(v).all() for v in kept["model"].values())
+
+
+# ----- the run directory -------------------------------------------------------------------------------
+
+def test_a_second_run_on_a_locked_run_dir_is_refused_naming_the_pid(tmp_path):
+    cfg = tiny(steps=3, checkpoint_every=0)
+    lock = prepare_run_dir(tmp_path)                                          # as another run would hold it
+    try:
+        with pytest.raises(RunLockedError) as info:
+            run(cfg, tmp_path, resume=True)
+        assert str(tmp_path) in str(info.value) and f"pid {os.getpid()}" in str(info.value)
+        assert not (tmp_path / CHECKPOINT_NAME).exists()
+    finally:
+        lock.release()
+    run(cfg, tmp_path)                                                      # released: the run goes ahead
+    run(tiny(steps=4, checkpoint_every=0), tmp_path, resume=True)           # and its own lock was released
+
+
+def test_only_temporaries_of_dead_writers_are_removed(tmp_path):
+    pid_max = Path("/proc/sys/kernel/pid_max")
+    dead = int(pid_max.read_text()) + 1 if pid_max.exists() else 2 ** 22 + 1  # no process has this pid
+    live = os.getppid()                                                     # alive while this test runs
+    for pid in (dead, live):
+        (tmp_path / f"{CHECKPOINT_NAME}.tmp.{pid}").write_bytes(b"partial")
+    (tmp_path / f"{LOG_NAME}.tmp.{dead}").write_text("partial")
+    (tmp_path / "notes.tmp.1").write_text("not ours")
+    run(tiny(steps=2, checkpoint_every=0), tmp_path)
+    assert not (tmp_path / f"{CHECKPOINT_NAME}.tmp.{dead}").exists()
+    assert not (tmp_path / f"{LOG_NAME}.tmp.{dead}").exists()
+    assert (tmp_path / f"{CHECKPOINT_NAME}.tmp.{live}").read_bytes() == b"partial"
+    assert (tmp_path / "notes.tmp.1").exists()
+
+
+def test_unwritable_out_dir_fails_before_any_training(tmp_path):
+    d = unwritable_dir(tmp_path)
+    cfg = tiny(steps=20, checkpoint_every=0)
+    steps: list[int] = []
+
+    def counting(step):
+        steps.append(step)
+        return synthetic_batches(cfg)(step)
+
+    with pytest.raises(OSError, match=f"out_dir {d}: cannot write there"):
+        run(cfg, d, batches=counting)
+    assert steps == []                                                      # refused before the first batch
+
+
+def test_run_dir_holds_config_log_and_tensorboard_without_duplicates_after_resume(tmp_path):
+    cfg = tiny(steps=20, checkpoint_every=10, log_every=5)
+    batches = synthetic_batches(cfg)
+
+    def crash_at_17(step):
+        if step == 17:
+            raise KeyboardInterrupt
+        return batches(step)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path, batches=crash_at_17)
+    rows = [json.loads(line) for line in (tmp_path / LOG_NAME).read_text().splitlines()]
+    assert [r["step"] for r in rows] == [5, 10, 15]                         # 15 is after the checkpoint (10)
+    (tmp_path / LOG_NAME).write_text((tmp_path / LOG_NAME).read_text() + '{"step": 1')  # a torn last line too
+
+    result = run(cfg, tmp_path, resume=True)
+    rows = [json.loads(line) for line in (tmp_path / LOG_NAME).read_text().splitlines()]
+    assert [r["step"] for r in rows] == [5, 10, 15, 20]
+    assert all(set(r) == {"step", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed"} for r in rows)
+    assert [r["loss"] for r in rows] == [result.losses[s - 1] for s in (5, 10, 15, 20)]
+    assert [r["lr"] for r in rows] == [lr_at(s - 1, cfg.train) for s in (5, 10, 15, 20)]
+    assert all(r["grad_norm"] > 0 and r["tokens_per_s"] > 0 for r in rows)
+    assert rows[1]["elapsed"] < rows[2]["elapsed"] < rows[3]["elapsed"]      # total training time, resumes included
+
+    assert load_config(tmp_path / CONFIG_NAME).resolved() == cfg.resolved()
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / TENSORBOARD_DIR))
+    events.Reload()
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("train/loss")] == [5, 10, 15, 20]  # the crashed run's 15 purged
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx([r["loss"] for r in rows])
+
+
+def test_quiet_mode_prints_nothing(tmp_path, capfd):
+    train(tiny(steps=4, checkpoint_every=2, log_every=1), tmp_path, batches=synthetic_batches(tiny()),
+          vocab_size=VOCAB, log=None, progress=False)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    lines: list[str] = []
+    run(tiny(steps=6, checkpoint_every=2, log_every=1), tmp_path, resume=True, log=lines.append)
+    assert any(line.startswith("resumed from") for line in lines)
+
+
+# ----- devices -----------------------------------------------------------------------------------------
+
+def test_a_device_this_machine_lacks_is_refused_naming_the_field(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError) as info:
+        run(tiny(device="cuda"), tmp_path / "a")
+    assert str(info.value) == "train.device='cuda': CUDA is not available on this machine"
+    with pytest.raises(ValueError, match=r"^train\.device='gpu0': not a device name"):
+        run(tiny(device="gpu0"), tmp_path / "b")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"^train\.device='cuda:3': this machine has 1 CUDA device"):
+        run(tiny(device="cuda:3"), tmp_path / "c")
+    assert not any(tmp_path.iterdir())                                       # nothing created
 
 
 # ----- randomized positions ----------------------------------------------------------------------
@@ -322,6 +436,7 @@ def test_randomized_positions_are_keyed_by_seed_and_step_and_train(tmp_path):
 
 # ----- torchrun: DDP and FSDP, 2 gloo processes on CPU --------------------------------------------
 
+@pytest.mark.slow
 def test_ddp_and_fsdp_under_torchrun(tmp_path):
     """One torchrun launch (2 ranks) runs three jobs: DDP for 20 steps, FSDP for 20 steps, then FSDP
     resuming the DDP run to 30 steps (one checkpoint format for both). Each rank trains on its half of

@@ -29,27 +29,23 @@ save). Gradients are clipped to global norm ``grad_clip`` (0 = off).
 autocast (also on CPU); ``"fp32"`` disables autocast. Parameters and optimiser state stay fp32.
 
 **Checkpoints** (``<out_dir>/checkpoint.pt``, the latest one only) are written every
-``checkpoint_every`` steps and at the end, atomically (temporary file, fsync, ``os.replace``), so a
-kill at any moment leaves either the previous checkpoint or the new one. A checkpoint holds only
-tensors and plain containers, so it loads with ``torch.load(weights_only=True)``:
+``checkpoint_every`` steps and at the end, atomically, with a content hash and a hash of the training
+data; the format, the checks on reading and the resumability rules live in :mod:`hopekit.checkpoint`
+(whose public names this module re-exports). Resuming refuses a checkpoint written by a different
+configuration (beyond :data:`RESUME_MAY_DIFFER`) or on other training data.
 
-=================  ==============================================================================
-``format``         ``"hopekit.checkpoint"``; ``version``: :data:`FORMAT_VERSION`
-``step``           optimiser steps completed (the next step to run)
-``config``         ``ExperimentConfig.resolved()``; ``model_config``: the ``ModelConfig`` fields
-``model``          full (unsharded) state dict, FQN keys, on CPU
-``optimizer``      full AdamW state dict keyed by parameter FQN (the same for plain, DDP and FSDP)
-``rng``            one entry per rank: torch CPU state, CUDA states, Python ``random`` state
-``data``           the sampler position ``{"seed", "step"}`` (the sampler itself is stateless)
-``losses``         mean training loss of every step so far; ``tokens``, ``train_time``: totals
-=================  ==============================================================================
+**Divergence.** Each step's loss stays on the device until the next log or checkpoint step, where the
+pending losses are fetched in one sync and checked: a non-finite loss stops the run with
+:class:`TrainingDivergedError` (naming the step and the value). Before a checkpoint is written the
+weights and optimiser state are checked as well, so the last good checkpoint is never overwritten by a
+diverged one.
 
-Resuming refuses a checkpoint written by a different configuration, except for the fields in
-:data:`RESUME_MAY_DIFFER` — those that do not change what the steps already taken mean (bookkeeping,
-the device, DDP ↔ FSDP, evaluation settings) and ``train.steps`` (to lengthen or shorten a run; note
-that the cosine schedule then changes from the resume point on). A truncated or corrupt file, a file
-that is not a hopekit checkpoint, and one of another format version are refused with
-:class:`CheckpointError` naming the file and the reason.
+**The run directory** ``out_dir``: before any work, it is created, checked to be writable and locked
+(a second run on it is refused, naming the pid holding it; :func:`hopekit.checkpoint.prepare_run_dir`).
+It then holds ``config.yaml`` (the resolved configuration of the latest call), ``train_log.jsonl``
+(one JSON row per log step: ``step``, ``loss``, ``lr``, ``grad_norm``, ``tokens_per_s``, ``elapsed``;
+on resume the rows after the checkpoint's step are dropped, so a resumed log has no duplicates), the
+checkpoint, and ``tensorboard/`` with the same scalars when ``torch.utils.tensorboard`` can be imported.
 
 **Distributed.** Under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is initialised here (gloo on
 CPU, nccl on CUDA; one GPU per local rank). ``batches(step)`` returns the **global** batch of
@@ -69,9 +65,7 @@ import json
 import math
 import os
 import random
-import re
 import time
-import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -81,26 +75,50 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    FORMAT,
+    FORMAT_VERSION,
+    RESUME_MAY_DIFFER,
+    CheckpointError,
+    RunLock,
+    check_resumable,
+    data_fingerprint,
+    full_state,
+    load_checkpoint,
+    load_full_state,
+    model_config_dict,
+    prepare_run_dir,
+    read_checkpoint,
+    save_checkpoint,
+)
 from .config import ExperimentConfig, TrainConfig
 from .model import Decoder, ModelConfig
 from .pe.randomized import RandomizedPositions
 
 __all__ = [
-    "train", "TrainResult", "load_checkpoint", "read_checkpoint", "save_checkpoint", "CheckpointError",
-    "lr_at", "param_groups", "build_optimizer", "stream_seed", "seed_everything", "sample_positions",
-    "corpus_batches", "Batches", "CHECKPOINT_NAME", "FORMAT", "FORMAT_VERSION", "RESUME_MAY_DIFFER",
+    "train", "TrainResult", "TrainingDivergedError", "load_checkpoint", "read_checkpoint", "save_checkpoint",
+    "CheckpointError", "lr_at", "param_groups", "build_optimizer", "stream_seed", "seed_everything",
+    "sample_positions", "corpus_batches", "Batches", "CHECKPOINT_NAME", "FORMAT", "FORMAT_VERSION",
+    "RESUME_MAY_DIFFER", "CONFIG_NAME", "LOG_NAME", "TENSORBOARD_DIR",
 ]
 
 #: ``batches(step) -> (inputs, targets)``: the global batch of a step, each ``(batch_size, train_len)``
 #: int64; must be a pure function of the step (e.g. ``TrainBatches(...).batch``).
 Batches = Callable[[int], "tuple[torch.Tensor, torch.Tensor]"]
 
-CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT = "hopekit.checkpoint"
-FORMAT_VERSION = 1
-#: resolved-config fields (dotted prefixes) that may differ between a checkpoint and the run resuming it
-RESUME_MAY_DIFFER = ("name", "eval", "train.steps", "train.checkpoint_every", "train.log_every",
-                     "train.device", "train.fsdp")
+CONFIG_NAME = "config.yaml"          # the resolved configuration, in out_dir
+LOG_NAME = "train_log.jsonl"         # one JSON row per log step, in out_dir
+TENSORBOARD_DIR = "tensorboard"      # SummaryWriter event files, in out_dir (when tensorboard is installed)
+
+
+class TrainingDivergedError(RuntimeError):
+    """The training loss became NaN or infinite (or the weights did): the run stopped, the last good
+    checkpoint is kept. ``step``: the 1-based step (as in the log lines); ``loss``: its value."""
+
+    def __init__(self, message: str, *, step: int, loss: float):
+        super().__init__(message)
+        self.step, self.loss = step, loss
 
 
 # --- schedule and optimiser ----------------------------------------------------------------------
@@ -187,11 +205,25 @@ class _Dist:
 
 
 def _resolve_device(spec: str, local_rank: int) -> torch.device:
+    """``train.device`` as a torch device (``auto``: CUDA when available); a device this machine does
+    not have is a ``ValueError`` naming the field."""
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(spec)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"train.device={spec!r}: not a device name (expected 'auto', 'cpu', 'cuda', 'cuda:N', "
+                         "'mps', ...)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"train.device={spec!r}: CUDA is not available on this machine")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(f"train.device={spec!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+                             + (f" (local rank {local_rank})" if spec == "cuda" else ""))
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"train.device={spec!r}: MPS is not available on this machine")
     return device
 
 
@@ -248,172 +280,6 @@ def _mean_over_ranks(values: torch.Tensor, d: _Dist) -> torch.Tensor:
     return values
 
 
-# --- checkpoints ---------------------------------------------------------------------------------
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: unreadable, not ours, another version, another config."""
-
-
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``: readers
-    (and a process killed mid-write) only ever see a complete file."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
-_REQUIRED = ("step", "config", "model_config", "model", "optimizer", "rng", "data", "losses", "tokens",
-             "train_time")
-
-
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and validate a checkpoint (weights-only unpickling); :class:`CheckpointError` names the
-    file and the reason when it is unreadable, truncated, not a hopekit checkpoint or another version."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path}: no such file")
-    size = path.stat().st_size
-    try:
-        with warnings.catch_warnings():  # random bytes can look like an exotic pickle protocol
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # zip / pickle / weights-only errors: say what it means, not how it failed
-        text = str(e).strip()
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        if unsafe:
-            why = (f"it holds a {unsafe.group(1)} object, not only tensors and plain containers "
-                   "(hopekit checkpoints load with weights_only=True)")
-        else:
-            first = text.splitlines()[0] if text else type(e).__name__
-            why = f"the file is truncated or corrupt ({size:,} bytes; torch.load: {first[:160]})"
-        raise CheckpointError(f"checkpoint {path}: cannot be read: {why}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {path}: not a hopekit training checkpoint (no format={FORMAT!r} marker)")
-    if ckpt.get("version") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path}: format version {ckpt.get('version')!r}; this hopekit reads "
-                              f"version {FORMAT_VERSION}")
-    missing = [k for k in _REQUIRED if k not in ckpt]
-    if missing:
-        raise CheckpointError(f"checkpoint {path}: incomplete, missing {missing}")
-    return ckpt
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _config_differences(saved: dict[str, Any], current: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
-    a, b = _flatten(saved), _flatten(current)
-    missing = object()
-    lines = []
-    for key in sorted(set(a) | set(b)):
-        if any(key == p or key.startswith(p + ".") for p in ignore):
-            continue
-        va, vb = a.get(key, missing), b.get(key, missing)
-        if va != vb:
-            show = lambda v: "(absent)" if v is missing else repr(v)  # noqa: E731
-            lines.append(f"  {key}: checkpoint {show(va)}, now {show(vb)}")
-    return lines
-
-
-def _check_resumable(ckpt: dict[str, Any], config: ExperimentConfig, model_cfg: ModelConfig, path: Path) -> None:
-    diffs = _config_differences(ckpt["config"], config.resolved(), RESUME_MAY_DIFFER)
-    diffs += _config_differences({"model_config": ckpt["model_config"]},
-                                 {"model_config": json.loads(json.dumps(model_cfg.to_dict()))})
-    if diffs:
-        raise CheckpointError(
-            f"checkpoint {path}: written by a different configuration, refusing to resume:\n" + "\n".join(diffs)
-            + f"\n(fields that may differ on resume: {', '.join(RESUME_MAY_DIFFER)}; "
-            "use another out_dir to start a new run)")
-    if ckpt["step"] > config.train.steps:
-        raise CheckpointError(f"checkpoint {path}: at step {ckpt['step']}, beyond train.steps={config.train.steps}")
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
-                    ) -> tuple[Decoder, ExperimentConfig, dict[str, Any]]:
-    """``(model, config, state)`` from a checkpoint, for evaluation: the decoder in eval mode on
-    ``device``, the experiment config, and the whole checkpoint dict (``step``, ``losses`` ...)."""
-    ckpt = read_checkpoint(path)
-    config = ExperimentConfig.from_dict(ckpt["config"])
-    model = Decoder(ModelConfig(**ckpt["model_config"]))
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {path}: model weights do not fit its model_config: {e}") from None
-    return model.to(device).eval(), config, ckpt
-
-
-def _optimizer_state_by_name(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """``optimizer.state_dict()`` with parameter *names* in place of indices (the layout
-    ``torch.distributed.checkpoint`` uses for FSDP, so plain, DDP and FSDP checkpoints are one format)."""
-    names = {p: n for n, p in model.named_parameters()}
-    order = [names[p] for group in optimizer.param_groups for p in group["params"]]
-    sd = optimizer.state_dict()
-    return {"state": {order[i]: s for i, s in sd["state"].items()},
-            "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in sd["param_groups"]]}
-
-
-def _optimizer_state_by_index(model: nn.Module, optimizer: torch.optim.Optimizer, by_name: dict[str, Any],
-                              path: Path) -> dict[str, Any]:
-    """The inverse, for ``optimizer.load_state_dict``: indices follow *this* optimiser's parameter order."""
-    names = {p: n for n, p in model.named_parameters()}
-    current = [[names[p] for p in group["params"]] for group in optimizer.param_groups]
-    saved = by_name["param_groups"]
-    if [sorted(c) for c in current] != [sorted(g["params"]) for g in saved]:
-        raise CheckpointError(f"checkpoint {path}: its optimiser parameter groups do not match this model's")
-    index = {n: i for i, n in enumerate(n for group in current for n in group)}
-    # Hyper-parameters come from the checkpoint; the implementation (fused on GPU, ...) stays this run's.
-    impl = [{k: g[k] for k in ("fused", "foreach", "capturable", "differentiable") if k in g}
-            for g in optimizer.param_groups]
-    return {"state": {index[n]: s for n, s in by_name["state"].items()},
-            "param_groups": [{**g, **i, "params": [index[n] for n in c]} for g, i, c in zip(saved, impl, current)]}
-
-
-def _full_state(model: nn.Module, raw: nn.Module, optimizer: torch.optim.Optimizer, fsdp: bool) -> tuple[dict, dict]:
-    """Full (unsharded) model and optimiser state dicts on CPU, keyed by parameter name. Under FSDP
-    this is collective (every rank must call it) and goes through ``torch.distributed.checkpoint``."""
-    if fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-        return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    model_state = {k: v.detach().cpu() for k, v in raw.state_dict().items()}
-    return model_state, _optimizer_state_by_name(raw, optimizer)
-
-
-def _load_full_state(model: nn.Module, raw: nn.Module, optimizer: torch.optim.Optimizer, fsdp: bool,
-                     ckpt: dict[str, Any], path: Path) -> None:
-    if fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-
-        set_state_dict(model, optimizer, model_state_dict=ckpt["model"], optim_state_dict=ckpt["optimizer"],
-                       options=StateDictOptions(full_state_dict=True))
-        return
-    raw.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(_optimizer_state_by_index(raw, optimizer, ckpt["optimizer"], path))
-
-
 # --- data ----------------------------------------------------------------------------------------
 
 def corpus_batches(config: ExperimentConfig) -> tuple[Batches, int]:
@@ -450,6 +316,10 @@ def _log_default(message: str) -> None:
     tqdm.write(message)  # prints around an active progress bar
 
 
+def _quiet(message: str) -> None:
+    pass
+
+
 def train(config: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, batches: Batches | None = None,
           vocab_size: int | None = None, progress: bool = True,
           log: Callable[[str], None] | None = _log_default) -> TrainResult:
@@ -459,53 +329,63 @@ def train(config: ExperimentConfig, out_dir: str | Path, *, resume: bool = False
     also gives the vocabulary size; with your own ``batches`` pass ``vocab_size``). ``resume``: continue
     from ``out_dir/checkpoint.pt`` if there is one (else start afresh); without it an existing
     checkpoint is an error rather than something to overwrite. ``progress``: a tqdm bar on rank 0 when
-    stderr is a terminal. ``log``: where rank 0's log lines go (``None``: nowhere).
+    stderr is a terminal. ``log``: where rank 0's log lines go (``None``: nowhere; with
+    ``progress=False`` nothing is printed). Raises :class:`TrainingDivergedError` on a non-finite loss,
+    :class:`hopekit.checkpoint.RunLockedError` when another run holds ``out_dir``.
     """
-    cfg = config.train
-    d = _setup_distributed(cfg)
+    out_dir = Path(out_dir)
+    d = _setup_distributed(config.train)
+    lock: RunLock | None = None
     try:
-        return _train(config, Path(out_dir), d, resume=resume, batches=batches, vocab_size=vocab_size,
-                      progress=progress, log=(log if d.main and log is not None else (lambda _: None)))
+        _check_run(config, out_dir, d, resume)
+        lock = _on_rank0(d, prepare_run_dir, out_dir, (CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME))  # writable, locked
+        return _train(config, out_dir, d, resume=resume, batches=batches, vocab_size=vocab_size,
+                      progress=progress, log=(log if d.main and log is not None else _quiet))
     finally:
+        if lock is not None:
+            lock.release()
         if d.owns_group:
             dist.destroy_process_group()
 
 
-def _resume(path: Path, config: ExperimentConfig, model_cfg: ModelConfig, model: nn.Module, raw: nn.Module,
-            optimizer: torch.optim.Optimizer, sharded: bool, d: _Dist, log: Callable[[str], None]) -> dict[str, Any]:
-    """Check the checkpoint against this run, then restore weights, optimiser and this rank's RNG state."""
-    ckpt = read_checkpoint(path)
-    _check_resumable(ckpt, config, model_cfg, path)
-    _load_full_state(model, raw, optimizer, sharded, ckpt, path)
-    rng = ckpt["rng"]
-    if len(rng) == d.world:
-        _set_rng_state(rng[d.rank])
-    else:  # another world size: the per-rank dropout streams cannot be continued
-        _set_rng_state(rng[0])
-        torch.manual_seed(stream_seed("rng", config.train.seed, ckpt["step"], d.rank))
-        log(f"note: checkpoint written by {len(rng)} process(es), resuming with {d.world}: fresh dropout seeds")
-    if ckpt["config"]["train"]["steps"] != config.train.steps:
-        log(f"note: train.steps changed {ckpt['config']['train']['steps']} -> {config.train.steps}; "
-            "the learning-rate schedule changes from here on")
-    log(f"resumed from {path} at step {ckpt['step']}")
-    return ckpt
-
-
-def _train(config: ExperimentConfig, out_dir: Path, d: _Dist, *, resume: bool, batches: Batches | None,
-           vocab_size: int | None, progress: bool, log: Callable[[str], None]) -> TrainResult:
+def _check_run(config: ExperimentConfig, out_dir: Path, d: _Dist, resume: bool) -> None:
+    """What can be refused before anything is loaded or created."""
     cfg = config.train
     path = out_dir / CHECKPOINT_NAME
     if path.exists() and not resume:
         raise FileExistsError(f"{path} exists: pass resume=True to continue that run, or use another out_dir")
     if cfg.batch_size % d.world:
         raise ValueError(f"train.batch_size={cfg.batch_size} must be divisible by the number of processes ({d.world})")
-    if cfg.positions == "randomized" and cfg.max_position and cfg.max_position < cfg.train_len:
-        raise ValueError(f"train.max_position={cfg.max_position} must be >= train.train_len={cfg.train_len} "
-                         "(or 0 for 16 × train_len)")
+
+
+def _on_rank0(d: _Dist, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` on rank 0 only (``None`` elsewhere). Its failure is raised on every rank, so that no
+    rank goes on to wait for a collective that rank 0 will never join."""
+    result, error = None, None
+    if d.main:
+        try:
+            result = fn(*args)
+        except Exception as e:
+            error = e
+    if d.world > 1:
+        message = [None if error is None else f"{type(error).__name__}: {error}"]
+        dist.broadcast_object_list(message, src=0)
+        if message[0] is not None and error is None:
+            raise RuntimeError(f"rank 0 failed: {message[0]}")
+    if error is not None:
+        raise error
+    return result
+
+
+def _train(config: ExperimentConfig, out_dir: Path, d: _Dist, *, resume: bool, batches: Batches | None,
+           vocab_size: int | None, progress: bool, log: Callable[[str], None]) -> TrainResult:
+    cfg = config.train
+    path = out_dir / CHECKPOINT_NAME
     if batches is None:
         batches, vocab_size = corpus_batches(config)
     elif vocab_size is None:
         raise TypeError("train(batches=...): pass vocab_size as well (it is the tokenizer's, not the config's)")
+    data_hash = data_fingerprint(batches)
     model_cfg = config.model_config(vocab_size)
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and d.device.type == "cuda")
     autocast = torch.autocast(d.device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
@@ -520,97 +400,60 @@ def _train(config: ExperimentConfig, out_dir: Path, d: _Dist, *, resume: bool, b
     log(f"model: {raw.num_parameters():,} parameters ({raw.num_parameters(non_embedding=True):,} non-embedding); "
         f"device {d.device}, {d.world} process(es){', FSDP' if sharded else ''}, "
         f"{'bf16 autocast' if use_bf16 else 'fp32'}")
-
     if cfg.fsdp and d.world == 1:
         log("note: train.fsdp has no effect in a single process (launch with torchrun to shard)")
 
+    # Where to start: step 0, or the checkpoint's step with its losses and totals.
     start, losses, tokens_before, time_before = 0, [], 0, 0.0
     if resume and path.exists():
-        ckpt = _resume(path, config, model_cfg, model, raw, optimizer, sharded, d, log)
+        ckpt = _resume(path, config, model_cfg, model, raw, optimizer, sharded, d, data_hash, log)
         start, losses = ckpt["step"], list(ckpt["losses"])
         tokens_before, time_before = ckpt["tokens"], ckpt["train_time"]
         del ckpt
     elif resume:
         log(f"no checkpoint at {path}: starting from step 0")
     if d.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in out_dir.glob(f"{CHECKPOINT_NAME}.tmp.*"):  # left by a process killed mid-write
-            stale.unlink(missing_ok=True)
+        _write_config(out_dir / CONFIG_NAME, config)
 
     tokens_per_step = cfg.batch_size * cfg.train_len  # global
     pending: list[torch.Tensor] = []                  # per-step losses not yet fetched from the device
-    grad_norm = torch.zeros(())
-    last_saved = start if resume and start > 0 else -1
-
-    def flush() -> None:
-        """Fetch pending losses (one sync), averaged over ranks (collective)."""
-        if pending:
-            losses.extend(_mean_over_ranks(torch.stack(pending).float(), d).tolist())
-            pending.clear()
-
-    def checkpoint(step: int, elapsed: float) -> None:
-        """Collective: gather full states (and every rank's RNG state); rank 0 writes."""
-        nonlocal last_saved
-        flush()
-        model_state, optim_state = _full_state(model, raw, optimizer, sharded)
-        rng = [_rng_state()]
-        if d.world > 1:
-            rng = [None] * d.world
-            dist.all_gather_object(rng, _rng_state())
-        if d.main:
-            save_checkpoint(path, {
-                "format": FORMAT, "version": FORMAT_VERSION, "step": step,
-                "config": config.resolved(), "model_config": json.loads(json.dumps(model_cfg.to_dict())),
-                "model": model_state, "optimizer": optim_state, "rng": rng,
-                "data": {"seed": cfg.seed, "step": step}, "losses": list(losses),
-                "tokens": tokens_before + (step - start) * tokens_per_step, "train_time": time_before + elapsed,
-                "world_size": d.world, "torch_version": str(torch.__version__),
-            })
-        if d.world > 1:
-            dist.barrier()  # nobody runs ahead (or exits) before the file is in place
-        last_saved = step
-
-    bar = tqdm(total=cfg.steps, initial=start, unit="step", dynamic_ncols=True,
-               disable=None if progress and d.main else True)  # None: only on a terminal
+    grad_norm: torch.Tensor | None = None
     model.train()
     t0 = t_log = time.perf_counter()
     step_log = start
-    for step in range(start, cfg.steps):
-        lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        x, y = batches(step)
-        positions = sample_positions(cfg, step, x.shape[0])
-        x, y, positions = (_shard(t, d) for t in (x, y, positions))
-        x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
-        if positions is not None:
-            positions = positions.to(d.device, non_blocking=True)
-        with autocast:
-            _, loss = model(x, positions=positions, targets=y)
-        loss.backward()
-        if cfg.grad_clip > 0:  # returns the norm before clipping
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        pending.append(loss.detach())
-        bar.update(1)
+    with _MetricsLog(out_dir, start, enabled=d.main, log=log) as metrics, \
+            tqdm(total=cfg.steps, initial=start, unit="step", dynamic_ncols=True,
+                 disable=None if progress and d.main else True) as bar:  # None: only on a terminal
+        for step in range(start, cfg.steps):
+            lr = lr_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y, positions = _device_batch(batches, cfg, step, d)
+            with autocast:
+                _, loss = model(x, positions=positions, targets=y)
+            loss.backward()
+            if cfg.grad_clip > 0:  # returns the norm before clipping
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            pending.append(loss.detach())
+            bar.update(1)
 
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            flush()
-            now = time.perf_counter()
-            tok_s = (done - step_log) * tokens_per_step / max(now - t_log, 1e-9)
-            norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: DTensor
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", tok_s=f"{tok_s:,.0f}")
-            log(f"step {done}/{cfg.steps} | loss {losses[-1]:.4f} | lr {lr:.2e} | "
-                + (f"grad norm {float(norm):.3f} | " if cfg.grad_clip > 0 else "") + f"{tok_s:,.0f} tok/s")
-            t_log, step_log = now, done
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
-            checkpoint(done, time.perf_counter() - t0)
-    if last_saved != cfg.steps:
-        checkpoint(cfg.steps, time.perf_counter() - t0)
-    flush()
-    bar.close()
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                _flush_losses(pending, losses, d, cfg.steps)
+                now = time.perf_counter()
+                row = {"step": done, "loss": losses[-1], "lr": lr, "grad_norm": _norm_value(grad_norm),
+                       "tokens_per_s": (done - step_log) * tokens_per_step / max(now - t_log, 1e-9),
+                       "elapsed": time_before + now - t0}
+                _report(row, cfg.steps, bar, log, metrics)
+                t_log, step_log = now, done
+            if done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
+                _flush_losses(pending, losses, d, cfg.steps)
+                _write_checkpoint(path, config, model_cfg, model, raw, optimizer, sharded, d, step=done,
+                                  losses=losses, tokens=tokens_before + (done - start) * tokens_per_step,
+                                  train_time=time_before + time.perf_counter() - t0, data_hash=data_hash)
+
     wall = time.perf_counter() - t0
     tokens_per_s = (cfg.steps - start) * tokens_per_step / max(wall, 1e-9)
     if cfg.steps > start:
@@ -618,3 +461,190 @@ def _train(config: ExperimentConfig, out_dir: Path, d: _Dist, *, resume: bool, b
             f"checkpoint {path}")
     return TrainResult(model=raw.eval(), config=config, losses=losses, tokens_per_s=tokens_per_s, wall_time=wall,
                        total_train_time=time_before + wall, step=cfg.steps, start_step=start, checkpoint=path)
+
+
+# --- what the loop calls -------------------------------------------------------------------------
+
+def _resume(path: Path, config: ExperimentConfig, model_cfg: ModelConfig, model: nn.Module, raw: nn.Module,
+            optimizer: torch.optim.Optimizer, sharded: bool, d: _Dist, data_hash: dict[str, str | None],
+            log: Callable[[str], None]) -> dict[str, Any]:
+    """Check the checkpoint against this run (config and data), then restore weights, optimiser and
+    this rank's RNG state."""
+    ckpt = read_checkpoint(path)
+    check_resumable(ckpt, config, model_cfg, path, data_hash)
+    load_full_state(model, raw, optimizer, sharded, ckpt, path)
+    rng = ckpt["rng"]
+    if len(rng) == d.world:
+        _set_rng_state(rng[d.rank])
+    else:  # another world size: the per-rank dropout streams cannot be continued
+        _set_rng_state(rng[0])
+        torch.manual_seed(stream_seed("rng", config.train.seed, ckpt["step"], d.rank))
+        log(f"note: checkpoint written by {len(rng)} process(es), resuming with {d.world}: fresh dropout seeds")
+    if ckpt["config"]["train"]["steps"] != config.train.steps:
+        log(f"note: train.steps changed {ckpt['config']['train']['steps']} -> {config.train.steps}; "
+            "the learning-rate schedule changes from here on")
+    if ckpt.get("data_hash") is None:
+        log(f"note: {path} predates data hashes (format version {ckpt['version']}): the training data is not checked")
+    log(f"resumed from {path} at step {ckpt['step']}")
+    return ckpt
+
+
+def _device_batch(batches: Batches, cfg: TrainConfig, step: int, d: _Dist
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """This rank's rows of step ``step``'s global batch and positions, on the device."""
+    x, y = batches(step)
+    positions = sample_positions(cfg, step, x.shape[0])
+    x, y, positions = (_shard(t, d) for t in (x, y, positions))
+    x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
+    if positions is not None:
+        positions = positions.to(d.device, non_blocking=True)
+    return x, y, positions
+
+
+def _flush_losses(pending: list[torch.Tensor], losses: list[float], d: _Dist, steps: int) -> None:
+    """Move the ``pending`` per-step losses (one device sync, averaged over ranks: collective) to the end
+    of ``losses``; a non-finite one raises :class:`TrainingDivergedError` (on every rank)."""
+    if not pending:
+        return
+    values = _mean_over_ranks(torch.stack(pending).float(), d).tolist()
+    pending.clear()
+    for i, value in enumerate(values):
+        if not math.isfinite(value):
+            step = len(losses) + i + 1
+            raise TrainingDivergedError(
+                f"training diverged at step {step}/{steps}: loss {value}; stopped without writing a checkpoint "
+                "(the last good one, if any, is kept); lower train.lr or raise train.warmup_steps",
+                step=step, loss=value)
+    losses.extend(values)
+
+
+def _norm_value(grad_norm: torch.Tensor | None) -> float | None:
+    """The gradient norm as a float (collective under FSDP, where it is a DTensor); None without clipping."""
+    if grad_norm is None:
+        return None
+    return float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+
+
+def _report(row: dict[str, Any], steps: int, bar: Any, log: Callable[[str], None], metrics: "_MetricsLog") -> None:
+    """One log step: the progress bar, a log line, a ``train_log.jsonl`` row and TensorBoard scalars."""
+    bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:,.0f}")
+    log(f"step {row['step']}/{steps} | loss {row['loss']:.4f} | lr {row['lr']:.2e} | "
+        + (f"grad norm {row['grad_norm']:.3f} | " if row["grad_norm"] is not None else "")
+        + f"{row['tokens_per_s']:,.0f} tok/s")
+    metrics.write(row)
+
+
+def _first_non_finite(state: Mapping[str, Any], prefix: str = "") -> str | None:
+    """The name of the first floating tensor in a (nested) state dict holding NaN or ±inf, else None."""
+    for key, value in state.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            bad = _first_non_finite(value, name + ".")
+            if bad is not None:
+                return bad
+        elif isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return name
+    return None
+
+
+def _write_checkpoint(path: Path, config: ExperimentConfig, model_cfg: ModelConfig, model: nn.Module, raw: nn.Module,
+                      optimizer: torch.optim.Optimizer, sharded: bool, d: _Dist, *, step: int, losses: list[float],
+                      tokens: int, train_time: float, data_hash: dict[str, str | None]) -> None:
+    """Collective: gather full states and every rank's RNG state; refuse non-finite weights or optimiser
+    state (:class:`TrainingDivergedError`, the previous checkpoint stays); rank 0 writes."""
+    model_state, optim_state = full_state(model, raw, optimizer, sharded)
+    rng = [_rng_state()]
+    if d.world > 1:
+        rng = [None] * d.world
+        dist.all_gather_object(rng, _rng_state())
+    bad = [_first_non_finite({"model": model_state, "optimizer": optim_state.get("state", {})}) if d.main else None]
+    if d.world > 1:
+        dist.broadcast_object_list(bad, src=0)  # under FSDP only rank 0 holds the full state
+    if bad[0] is not None:
+        raise TrainingDivergedError(
+            f"training diverged by step {step}/{config.train.steps}: {bad[0]} is not finite (loss {losses[-1]}); "
+            f"not writing it, the last good checkpoint (if any) in {path.parent} is kept; lower train.lr",
+            step=step, loss=losses[-1])
+    if d.main:
+        save_checkpoint(path, {
+            "format": FORMAT, "version": FORMAT_VERSION, "step": step,
+            "config": config.resolved(), "model_config": model_config_dict(model_cfg),
+            "model": model_state, "optimizer": optim_state, "rng": rng,
+            "data": {"seed": config.train.seed, "step": step}, "data_hash": data_hash, "losses": list(losses),
+            "tokens": tokens, "train_time": train_time,
+            "world_size": d.world, "torch_version": str(torch.__version__),
+        })
+    if d.world > 1:
+        dist.barrier()  # nobody runs ahead (or exits) before the file is in place
+
+
+# --- the run directory: config.yaml, train_log.jsonl, TensorBoard ---------------------------------
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_config(path: Path, config: ExperimentConfig) -> None:
+    """The resolved configuration as YAML (``load_config(path)`` reads it back)."""
+    import yaml
+
+    _write_atomic(path, yaml.safe_dump(config.resolved(), sort_keys=False))
+
+
+def _trim_log(path: Path, start: int) -> None:
+    """Keep the rows of steps ``<= start`` (those the checkpoint covers); drop later rows, left by a run
+    that stopped after its last checkpoint, and a partial last line, so a resumed log has no duplicates."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= start:
+            kept.append(line + "\n")
+    _write_atomic(path, "".join(kept))
+
+
+class _MetricsLog:
+    """Rank 0's ``train_log.jsonl`` and TensorBoard writer (a no-op elsewhere); closes on exit."""
+
+    def __init__(self, out_dir: Path, start: int, *, enabled: bool, log: Callable[[str], None]):
+        self.path: Path | None = None
+        self.writer: Any = None
+        if not enabled:
+            return
+        self.path = out_dir / LOG_NAME
+        _trim_log(self.path, start)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return
+        except Exception as e:  # installed but broken: train on, say so
+            log(f"note: TensorBoard not used ({type(e).__name__}: {e})")
+            return
+        # purge_step: events after the checkpoint's step (from a run that stopped later) are dropped
+        self.writer = SummaryWriter(log_dir=str(out_dir / TENSORBOARD_DIR), purge_step=start + 1)
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            for key in ("loss", "lr", "grad_norm", "tokens_per_s"):
+                if row[key] is not None:
+                    self.writer.add_scalar(f"train/{key}", row[key], row["step"])
+
+    def __enter__(self) -> "_MetricsLog":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.writer is not None:
+            self.writer.close()
