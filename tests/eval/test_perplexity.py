@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from hopekit.eval.extensions import extension_configs, extension_name, with_pe
-from hopekit.eval.perplexity import (LengthLimitError, bin_curve, eval_kwargs, model_descriptor, perplexity,
-                                     ppl_records, skipped_records)
-from hopekit.eval.records import REQUIRED_FIELDS, append_records, read_records
+from hopekit.eval.perplexity import LengthLimitError, bin_curve, eval_kwargs, perplexity
+from hopekit.eval.records import (REQUIRED_FIELDS, append_records, model_descriptor, ppl_records, read_records,
+                                  skipped_records)
 from hopekit.config import EvalConfig
 from hopekit.model import Decoder, ModelConfig
 
