@@ -59,7 +59,9 @@ shows a gap instead of a crash.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import sys
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -259,16 +261,15 @@ def perplexity(
     batch = _batch_size(model, eval_len, batch_size, max_batch_tokens)
     _check_positions_fit(model, eval_len, device)
 
+    windows = functools.partial(_tagged_windows, protocol, docs, eval_len, stride, separator, per_document)
     tally = _Tally.zeros(eval_len, device)
-    windows = _tagged_windows(protocol, docs, eval_len, stride, separator, per_document)
-    bar = _progress_bar(progress, lambda: _tagged_windows(protocol, docs, eval_len, stride, separator, per_document),
-                        max_tokens)
+    bar = _progress_bar(progress, windows, max_tokens)
     t0 = time.perf_counter()
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for buf in _window_batches(windows, batch, max_tokens, tally):
+            for buf in _window_batches(windows(), batch, max_tokens, tally):
                 _score_batch(model, buf, tally, device, seq_len, amp_dtype, per_document_mean=protocol == "truncate")
                 bar.update(len(buf))
     finally:
@@ -388,17 +389,16 @@ def _score_batch(model: nn.Module, buf: list[data_lib.EvalWindow], tally: _Tally
 
 def _progress_bar(label: str | None, windows: Callable[[], Iterator[tuple[int | None, data_lib.EvalWindow]]],
                   max_tokens: int | None):
-    """A tqdm bar over the windows the budget admits (counted only when the bar is shown), or a no-op."""
+    """A tqdm bar over the windows the budget admits when ``label`` is given and stderr is a
+    terminal (the windows are then counted first: slicing only, no forward), else a no-op bar."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(desc=label, unit="win", leave=False, dynamic_ncols=True, disable=True if label is None else None)
-    if not bar.disable:
-        count = _Tally.zeros(1, torch.device("cpu"))
-        for _ in _window_batches(windows(), 1, max_tokens, count):
-            pass
-        bar.total = count.windows
-        bar.refresh()
-    return bar
+    if label is None or not getattr(sys.stderr, "isatty", lambda: False)():
+        return tqdm(disable=True)
+    count = _Tally.zeros(1, torch.device("cpu"))
+    for _ in _window_batches(windows(), 1, max_tokens, count):
+        pass
+    return tqdm(total=count.windows, desc=label, unit="win", leave=False, dynamic_ncols=True)
 
 
 def _result(tally: _Tally, docs: torch.Tensor | list[torch.Tensor], *, protocol: str, eval_len: int,

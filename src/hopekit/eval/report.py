@@ -9,7 +9,6 @@ canvas, so the caller's matplotlib backend (and pyplot's figure list) is never t
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +103,8 @@ def plot_ppl_vs_length(records: list[dict[str, Any]], path: str | Path, *, proto
     return _finish(fig, ax, path)
 
 
-def plot_loss_by_position(records: list[dict[str, Any]], path: str | Path, *, eval_len: int | None = None) -> Path | None:
+def plot_loss_by_position(records: list[dict[str, Any]], path: str | Path, *,
+                          eval_len: int | None = None) -> Path | None:
     """Mean loss vs position inside the window (binned), one line per method, at ``eval_len``
     (default: the longest length measured). Returns None if there are no such records."""
     rows = [r for r in records if r.get("metric") == "loss_by_position" and r.get("value")]
@@ -125,7 +125,8 @@ def plot_loss_by_position(records: list[dict[str, Any]], path: str | Path, *, ev
 
 
 def write_report(run_dir: str | Path, *, baseline: str = "rope") -> tuple[Path, Path]:
-    """Regenerate ``report.md`` and ``ppl_vs_length.png`` in ``run_dir`` from its ``records.jsonl``."""
+    """Regenerate ``report.md`` and ``ppl_vs_length.png`` in ``run_dir`` from its ``records.jsonl``
+    (a malformed row is refused by :func:`~hopekit.eval.records.read_records`, naming file and line)."""
     run_dir = Path(run_dir)
     records_path = run_dir / "records.jsonl"
     if not records_path.exists():
@@ -148,7 +149,8 @@ def write_report(run_dir: str | Path, *, baseline: str = "rope") -> tuple[Path, 
     extra = [r for r in records if r.get("task") == "bench" and r.get("metric") == "train_seconds"]
     if extra:
         parts.append("\n## Training\n\n| method | train seconds | final train loss |\n|---|---|---|\n")
-        losses = {r["method"]: r["value"] for r in records if r.get("task") == "bench" and r.get("metric") == "final_train_loss"}
+        losses = {r["method"]: r["value"] for r in records
+                  if r.get("task") == "bench" and r.get("metric") == "final_train_loss"}
         for r in extra:
             loss = losses.get(r["method"])
             parts.append(f"| `{r['method']}` | {r['value']:.1f} | {_fmt(loss) if loss is not None else '—'} |\n")
