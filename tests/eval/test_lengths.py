@@ -56,8 +56,9 @@ def test_another_model_is_measured_and_the_same_one_skipped(toy_split, tmp_path)
     assert [r["eval_len"] for r in ppl_rows(first)] == [r["eval_len"] for r in ppl_rows(second)] == [16, 32]
     assert {r["model_digest"] for r in first}.isdisjoint({r["model_digest"] for r in second})
     assert [r["value"] for r in ppl_rows(first)] != [r["value"] for r in ppl_rows(second)]
-    assert run(a, cfg, path) == [] and run(make(seed=1), cfg, path) == []     # same weights: skipped
-    assert len(ppl_rows(read_records(path))) == 4
+    size = path.stat().st_size
+    assert run(a, cfg, path) == first and run(make(seed=1), cfg, path) == second   # same weights: the recorded rows
+    assert path.stat().st_size == size and len(ppl_rows(read_records(path))) == 4  # nothing measured again
 
 
 @pytest.mark.parametrize("change", [{"max_tokens": 32}, {"split": "validation"},
@@ -66,8 +67,8 @@ def test_another_split_budget_protocol_or_stride_is_measured(toy_split, tmp_path
     path, model = tmp_path / "records.jsonl", make()
     run(model, config(protocol="sliding", stride=8) if change.get("stride") == 4 else config(), path)
     again = run(model, config(**change), path)
-    assert [r["eval_len"] for r in ppl_rows(again)] == [16, 32]
-    assert run(model, config(**change), path) == []
+    assert [r["eval_len"] for r in ppl_rows(again)] == [16, 32] and len(ppl_rows(read_records(path))) == 4
+    assert run(model, config(**change), path) == again and len(ppl_rows(read_records(path))) == 4
 
 
 def test_another_longrope_factor_set_is_measured(toy_split, tmp_path):
@@ -77,8 +78,11 @@ def test_another_longrope_factor_set_is_measured(toy_split, tmp_path):
     lr2 = {"short_rescale": [1.0] * half, "long_rescale": [3.0] * half}
     first = run(model, config(), path, longrope=lr1)
     second = run(model, config(), path, longrope=lr2)
-    assert [(r["method"], r["eval_len"]) for r in ppl_rows(second)] == [("rope+longrope", 16), ("rope+longrope", 32)]
-    assert len(ppl_rows(first)) == 4 and run(model, config(), path, longrope=lr2) == []
+    assert ppl_rows(second)[:2] == ppl_rows(first)[:2]                             # the rope model: recorded
+    assert [(r["method"], r["eval_len"], r["params"]["long_rescale"]) for r in ppl_rows(second)[2:]] == \
+        [("rope+longrope", 16, [3.0] * half), ("rope+longrope", 32, [3.0] * half)]  # other factors: measured
+    assert len(ppl_rows(read_records(path))) == 6
+    assert run(model, config(), path, longrope=lr2) == second and len(ppl_rows(read_records(path))) == 6
 
 
 def test_rows_carry_every_key_field(toy_split, tmp_path):
@@ -115,7 +119,8 @@ def test_learned_positions_past_their_table_stay_a_recorded_skip(toy_split, tmp_
     path, model = tmp_path / "records.jsonl", make(kind="learned", max_len=TRAIN_LEN)
     rows = ppl_rows(run(model, config(pe={"kind": "learned", "max_len": TRAIN_LEN}), path))
     assert [r["value"] is None for r in rows] == [False, True] and "max_len" in rows[1]["skipped"]
-    assert run(model, config(pe={"kind": "learned", "max_len": TRAIN_LEN}), path) == []
+    assert ppl_rows(run(model, config(pe={"kind": "learned", "max_len": TRAIN_LEN}), path)) == rows
+    assert len(ppl_rows(read_records(path))) == 2
 
 
 @pytest.mark.parametrize("extensions", [("",), ("yarn", "pi")])

@@ -66,7 +66,9 @@ def evaluate_lengths(model: nn.Module, config: ExperimentConfig, records_path: s
                      log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Measure ``model`` (trained with ``config``) at ``config.eval.multiples`` × ``train_len`` and
     append records; for a rope model also its eval-time ``extensions`` (default
-    ``config.eval.extensions``; ``()`` for none) at multiples > 1. Returns the new records.
+    ``config.eval.extensions``; ``()`` for none) at multiples > 1. Returns the records of this
+    evaluation in order: the new ones, and for a measurement already recorded (same
+    :data:`KEY_FIELDS`) the recorded rows — never a row of another model, split or budget.
 
     Refused before anything is measured or recorded: an unknown extension name, an extension
     configuration that does not validate, and a test split that gives no window at the longest
@@ -76,22 +78,26 @@ def evaluate_lengths(model: nn.Module, config: ExperimentConfig, records_path: s
     tokenizer, docs = test_documents(config)
     _check_scorable(docs, config, tokenizer.eos_id, max(job.eval_len for job in jobs))
     records_path = Path(records_path)
-    done = {_key(r) for r in read_records(records_path) if r["metric"] == "ppl"} if records_path.exists() else set()
+    recorded: dict[str, list[dict[str, Any]]] = {}
+    for row in read_records(records_path) if records_path.exists() else []:
+        recorded.setdefault(_key(row), []).append(row)
     common = dict(train_len=config.train.train_len, seed=config.train.seed, model=model_descriptor(model),
                   model_digest=model_digest(model), corpus=config.data.corpus, split=config.eval.split,
                   tokenizer=tokenizer.name, max_tokens=config.eval.max_tokens, config=config.resolved())
-    new: list[dict[str, Any]] = []
+    out: list[dict[str, Any]] = []
     for job in jobs:
         kwargs = eval_kwargs(config.eval, config.train.train_len, job.eval_len)
         key = _key(dict(common, method=job.method, params=job.params, eval_len=job.eval_len,
                         protocol=kwargs["protocol"], stride=kwargs.get("stride")))
-        if key in done:
+        if any(r["metric"] == "ppl" for r in recorded.get(key, ())):
+            log(f"  {job.method:<20} eval_len {job.eval_len:>6}: already recorded")
+            out.extend(recorded[key])
             continue
         rows = _measure(job, docs, tokenizer.eos_id, kwargs, common, progress, log)
         append_records(records_path, rows)
-        done.add(key)
-        new.extend(rows)
-    return new
+        recorded[key] = rows
+        out.extend(rows)
+    return out
 
 
 def _jobs(model: nn.Module, config: ExperimentConfig, method: str, extensions: Sequence[str] | None,
