@@ -1,22 +1,21 @@
-"""Perplexity protocols against naive per-window loops, per-position curves, eval-time extensions,
-records, and the 16× length sweep for every method family."""
+"""Perplexity protocols against naive per-window loops, per-position curves, progress bars, and the
+16× length sweep for every method family (extensions: test_extensions.py; rows: test_records.py)."""
 
 from __future__ import annotations
 
-import json
+import io
 import math
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from hopekit.eval.extensions import extension_configs, extension_name, with_pe
-from hopekit.eval.perplexity import (LengthLimitError, bin_curve, eval_kwargs, model_descriptor, perplexity,
-                                     ppl_records, skipped_records)
-from hopekit.eval.records import REQUIRED_FIELDS, append_records, read_records
+from hopekit import pe
+from hopekit.eval.perplexity import LengthLimitError, bin_curve, eval_kwargs, has_window, perplexity
+from hopekit.eval.records import append_records, model_descriptor, read_records, skipped_records
 from hopekit.config import EvalConfig
 from hopekit.model import Decoder, ModelConfig
-from hopekit.pe import RopeParams, to_config
 
 VOCAB = 24
 TRAIN_LEN = 16
@@ -203,61 +202,34 @@ def test_argument_errors_and_training_flag_restored(rope_model):
         {"protocol": "sliding", "max_tokens": 65536, "batch_size": 4, "stride": 16}
 
 
-# ----- eval-time extension ------------------------------------------------------------------------
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
 
 
-def test_with_pe_shares_weights_and_leaves_the_model_alone(rope_model):
-    swapped = with_pe(rope_model, {"kind": "yarn", "factor": 4.0, "train_len": TRAIN_LEN})
-    assert swapped is not rope_model and swapped.config.pe.kind == "yarn"
-    assert rope_model.config.pe == RopeParams() and rope_model.pe.kind == "rope" and swapped.pe.kind == "yarn"
-    pairs = list(zip(swapped.named_parameters(), rope_model.named_parameters()))
-    assert len(pairs) == len(list(rope_model.parameters())) > 0
-    assert all(n1 == n2 and p1 is p2 for (n1, p1), (n2, p2) in pairs)           # the same objects: no copy
-    assert swapped.lm_head.weight is rope_model.tok_emb.weight                    # tying kept
-    x = stream(40)[None]
-    assert not torch.equal(swapped(x)[0], rope_model(x)[0])
+def test_progress_bar_over_windows_only_with_a_label_and_a_terminal(rope_model, monkeypatch):
+    s = stream(213)                                            # 10 windows of 20
+    err = _Terminal()
+    monkeypatch.setattr("sys.stderr", err)
+    quiet = perplexity(rope_model, s, 20, max_tokens=None)
+    assert err.getvalue() == ""
+    shown = perplexity(rope_model, s, 20, max_tokens=None, progress="rope @ 20")
+    assert "rope @ 20" in err.getvalue() and "/10 [" in err.getvalue() and shown.nll == quiet.nll
+    budget = perplexity(rope_model, s, 20, max_tokens=50, progress="budget")
+    assert budget.windows == 3 and "/3 [" in err.getvalue()    # the total counts only what the budget admits
+    monkeypatch.setattr("sys.stderr", io.StringIO())           # not a terminal: no bar even when asked
+    perplexity(rope_model, s, 20, max_tokens=None, progress="rope @ 20")
+    assert sys.stderr.getvalue() == ""
 
 
-@pytest.mark.parametrize("cfg", [
-    {"kind": "linear", "factor": 1.0},
-    {"kind": "ntk", "factor": 1.0},
-    {"kind": "yarn", "factor": 1.0, "train_len": TRAIN_LEN},
-    {"kind": "dynamic_ntk", "factor": 4.0, "train_len": 64},    # below train_len: RoPE
-])
-def test_extension_at_factor_one_gives_exactly_the_rope_logits(rope_model, cfg):
-    x = stream(48)[None]
-    assert torch.equal(with_pe(rope_model, cfg)(x)[0], rope_model(x)[0])
-
-
-def test_extension_configs():
-    cfgs = extension_configs({"kind": "rope", "base": 500.0}, TRAIN_LEN, 16 * TRAIN_LEN,
-                             ("rope", "linear", "ntk", "dynamic_ntk", "yarn"))
-    assert cfgs == {
-        "rope": {"kind": "rope", "base": 500.0},
-        "linear": {"kind": "linear", "base": 500.0, "factor": 16.0},
-        "ntk": {"kind": "ntk", "base": 500.0, "factor": 16.0},
-        "dynamic_ntk": {"kind": "dynamic_ntk", "base": 500.0, "factor": 16.0, "train_len": TRAIN_LEN},
-        "yarn": {"kind": "yarn", "base": 500.0, "factor": 16.0, "train_len": TRAIN_LEN},
-    }
-    assert set(map(str, extension_configs({"kind": "rope"}, TRAIN_LEN, TRAIN_LEN).values())) == {"{'kind': 'rope'}"}
-    lr = {"short_rescale": [1.0] * 8, "long_rescale": [2.0] * 8}
-    assert extension_configs({"kind": "rope"}, 16, 8, ["longrope"], longrope=lr)["longrope"]["factor"] == 1.0
-    assert extension_name("yarn") == "rope+yarn" and extension_name("rope") == "rope"
-    with pytest.raises(ValueError, match="searched factors"):
-        extension_configs({"kind": "rope"}, 16, 64, ["longrope"])
-    with pytest.raises(ValueError, match="rope"):
-        extension_configs({"kind": "alibi"}, 16, 64, ["linear"])
-    with pytest.raises(ValueError, match="unknown extension"):
-        extension_configs({"kind": "rope"}, 16, 64, ["pi"])
-
-
-def test_with_pe_refuses_learnable_encodings():
-    with pytest.raises(ValueError, match="learnable"):
-        with_pe(make("learned", max_len=64), {"kind": "rope"})
-    with pytest.raises(ValueError, match="learnable"):
-        with_pe(make("hope_hyperbolic", learnable=True), {"kind": "rope"})
-    with pytest.raises(ValueError, match="learnable"):
-        with_pe(make("rope"), {"kind": "learned", "max_len": 64})
+def test_has_window_matches_what_perplexity_scores(rope_model):
+    docs = [stream(12, seed=1), stream(7, seed=2)]            # a separator after each: a 21-token stream
+    for protocol, L, kw in (("nonoverlapping", 20, {}), ("nonoverlapping", 21, {}), ("sliding", 20, {"stride": 5}),
+                            ("truncate", 11, {}), ("truncate", 12, {})):
+        fits = has_window(docs, L, protocol, separator=0, **kw)
+        assert fits == (perplexity(rope_model, docs, L, protocol, separator=0, **kw).tokens > 0)
+    assert has_window(docs, 20, separator=0) and not has_window(docs, 21, separator=0)
+    assert not has_window([], 4) and not has_window(docs, 12, "truncate")
 
 
 # ----- 16× train_len for every method family ------------------------------------------------------
@@ -275,47 +247,14 @@ def test_eval_at_16x_train_len_runs_for_every_family(kind, params):
         assert res.tokens == 2 * L and math.isfinite(res.nll) and torch.isfinite(res.loss_by_position()).all()
 
 
-def test_rope_extensions_at_16x(rope_model):
-    L = 16 * TRAIN_LEN
-    lr = {"short_rescale": [1.0] * 8, "long_rescale": [1.0 + i for i in range(8)]}
-    cfgs = extension_configs(to_config(rope_model.config.pe), TRAIN_LEN, L,
-                             ("rope", "linear", "ntk", "dynamic_ntk", "yarn", "longrope"), longrope=lr)
-    s = stream(L + 1)
-    nlls = {name: perplexity(with_pe(rope_model, cfg), s, L).nll for name, cfg in cfgs.items()}
-    assert all(math.isfinite(v) for v in nlls.values())
-    assert len({round(v, 12) for v in nlls.values()}) == len(nlls)   # each swap really changes the model
-
-
 def test_learned_absolute_refuses_beyond_its_table_and_is_recorded_as_a_skip(tmp_path):
     model = make("learned", max_len=TRAIN_LEN)
     assert math.isfinite(perplexity(model, stream(100), TRAIN_LEN).nll)
     with pytest.raises(LengthLimitError, match="max_len=16"):
         perplexity(model, stream(1000), 16 * TRAIN_LEN)
-    rows = skipped_records(method="learned", params=to_config(model.config.pe), train_len=TRAIN_LEN, eval_len=16 * TRAIN_LEN,
+    rows = skipped_records(method="learned", params=pe.to_config(model.config.pe), train_len=TRAIN_LEN, eval_len=16 * TRAIN_LEN,
                            protocol="nonoverlapping", seed=0, model=model_descriptor(model), corpus="toy",
                            reason="beyond the learned table")
     assert [r["metric"] for r in rows] == ["ppl", "nll"] and all(r["value"] is None for r in rows)
     append_records(tmp_path / "r.jsonl", rows)
     assert read_records(tmp_path / "r.jsonl")[0]["skipped"] == "beyond the learned table"
-
-
-# ----- records ------------------------------------------------------------------------------------
-
-
-def test_ppl_records(rope_model, tmp_path):
-    res = perplexity(rope_model, stream(500), 64, "sliding", stride=16, max_tokens=None)
-    cfg = {"kind": "yarn", "factor": 4.0, "train_len": TRAIN_LEN}
-    rows = ppl_records(res, method="rope+yarn", params=cfg, train_len=TRAIN_LEN, seed=3,
-                       model=model_descriptor(rope_model), corpus="toy", tokenizer="byte")
-    assert [r["metric"] for r in rows] == ["ppl", "nll", "loss_by_position"]
-    for r in rows:
-        assert all(f in r for f in REQUIRED_FIELDS)
-        assert (r["task"], r["protocol"], r["stride"], r["tokens"], r["eval_len"], r["multiple"]) == \
-            ("lm", "sliding", 16, 499, 64, 4.0)
-        assert r["params"] == cfg and r["tokenizer"] == "byte" and r["seed"] == 3
-    assert rows[0]["value"] == pytest.approx(res.ppl) and rows[1]["value"] == pytest.approx(res.nll)
-    assert len(rows[2]["value"]) == 32 and rows[2]["bin_start"][:3] == [0, 2, 4]
-    append_records(tmp_path / "r.jsonl", rows)
-    back = read_records(tmp_path / "r.jsonl")
-    assert back == json.loads(json.dumps(rows))
-    assert model_descriptor(rope_model).startswith("decoder-d32-l2-h2-kv2-v24-")

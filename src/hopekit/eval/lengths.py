@@ -1,27 +1,38 @@
 """Perplexity at multiples of the training length for one trained model, plus eval-time extensions
-of a rope model — the measurement shared by ``hopekit eval`` and ``hopekit bench``.
+of a rope model — the measurement shared by ``hopekit eval`` and ``hopekit bench`` (published runs:
+docs/results/).
 
-Finished measurements (same method, length and protocol already in the records file) are skipped,
-so a killed evaluation resumes where it stopped.
+A measurement already in the records file is skipped, so a killed evaluation resumes where it
+stopped. "Already there" means a ``"ppl"`` row with the same :data:`KEY_FIELDS`, everything that
+decides the number: the model's weights (``model_digest``), the method and its resolved parameters,
+corpus, split, tokenizer, protocol, stride, ``max_tokens`` and ``eval_len``. Another checkpoint,
+split or budget is measured anew.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from .. import pe as pe_lib
 from ..config import ExperimentConfig
-from .extensions import extension_configs, extension_name, with_pe
-from .perplexity import LengthLimitError, eval_kwargs, model_descriptor, perplexity, ppl_records, skipped_records
-from .records import append_records, read_records
+from .extensions import EXTENSIONS, extension_configs, extension_name, with_pe
+from .perplexity import LengthLimitError, eval_kwargs, has_window, perplexity
+from .records import append_records, model_descriptor, model_digest, ppl_records, read_records, skipped_records
 
-__all__ = ["test_documents", "evaluate_lengths"]
+__all__ = ["KEY_FIELDS", "test_documents", "evaluate_lengths"]
+
+#: the record fields that decide a perplexity number: a measurement is skipped when a "ppl" row
+#: with the same values is already recorded
+KEY_FIELDS = ("method", "params", "model_digest", "corpus", "split", "tokenizer", "protocol", "stride",
+              "max_tokens", "eval_len")
 
 
 @functools.lru_cache(maxsize=4)
@@ -39,53 +50,119 @@ def test_documents(config: ExperimentConfig):
     return _test_documents(d.corpus, config.eval.split, d.text_column, spec)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """One measurement: ``model`` (the trained one, or an extension swapped in) under ``method``."""
+
+    model: nn.Module
+    method: str
+    params: dict[str, Any]      # the encoding's resolved parameters
+    eval_len: int
+
+
 def evaluate_lengths(model: nn.Module, config: ExperimentConfig, records_path: str | Path, *,
-                     method: str, extensions: tuple[str, ...] | None = None,
-                     longrope: Mapping[str, Any] | None = None,
+                     method: str, extensions: Sequence[str] | None = None,
+                     longrope: Mapping[str, Any] | None = None, progress: bool = True,
                      log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Measure ``model`` (trained with ``config``) at ``config.eval.multiples`` × ``train_len`` and
-    append records; for a rope model also its eval-time ``extensions`` (default ``config.eval.extensions``)
-    at multiples > 1. Returns the new records."""
+    append records; for a rope model also its eval-time ``extensions`` (default
+    ``config.eval.extensions``; ``()`` for none) at multiples > 1. Returns the records of this
+    evaluation in order: the new ones, and for a measurement already recorded (same
+    :data:`KEY_FIELDS`) the recorded rows — never a row of another model, split or budget.
+
+    Refused before anything is measured or recorded: an unknown extension name, an extension
+    configuration that does not validate, and a test split that gives no window at the longest
+    length. ``progress``: a progress bar over the windows of each length (when stderr is a terminal).
+    """
+    jobs = _jobs(model, config, method, extensions, longrope)
     tokenizer, docs = test_documents(config)
-    t_len, protocol = config.train.train_len, config.eval.protocol
+    _check_scorable(docs, config, tokenizer.eos_id, max(job.eval_len for job in jobs))
     records_path = Path(records_path)
-    old = read_records(records_path) if records_path.exists() else []
-    done = {(r.get("method"), r.get("eval_len"), r.get("protocol")) for r in old if r.get("metric") == "ppl"}
-    common = dict(seed=config.train.seed, corpus=config.data.corpus, tokenizer=tokenizer.name,
-                  config=config.resolved())
-    new: list[dict[str, Any]] = []
-
-    def measure(m: nn.Module, name: str, params: Mapping[str, Any], eval_len: int) -> None:
-        if (name, eval_len, protocol) in done:
-            return
-        t0 = time.perf_counter()
-        params = pe_lib.resolve(params)  # every default filled in
-        try:
-            res = perplexity(m, docs, eval_len, separator=tokenizer.eos_id, **eval_kwargs(config.eval, t_len, eval_len))
-            rows = ppl_records(res, method=name, params=params, train_len=t_len, model=model_descriptor(m), **common)
-            log(f"  {name:<20} eval_len {eval_len:>6}: ppl {res.ppl:10.3f}  ({res.tokens} tokens, "
-                f"{time.perf_counter() - t0:.1f}s)")
-        except LengthLimitError as e:
-            rows = skipped_records(method=name, params=params, train_len=t_len, eval_len=eval_len, protocol=protocol,
-                                   model=model_descriptor(m), reason=str(e), **common)
-            log(f"  {name:<20} eval_len {eval_len:>6}: skipped ({e})")
+    recorded: dict[str, list[dict[str, Any]]] = {}
+    for row in read_records(records_path) if records_path.exists() else []:
+        recorded.setdefault(_key(row), []).append(row)
+    common = dict(train_len=config.train.train_len, seed=config.train.seed, model=model_descriptor(model),
+                  model_digest=model_digest(model), corpus=config.data.corpus, split=config.eval.split,
+                  tokenizer=tokenizer.name, max_tokens=config.eval.max_tokens, config=config.resolved())
+    out: list[dict[str, Any]] = []
+    for job in jobs:
+        kwargs = eval_kwargs(config.eval, config.train.train_len, job.eval_len)
+        key = _key(dict(common, method=job.method, params=job.params, eval_len=job.eval_len,
+                        protocol=kwargs["protocol"], stride=kwargs.get("stride")))
+        if any(r["metric"] == "ppl" for r in recorded.get(key, ())):
+            log(f"  {job.method:<20} eval_len {job.eval_len:>6}: already recorded")
+            out.extend(recorded[key])
+            continue
+        rows = _measure(job, docs, tokenizer.eos_id, kwargs, common, progress, log)
         append_records(records_path, rows)
-        new.extend(rows)
+        recorded[key] = rows
+        out.extend(rows)
+    return out
 
-    pe_config = pe_lib.to_config(config.pe)
-    kinds = config.eval.extensions if extensions is None else extensions
-    if longrope is not None and "longrope" not in kinds:
-        kinds = (*kinds, "longrope")
-    with torch.no_grad():
-        for multiple in config.eval.multiples:
-            measure(model, method, pe_config, multiple * t_len)
-        if pe_config.get("kind") == "rope" and kinds:
-            for multiple in config.eval.multiples:
-                if multiple == 1 and "longrope" not in kinds:
-                    continue  # every other extension reduces to rope at 1× (tested in tests/pe)
-                configs = extension_configs(pe_config, t_len, multiple * t_len, kinds=kinds, longrope=longrope)
-                for kind, ext in configs.items():
-                    if kind == "rope" or (multiple == 1 and kind != "longrope"):
-                        continue
-                    measure(with_pe(model, ext), extension_name(kind), ext, multiple * t_len)
-    return new
+
+def _jobs(model: nn.Module, config: ExperimentConfig, method: str, extensions: Sequence[str] | None,
+          longrope: Mapping[str, Any] | None) -> list[_Job]:
+    """Every measurement in order: the trained model at each multiple, then for a rope model each
+    eval-time extension at each multiple > 1 (longrope at 1× too; the others *are* rope there).
+    Names and configurations are checked here, before anything is loaded or measured."""
+    kinds = _extension_kinds(config.eval.extensions if extensions is None else extensions, longrope)
+    t_len = config.train.train_len
+    trained_pe = pe_lib.to_config(config.pe)
+    jobs = [_Job(model, method, pe_lib.resolve(trained_pe), m * t_len) for m in config.eval.multiples]
+    if trained_pe.get("kind") != "rope":
+        return jobs
+    for multiple in config.eval.multiples:
+        configs = extension_configs(trained_pe, t_len, multiple * t_len, kinds=kinds, longrope=longrope)
+        for kind, ext in configs.items():
+            if kind != "rope" and (multiple > 1 or kind == "longrope"):
+                jobs.append(_Job(with_pe(model, ext), extension_name(kind), pe_lib.resolve(ext), multiple * t_len))
+    return jobs
+
+
+def _extension_kinds(kinds: Sequence[str], longrope: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The checked extension names, plus ``"longrope"`` when its factors are given."""
+    if isinstance(kinds, str):
+        raise TypeError(f"extensions={kinds!r}: expected a sequence of names, e.g. ('yarn',)")
+    unknown = [k for k in kinds if k not in EXTENSIONS]
+    if unknown:
+        raise ValueError(f"extensions={tuple(kinds)!r}: unknown name(s) {unknown}; known: "
+                         f"{', '.join(EXTENSIONS)} (an empty sequence for none)")
+    kinds = tuple(kinds)
+    return (*kinds, "longrope") if longrope is not None and "longrope" not in kinds else kinds
+
+
+def _check_scorable(docs: Sequence[torch.Tensor], config: ExperimentConfig, separator: int | None,
+                    eval_len: int) -> None:
+    """Refuse a test split that would give no number: no tokens, or no window of ``eval_len``."""
+    where = f"eval.split={config.eval.split!r} of corpus {config.data.corpus!r}"
+    tokens = sum(d.numel() for d in docs)
+    if not tokens:
+        raise ValueError(f"{where} holds no tokens ({len(docs)} documents): nothing to evaluate "
+                         f"(a corpus needs several works to fill a test split)")
+    kwargs = eval_kwargs(config.eval, config.train.train_len, eval_len)
+    if not has_window(docs, eval_len, kwargs["protocol"], stride=kwargs.get("stride"), separator=separator):
+        need = "one document" if kwargs["protocol"] == "truncate" else "the joined stream"
+        raise ValueError(f"{where} ({len(docs)} documents, {tokens} tokens) gives no window at eval_len={eval_len}: "
+                         f"protocol {kwargs['protocol']!r} needs {eval_len + 1} tokens in {need}; "
+                         f"lower eval.multiples or use a larger corpus")
+
+
+def _key(fields: Mapping[str, Any]) -> str:
+    """The :data:`KEY_FIELDS` of a record (or of a planned one) as one comparable string."""
+    return json.dumps({f: fields.get(f) for f in KEY_FIELDS}, sort_keys=True, default=list)
+
+
+def _measure(job: _Job, docs: Sequence[torch.Tensor], separator: int | None, kwargs: Mapping[str, Any],
+             common: Mapping[str, Any], progress: bool, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The record rows of one measurement: ppl / nll / loss curve, or a skip for a length limit."""
+    t0 = time.perf_counter()
+    label = f"{job.method} @ {job.eval_len}" if progress else None
+    try:
+        res = perplexity(job.model, docs, job.eval_len, separator=separator, progress=label, **kwargs)
+    except LengthLimitError as e:
+        log(f"  {job.method:<20} eval_len {job.eval_len:>6}: skipped ({e})")
+        return skipped_records(method=job.method, params=job.params, eval_len=job.eval_len, protocol=kwargs["protocol"],
+                               stride=kwargs.get("stride"), reason=str(e), **common)
+    log(f"  {job.method:<20} eval_len {job.eval_len:>6}: ppl {res.ppl:10.3f}  ({res.tokens} tokens, "
+        f"{time.perf_counter() - t0:.1f}s)")
+    return ppl_records(res, method=job.method, params=job.params, **common)

@@ -2,7 +2,8 @@
 
 ::
 
-    from hopekit.eval.perplexity import perplexity, ppl_records
+    from hopekit.eval.perplexity import perplexity
+    from hopekit.eval.records import append_records, model_descriptor, ppl_records
 
     res = perplexity(model, test_docs, eval_len=2048, protocol="nonoverlapping", max_tokens=65536)
     res.nll, res.ppl, res.tokens, res.windows, res.documents
@@ -50,17 +51,19 @@ during a mid-training evaluation would break the next backward.
 
 **Learned absolute positions** cannot represent a position past their table: :func:`perplexity`
 refuses with :class:`LengthLimitError` before scoring anything (a probe of the encoding at the
-largest position). A length sweep records that as a skip with :func:`skipped_records` (value None,
-``skipped`` = the reason), so the report shows a gap instead of a crash.
+largest position). A length sweep records that as a skip with
+:func:`hopekit.eval.records.skipped_records` (value None, ``skipped`` = the reason), so the report
+shows a gap instead of a crash.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import math
+import sys
 import time
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -68,11 +71,11 @@ from torch import nn
 
 from .. import data as data_lib
 from ..config import EvalConfig
-from .records import make_record
+from .records import model_descriptor  # noqa: F401  (re-exported: hopekit.bench imports it from here)
 
 __all__ = [
-    "PROTOCOLS", "PerplexityResult", "LengthLimitError", "perplexity", "canonical_protocol",
-    "bin_curve", "ppl_records", "skipped_records", "model_descriptor", "eval_kwargs", "MAX_LOGITS",
+    "PROTOCOLS", "PerplexityResult", "LengthLimitError", "perplexity", "has_window", "canonical_protocol",
+    "bin_curve", "eval_kwargs", "MAX_LOGITS",
 ]
 
 #: protocol names as records, ``EvalConfig.protocol`` and :mod:`hopekit.data` spell them
@@ -235,6 +238,7 @@ def perplexity(
     per_document: bool = False,
     bos: int | None = None,
     amp_dtype: torch.dtype | None = None,
+    progress: str | None = None,
 ) -> PerplexityResult:
     """Mean next-token NLL / perplexity of ``model`` on ``tokens`` with windows of ``eval_len``.
 
@@ -247,9 +251,48 @@ def perplexity(
     the logits under :data:`MAX_LOGITS`. ``seq_len`` fixes the spectrum of length-dependent rotary
     methods (default: the model's rule, max position + 1 = ``eval_len``). ``bos``: a token id
     prepended to each document. ``amp_dtype``: run the forward under autocast (e.g. bf16 on GPU).
-    The model is put in eval mode for the call and restored.
+    ``progress``: a label; show a progress bar over the windows under it (only when stderr is a
+    terminal). The model is put in eval mode for the call and restored.
     """
     protocol = canonical_protocol(protocol)
+    _check_arguments(protocol, eval_len, stride, max_tokens, batch_size, max_batch_tokens)
+    docs = _as_documents(tokens, protocol, bos)
+    device = torch.device(device) if device is not None else _model_device(model)
+    batch = _batch_size(model, eval_len, batch_size, max_batch_tokens)
+    _check_positions_fit(model, eval_len, device)
+
+    windows = functools.partial(_tagged_windows, protocol, docs, eval_len, stride, separator, per_document)
+    tally = _Tally.zeros(eval_len, device)
+    bar = _progress_bar(progress, windows, max_tokens)
+    t0 = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for buf in _window_batches(windows(), batch, max_tokens, tally):
+                _score_batch(model, buf, tally, device, seq_len, amp_dtype, per_document_mean=protocol == "truncate")
+                bar.update(len(buf))
+    finally:
+        model.train(was_training)
+        bar.close()
+    return _result(tally, docs, protocol=protocol, eval_len=eval_len, stride=stride, separator=separator,
+                   per_document=per_document, batch=batch, seconds=time.perf_counter() - t0)
+
+
+def has_window(tokens: torch.Tensor | Sequence[torch.Tensor], eval_len: int, protocol: str = "nonoverlapping", *,
+               stride: int | None = None, separator: int | None = None, per_document: bool = False,
+               bos: int | None = None) -> bool:
+    """Whether :func:`perplexity` with these arguments would score anything: at least one window of
+    ``eval_len`` fits (the stream, or under truncate some document, holds ``eval_len + 1`` tokens)."""
+    protocol = canonical_protocol(protocol)
+    _check_arguments(protocol, eval_len, stride, None, 1, 1)
+    docs = _as_documents(tokens, protocol, bos)
+    return next(_tagged_windows(protocol, docs, eval_len, stride, separator, per_document), None) is not None
+
+
+def _check_arguments(protocol: str, eval_len: int, stride: int | None, max_tokens: int | None,
+                     batch_size: int, max_batch_tokens: int) -> None:
+    """Refuse bad scalar arguments of :func:`perplexity`, naming the argument and its value."""
     if isinstance(eval_len, bool) or not isinstance(eval_len, int) or eval_len < 1:
         raise ValueError(f"eval_len={eval_len!r}: expected an int >= 1")
     if protocol == "sliding":
@@ -261,86 +304,122 @@ def perplexity(
         raise ValueError(f"max_tokens={max_tokens!r}: expected None or an int >= 1")
     if batch_size < 1 or max_batch_tokens < 1:
         raise ValueError(f"batch_size={batch_size}, max_batch_tokens={max_batch_tokens}: must be >= 1")
-    if isinstance(tokens, torch.Tensor):
-        if tokens.dim() != 1:
-            raise ValueError(f"tokens: expected a 1-D stream or a list of 1-D documents, "
-                             f"got shape {tuple(tokens.shape)}")
-        if protocol == "truncate":
-            raise ValueError("protocol='truncate' scores each document's prefix: pass a list of documents, "
-                             "not one joined stream")
-        if bos is not None:
-            raise ValueError("bos= is prepended to each document: pass a list of documents")
-        docs_in: list[torch.Tensor] | torch.Tensor = tokens.long()
-    else:
-        docs_in = [torch.as_tensor(d).long().reshape(-1) for d in tokens]
-        if bos is not None:
-            docs_in = [torch.cat([torch.tensor([bos], dtype=torch.long), d]) for d in docs_in]
 
-    device = torch.device(device) if device is not None else _model_device(model)
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+
+def _as_documents(tokens: torch.Tensor | Sequence[torch.Tensor], protocol: str,
+                  bos: int | None) -> torch.Tensor | list[torch.Tensor]:
+    """A checked int64 stream, or a list of int64 documents with ``bos`` prepended."""
+    if not isinstance(tokens, torch.Tensor):
+        docs = [torch.as_tensor(d).long().reshape(-1) for d in tokens]
+        if bos is not None:
+            docs = [torch.cat([torch.tensor([bos], dtype=torch.long), d]) for d in docs]
+        return docs
+    if tokens.dim() != 1:
+        raise ValueError(f"tokens: expected a 1-D stream or a list of 1-D documents, got shape {tuple(tokens.shape)}")
+    if protocol == "truncate":
+        raise ValueError("protocol='truncate' scores each document's prefix: pass a list of documents, "
+                         "not one joined stream")
+    if bos is not None:
+        raise ValueError("bos= is prepended to each document: pass a list of documents")
+    return tokens.long()
+
+
+def _batch_size(model: nn.Module, eval_len: int, batch_size: int, max_batch_tokens: int) -> int:
+    """Windows per forward: ``batch_size`` capped by ``max_batch_tokens`` and :data:`MAX_LOGITS`."""
     batch = min(batch_size, max(1, max_batch_tokens // eval_len))
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     if vocab:
         batch = min(batch, max(1, MAX_LOGITS // (eval_len * vocab)))
-    _check_positions_fit(model, eval_len, device)
+    return batch
 
-    loss_sum = torch.zeros(eval_len, dtype=torch.float64, device=device)
-    loss_count = torch.zeros(eval_len, dtype=torch.int64, device=device)
-    doc_mean_sum = 0.0                      # truncate: sum over documents of per-document mean NLL
-    windows = scored = 0
-    docs_seen: set[int] = set()
-    budget_reached = False
-    stopped_at: int | None = None           # document index of the first window left unscored
-    t0 = time.perf_counter()
 
-    def run(buf: list[tuple[int | None, data_lib.EvalWindow]]) -> None:
-        nonlocal doc_mean_sum
-        x = torch.stack([w.input_ids for _, w in buf]).to(device)           # (B, T)
-        y = torch.stack([w.target_ids for _, w in buf]).to(device)          # (B, T)
-        m = torch.stack([w.loss_mask for _, w in buf]).to(device)           # (B, T) bool
-        nll = torch.where(m, _token_nll(model, x, y, seq_len, amp_dtype).double(), 0.0)  # (B, T), 0 unscored
-        loss_sum.add_(nll.sum(0))
-        loss_count.add_(m.sum(0))
-        if protocol == "truncate":
-            doc_mean_sum += float((nll.sum(1) / m.sum(1).clamp_min(1)).sum())
+@dataclasses.dataclass
+class _Tally:
+    """The running sums of one :func:`perplexity` call."""
 
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            buf: list[tuple[int | None, data_lib.EvalWindow]] = []
-            for tag, w in _tagged_windows(protocol, docs_in, eval_len, stride, separator, per_document):
-                if max_tokens is not None and scored >= max_tokens:
-                    budget_reached, stopped_at = True, tag
-                    break
-                buf.append((tag, w))
-                windows += 1
-                scored += int(w.loss_mask.sum())
-                if tag is not None:
-                    docs_seen.add(tag)
-                if len(buf) == batch:
-                    run(buf)
-                    buf = []
-            if buf:
-                run(buf)
-    finally:
-        model.train(was_training)
+    loss_sum: torch.Tensor                   # (eval_len,) float64
+    loss_count: torch.Tensor                 # (eval_len,) int64
+    doc_mean_sum: float = 0.0                # truncate: sum over documents of the per-document mean NLL
+    windows: int = 0
+    scored: int = 0
+    docs_seen: set[int] = dataclasses.field(default_factory=set)
+    budget_reached: bool = False
+    stopped_at: int | None = None            # document index of the first window left unscored
 
+    @classmethod
+    def zeros(cls, eval_len: int, device: torch.device) -> _Tally:
+        return cls(torch.zeros(eval_len, dtype=torch.float64, device=device),
+                   torch.zeros(eval_len, dtype=torch.int64, device=device))
+
+
+def _window_batches(windows: Iterator[tuple[int | None, data_lib.EvalWindow]], batch: int, max_tokens: int | None,
+                    tally: _Tally) -> Iterator[list[data_lib.EvalWindow]]:
+    """Lists of up to ``batch`` windows, taken in order while fewer than ``max_tokens`` targets are
+    counted (the window that crosses the budget is kept whole); counts windows, targets and documents
+    into ``tally``."""
+    buf: list[data_lib.EvalWindow] = []
+    for tag, w in windows:
+        if max_tokens is not None and tally.scored >= max_tokens:
+            tally.budget_reached, tally.stopped_at = True, tag
+            break
+        buf.append(w)
+        tally.windows += 1
+        tally.scored += int(w.loss_mask.sum())
+        if tag is not None:
+            tally.docs_seen.add(tag)
+        if len(buf) == batch:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def _score_batch(model: nn.Module, buf: list[data_lib.EvalWindow], tally: _Tally, device: torch.device,
+                 seq_len: int | None, amp_dtype: torch.dtype | None, *, per_document_mean: bool) -> None:
+    """Run one batch of windows and add its scored losses to ``tally``."""
+    x = torch.stack([w.input_ids for w in buf]).to(device)                  # (B, T)
+    y = torch.stack([w.target_ids for w in buf]).to(device)                 # (B, T)
+    m = torch.stack([w.loss_mask for w in buf]).to(device)                  # (B, T) bool
+    nll = torch.where(m, _token_nll(model, x, y, seq_len, amp_dtype).double(), 0.0)  # (B, T), 0 unscored
+    tally.loss_sum.add_(nll.sum(0))
+    tally.loss_count.add_(m.sum(0))
+    if per_document_mean:
+        tally.doc_mean_sum += float((nll.sum(1) / m.sum(1).clamp_min(1)).sum())
+
+
+def _progress_bar(label: str | None, windows: Callable[[], Iterator[tuple[int | None, data_lib.EvalWindow]]],
+                  max_tokens: int | None):
+    """A tqdm bar over the windows the budget admits when ``label`` is given and stderr is a
+    terminal (the windows are then counted first: slicing only, no forward), else a no-op bar."""
+    from tqdm.auto import tqdm
+
+    if label is None or not getattr(sys.stderr, "isatty", lambda: False)():
+        return tqdm(disable=True)
+    count = _Tally.zeros(1, torch.device("cpu"))
+    for _ in _window_batches(windows(), 1, max_tokens, count):
+        pass
+    return tqdm(total=count.windows, desc=label, unit="win", leave=False, dynamic_ncols=True)
+
+
+def _result(tally: _Tally, docs: torch.Tensor | list[torch.Tensor], *, protocol: str, eval_len: int,
+            stride: int | None, separator: int | None, per_document: bool, batch: int,
+            seconds: float) -> PerplexityResult:
+    """The :class:`PerplexityResult` of a finished tally (see its docstring for each field)."""
     skipped = 0
     if protocol == "truncate":
-        documents = len(docs_seen)
-        examined = docs_in if stopped_at is None else docs_in[:stopped_at]  # before the budget stopped us
+        documents = len(tally.docs_seen)
+        examined = docs if tally.stopped_at is None else docs[:tally.stopped_at]  # before the budget stopped us
         skipped = sum(1 for d in examined if d.numel() < eval_len + 1)
-        nll_mean = doc_mean_sum / documents if documents else math.nan
+        nll = tally.doc_mean_sum / documents if documents else math.nan
     else:
-        documents = len(docs_seen) if (isinstance(docs_in, torch.Tensor) or per_document) else \
-            _documents_reached(docs_in, separator, scored)
-        total = float(loss_sum.sum())
-        nll_mean = total / scored if scored else math.nan
+        whole = isinstance(docs, torch.Tensor) or per_document
+        documents = len(tally.docs_seen) if whole else _documents_reached(docs, separator, tally.scored)
+        nll = float(tally.loss_sum.sum()) / tally.scored if tally.scored else math.nan
     return PerplexityResult(
-        protocol=protocol, eval_len=eval_len, stride=stride, nll=nll_mean, ppl=_exp(nll_mean),
-        tokens=scored, windows=windows, documents=documents, skipped_documents=skipped,
-        loss_sum=loss_sum.cpu(), loss_count=loss_count.cpu(), budget_reached=budget_reached,
-        batch_size=batch, seconds=time.perf_counter() - t0)
+        protocol=protocol, eval_len=eval_len, stride=stride, nll=nll, ppl=_exp(nll),
+        tokens=tally.scored, windows=tally.windows, documents=documents, skipped_documents=skipped,
+        loss_sum=tally.loss_sum.cpu(), loss_count=tally.loss_count.cpu(), budget_reached=tally.budget_reached,
+        batch_size=batch, seconds=seconds)
 
 
 def _documents_reached(docs: Sequence[torch.Tensor], separator: int | None, scored: int) -> int:
@@ -356,64 +435,6 @@ def _documents_reached(docs: Sequence[torch.Tensor], separator: int | None, scor
             n += 1
         start += d.numel() + (separator is not None)
     return n
-
-
-# --------------------------------------------------------------------------------------------------
-# Records
-# --------------------------------------------------------------------------------------------------
-
-
-def model_descriptor(model: nn.Module) -> str:
-    """A short model descriptor for records, e.g. ``"decoder-d256-l4-h4-kv4-v257-2.1M"``."""
-    cfg = getattr(model, "config", None)
-    n = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    size = f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
-    if cfg is None or not hasattr(cfg, "d_model"):
-        return f"{type(model).__name__.lower()}-{size}"
-    return (f"{type(model).__name__.lower()}-d{cfg.d_model}-l{cfg.n_layers}-h{cfg.n_heads}"
-            f"-kv{cfg.n_kv_heads}-v{cfg.vocab_size}-{size}")
-
-
-def _jsonable(params: Any) -> Any:
-    return json.loads(json.dumps(dict(params) if isinstance(params, Mapping) else params, default=list))
-
-
-def ppl_records(result: PerplexityResult, *, method: str, params: Mapping[str, Any], train_len: int,
-                seed: int, model: str, corpus: str, bins: int = 32, task: str = "lm",
-                **extra: Any) -> list[dict[str, Any]]:
-    """Record rows (``make_record``) for one result: metrics ``"ppl"``, ``"nll"`` and
-    ``"loss_by_position"`` (value: the curve binned into ``bins`` bins, with ``bin_start`` / ``bin_end``
-    / ``bin_count`` alongside).
-
-    ``method``: the method name as reports show it (``"rope+yarn"`` for an eval-time extension of a
-    rope model); ``params``: the pe config used at evaluation; ``model``: a short descriptor
-    (:func:`model_descriptor`). Every row also carries ``protocol``, ``stride``, ``tokens``,
-    ``windows``, ``documents``, ``skipped_documents``, ``budget_reached`` and ``multiple``
-    (eval_len / train_len); ``extra`` fields (tokenizer, dtype, backend, ...) are added to every row.
-    """
-    common = dict(method=method, params=_jsonable(params), train_len=int(train_len), eval_len=result.eval_len,
-                  task=task, seed=seed, model=model, corpus=corpus, protocol=result.protocol,
-                  stride=result.stride, tokens=result.tokens, windows=result.windows,
-                  documents=result.documents, skipped_documents=result.skipped_documents,
-                  budget_reached=result.budget_reached, multiple=result.eval_len / train_len, **extra)
-    binned = result.binned(bins)
-    return [
-        make_record(metric="ppl", value=result.ppl, **common),
-        make_record(metric="nll", value=result.nll, **common),
-        make_record(metric="loss_by_position", value=binned["loss"], bin_start=binned["start"],
-                    bin_end=binned["end"], bin_count=binned["count"], **common),
-    ]
-
-
-def skipped_records(*, method: str, params: Mapping[str, Any], train_len: int, eval_len: int, protocol: str,
-                    seed: int, model: str, corpus: str, reason: str, task: str = "lm",
-                    **extra: Any) -> list[dict[str, Any]]:
-    """``"ppl"`` and ``"nll"`` rows with value None and ``skipped=reason`` (e.g. a
-    :class:`LengthLimitError` for learned absolute positions past their table)."""
-    common = dict(method=method, params=_jsonable(params), train_len=int(train_len), eval_len=int(eval_len),
-                  task=task, seed=seed, model=model, corpus=corpus, protocol=canonical_protocol(protocol),
-                  skipped=reason, multiple=eval_len / train_len, **extra)
-    return [make_record(metric=m, value=None, **common) for m in ("ppl", "nll")]
 
 
 def eval_kwargs(cfg: EvalConfig, train_len: int, eval_len: int) -> dict[str, Any]:

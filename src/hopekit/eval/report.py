@@ -2,12 +2,13 @@
 
 ``write_report(run_dir)`` reads ``records.jsonl`` and writes ``report.md`` (perplexity per method ×
 evaluation length, plus the in-distribution delta against rope) and ``ppl_vs_length.png``.
+Published runs: docs/results/. Figures are drawn on a ``matplotlib.figure.Figure`` with the Agg
+canvas, so the caller's matplotlib backend (and pyplot's figure list) is never touched.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -60,28 +61,30 @@ def markdown_table(records: list[dict[str, Any]], *, baseline: str = "rope", pro
     return "\n".join(lines) + "\n"
 
 
-def _finish(fig, ax, path: str | Path) -> Path:
-    """Grid, legend, tight layout, save as PNG, close."""
-    import matplotlib.pyplot as plt
+def _figure():
+    """A figure and its axes on the Agg canvas, outside pyplot (no backend switch, nothing to close)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
+    fig = Figure(figsize=(7.5, 4.8), dpi=120)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
+
+
+def _finish(fig, ax, path: str | Path) -> Path:
+    """Grid, legend, tight layout, save as PNG."""
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
 def plot_ppl_vs_length(records: list[dict[str, Any]], path: str | Path, *, protocol: str | None = None,
                        title: str = "Perplexity vs evaluation length") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     methods, lengths, table = ppl_table(records, protocol)
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    fig, ax = _figure()
     for m in methods:
         xs = [L for L in lengths if (m, L) in table and math.isfinite(table[(m, L)])]
         ys = [table[(m, L)] for L in xs]
@@ -100,20 +103,16 @@ def plot_ppl_vs_length(records: list[dict[str, Any]], path: str | Path, *, proto
     return _finish(fig, ax, path)
 
 
-def plot_loss_by_position(records: list[dict[str, Any]], path: str | Path, *, eval_len: int | None = None) -> Path | None:
+def plot_loss_by_position(records: list[dict[str, Any]], path: str | Path, *,
+                          eval_len: int | None = None) -> Path | None:
     """Mean loss vs position inside the window (binned), one line per method, at ``eval_len``
     (default: the longest length measured). Returns None if there are no such records."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [r for r in records if r.get("metric") == "loss_by_position" and r.get("value")]
     if not rows:
         return None
     eval_len = eval_len or max(int(r["eval_len"]) for r in rows)
     latest = {r["method"]: r for r in rows if int(r["eval_len"]) == eval_len}   # last record wins
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    fig, ax = _figure()
     for method, r in latest.items():
         centres = [(a + b) / 2 for a, b in zip(r["bin_start"], r["bin_end"])]
         ax.plot(centres, r["value"], "--" if "+" in method else "-", label=method)
@@ -126,7 +125,8 @@ def plot_loss_by_position(records: list[dict[str, Any]], path: str | Path, *, ev
 
 
 def write_report(run_dir: str | Path, *, baseline: str = "rope") -> tuple[Path, Path]:
-    """Regenerate ``report.md`` and ``ppl_vs_length.png`` in ``run_dir`` from its ``records.jsonl``."""
+    """Regenerate ``report.md`` and ``ppl_vs_length.png`` in ``run_dir`` from its ``records.jsonl``
+    (a malformed row is refused by :func:`~hopekit.eval.records.read_records`, naming file and line)."""
     run_dir = Path(run_dir)
     records_path = run_dir / "records.jsonl"
     if not records_path.exists():
@@ -149,7 +149,8 @@ def write_report(run_dir: str | Path, *, baseline: str = "rope") -> tuple[Path, 
     extra = [r for r in records if r.get("task") == "bench" and r.get("metric") == "train_seconds"]
     if extra:
         parts.append("\n## Training\n\n| method | train seconds | final train loss |\n|---|---|---|\n")
-        losses = {r["method"]: r["value"] for r in records if r.get("task") == "bench" and r.get("metric") == "final_train_loss"}
+        losses = {r["method"]: r["value"] for r in records
+                  if r.get("task") == "bench" and r.get("metric") == "final_train_loss"}
         for r in extra:
             loss = losses.get(r["method"])
             parts.append(f"| `{r['method']}` | {r['value']:.1f} | {_fmt(loss) if loss is not None else '—'} |\n")

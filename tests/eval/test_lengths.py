@@ -1,0 +1,157 @@
+"""evaluate_lengths: what it skips (only the very same measurement), what it refuses before anything
+is recorded (an empty or too short test split, unknown extension names), and its progress bars."""
+
+from __future__ import annotations
+
+import io
+import types
+
+import pytest
+import torch
+
+from hopekit.config import DataConfig, EvalConfig, ExperimentConfig, TrainConfig
+from hopekit.eval import lengths
+from hopekit.eval.lengths import evaluate_lengths
+from hopekit.eval.records import read_records
+from hopekit.model import Decoder, ModelConfig
+
+VOCAB = 24
+TRAIN_LEN = 16
+MODEL = {"d_model": 16, "n_layers": 1, "n_heads": 2}
+
+
+def make(seed: int = 0, **pe) -> Decoder:
+    torch.manual_seed(seed)
+    return Decoder(ModelConfig(vocab_size=VOCAB, pe=pe or {"kind": "rope"}, **MODEL)).eval()
+
+
+def config(pe: dict | None = None, **eval_fields) -> ExperimentConfig:
+    ev = {"multiples": (1, 2), "max_tokens": 64, "extensions": (), **eval_fields}
+    return ExperimentConfig(model=MODEL, pe=pe or {"kind": "rope"}, train=TrainConfig(train_len=TRAIN_LEN),
+                            eval=EvalConfig(**ev))
+
+
+@pytest.fixture
+def toy_split(monkeypatch):
+    """The test split: four 60-token documents, a tokenizer named "toy" with separator 0."""
+    docs = [torch.randint(1, VOCAB, (60,), generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    tokenizer = types.SimpleNamespace(name="toy", eos_id=0)
+    monkeypatch.setattr(lengths, "test_documents", lambda cfg: (tokenizer, docs))
+    return docs
+
+
+def run(model, cfg, path, **kw):
+    return evaluate_lengths(model, cfg, path, method=cfg.pe.kind, progress=False, log=lambda _: None, **kw)
+
+
+def ppl_rows(rows):
+    return [r for r in rows if r["metric"] == "ppl"]
+
+
+def test_another_model_is_measured_and_the_same_one_skipped(toy_split, tmp_path):
+    path, cfg = tmp_path / "records.jsonl", config()
+    a, b = make(seed=0), make(seed=1)
+    first = run(a, cfg, path)
+    second = run(b, cfg, path)                       # another checkpoint, same method/lengths/protocol
+    assert [r["eval_len"] for r in ppl_rows(first)] == [r["eval_len"] for r in ppl_rows(second)] == [16, 32]
+    assert {r["model_digest"] for r in first}.isdisjoint({r["model_digest"] for r in second})
+    assert [r["value"] for r in ppl_rows(first)] != [r["value"] for r in ppl_rows(second)]
+    size = path.stat().st_size
+    assert run(a, cfg, path) == first and run(make(seed=1), cfg, path) == second   # same weights: the recorded rows
+    assert path.stat().st_size == size and len(ppl_rows(read_records(path))) == 4  # nothing measured again
+
+
+@pytest.mark.parametrize("change", [{"max_tokens": 32}, {"split": "validation"},
+                                    {"protocol": "sliding", "stride": 8}, {"protocol": "sliding", "stride": 4}])
+def test_another_split_budget_protocol_or_stride_is_measured(toy_split, tmp_path, change):
+    path, model = tmp_path / "records.jsonl", make()
+    run(model, config(protocol="sliding", stride=8) if change.get("stride") == 4 else config(), path)
+    again = run(model, config(**change), path)
+    assert [r["eval_len"] for r in ppl_rows(again)] == [16, 32] and len(ppl_rows(read_records(path))) == 4
+    assert run(model, config(**change), path) == again and len(ppl_rows(read_records(path))) == 4
+
+
+def test_another_longrope_factor_set_is_measured(toy_split, tmp_path):
+    path, model = tmp_path / "records.jsonl", make()
+    half = model.config.head_dim // 2
+    lr1 = {"short_rescale": [1.0] * half, "long_rescale": [2.0] * half}
+    lr2 = {"short_rescale": [1.0] * half, "long_rescale": [3.0] * half}
+    first = run(model, config(), path, longrope=lr1)
+    second = run(model, config(), path, longrope=lr2)
+    assert ppl_rows(second)[:2] == ppl_rows(first)[:2]                             # the rope model: recorded
+    assert [(r["method"], r["eval_len"], r["params"]["long_rescale"]) for r in ppl_rows(second)[2:]] == \
+        [("rope+longrope", 16, [3.0] * half), ("rope+longrope", 32, [3.0] * half)]  # other factors: measured
+    assert len(ppl_rows(read_records(path))) == 6
+    assert run(model, config(), path, longrope=lr2) == second and len(ppl_rows(read_records(path))) == 6
+
+
+def test_rows_carry_every_key_field(toy_split, tmp_path):
+    rows = run(make(), config(protocol="sliding", stride=8), tmp_path / "records.jsonl")
+    for r in rows:
+        assert all(f in r for f in lengths.KEY_FIELDS)
+        assert (r["split"], r["tokenizer"], r["max_tokens"], r["stride"]) == ("test", "toy", 64, 8)
+
+
+def test_a_test_split_without_documents_is_refused_before_recording(tmp_path):
+    corpus = tmp_path / "one_work"
+    corpus.mkdir()
+    (corpus / "only.txt").write_text("To be, or not to be, that is the question. " * 40)
+    cfg = ExperimentConfig(model=MODEL, pe={"kind": "rope"}, train=TrainConfig(train_len=TRAIN_LEN),
+                           data=DataConfig(corpus=str(corpus)), eval=EvalConfig(multiples=(1,), extensions=()))
+    path = tmp_path / "records.jsonl"
+    with pytest.raises(ValueError, match=rf"eval.split='test' of corpus '{corpus}' holds no tokens"):
+        run(Decoder(cfg.model_config(vocab_size=257)), cfg, path)
+    assert not path.exists()
+
+
+def test_a_split_where_no_window_fits_the_longest_length_is_refused_before_recording(monkeypatch, tmp_path):
+    docs = [torch.randint(1, VOCAB, (12,)), torch.randint(1, VOCAB, (7,))]   # ~20 joined tokens: 1× fits, 2× not
+    monkeypatch.setattr(lengths, "test_documents", lambda cfg: (types.SimpleNamespace(name="toy", eos_id=0), docs))
+    path = tmp_path / "records.jsonl"
+    with pytest.raises(ValueError, match=r"no window at eval_len=32.*33 tokens in the joined stream"):
+        run(make(), config(), path)
+    with pytest.raises(ValueError, match=r"no window at eval_len=16.*17 tokens in one document"):
+        run(make(), config(multiples=(1,), protocol="truncate"), path)
+    assert not path.exists()
+
+
+def test_learned_positions_past_their_table_stay_a_recorded_skip(toy_split, tmp_path):
+    path, model = tmp_path / "records.jsonl", make(kind="learned", max_len=TRAIN_LEN)
+    rows = ppl_rows(run(model, config(pe={"kind": "learned", "max_len": TRAIN_LEN}), path))
+    assert [r["value"] is None for r in rows] == [False, True] and "max_len" in rows[1]["skipped"]
+    assert ppl_rows(run(model, config(pe={"kind": "learned", "max_len": TRAIN_LEN}), path)) == rows
+    assert len(ppl_rows(read_records(path))) == 2
+
+
+@pytest.mark.parametrize("extensions", [("",), ("yarn", "pi")])
+def test_unknown_extension_names_are_refused_before_measuring(toy_split, tmp_path, extensions):
+    path = tmp_path / "records.jsonl"
+    with pytest.raises(ValueError) as refused:
+        run(make(), config(), path, extensions=extensions)
+    assert not path.exists()                                  # nothing was measured first
+    message = str(refused.value)
+    assert "unknown name(s)" in message and "known: rope, linear, ntk, dynamic_ntk, yarn, longrope" in message
+    with pytest.raises(TypeError, match="sequence of names"):
+        run(make(), config(), path, extensions="yarn")
+
+
+def test_no_extensions_and_default_extensions(toy_split, tmp_path):
+    rows = ppl_rows(run(make(), config(extensions=("yarn",)), tmp_path / "a.jsonl", extensions=()))
+    assert {r["method"] for r in rows} == {"rope"}
+    rows = ppl_rows(run(make(), config(extensions=("yarn",)), tmp_path / "b.jsonl"))
+    assert [(r["method"], r["eval_len"]) for r in rows] == [("rope", 16), ("rope", 32), ("rope+yarn", 32)]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_progress_bar_per_length_only_when_asked(toy_split, tmp_path, monkeypatch, progress):
+    err = _Terminal()
+    monkeypatch.setattr("sys.stderr", err)
+    evaluate_lengths(make(), config(), tmp_path / "r.jsonl", method="rope", progress=progress, log=lambda _: None)
+    shown = err.getvalue()
+    assert ("rope @ 16" in shown and "rope @ 32" in shown) == progress
+    assert (shown == "") == (not progress)
