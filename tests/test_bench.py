@@ -72,3 +72,14 @@ def test_bench_config_validation_names_the_problem():
     b = load_bench("smoke", overrides=["train.steps=3"])
     assert b.experiment.train.steps == 3 and b.methods["hope_highfreq"].train_len == 32
     json.dumps(b.resolved())
+
+
+def test_a_second_bench_on_a_locked_run_dir_is_refused(tmp_path):
+    from hopekit.checkpoint import RunLockedError, prepare_run_dir
+
+    lock = prepare_run_dir(tmp_path / "bench", files=())
+    try:
+        with pytest.raises(RunLockedError, match=str(tmp_path / "bench")):
+            run_bench("smoke", run_dir=tmp_path / "bench", progress=False, log=lambda _: None)
+    finally:
+        lock.release()

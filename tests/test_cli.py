@@ -319,8 +319,6 @@ def test_train_quiet_prints_only_the_result(tmp_path, capsys):
 
 
 @pytest.mark.slow  # trains and evaluates a (tiny) method: ~3-6 s
-@pytest.mark.xfail(strict=True, reason="bench.py: run_bench does not hand its log to train(), so "
-                   "train's log lines still print under --quiet (fix: train(..., log=log))")
 def test_bench_quiet_prints_only_the_report(tmp_path, capsys):
     run_dir = tmp_path / "bench"
     code, out, err = run(capsys, "bench", "--preset", "smoke", "--methods", "rope", "--run-dir", str(run_dir),

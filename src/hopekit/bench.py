@@ -94,17 +94,27 @@ def _differences(saved: Any, now: Any, where: str = "") -> list[str]:
 def run_bench(preset: str | Path = "default", *, run_dir: str | Path | None = None, overrides: list[str] | None = None,
               methods: list[str] | None = None, progress: bool = True,
               log: Callable[[str], None] = print) -> Path:
-    """Run (or resume) a bench; returns the run directory holding records, report and plot."""
-    from .eval import read_records
-    from .eval.lengths import evaluate_lengths
-    from .eval.perplexity import model_descriptor
-    from .eval.records import append_records, make_record
-    from .eval.report import write_report
-    from .train import corpus_batches, train
+    """Run (or resume) a bench; returns the run directory holding records, report and plot. The run
+    directory is locked for the duration (a second bench on it is refused, naming the holder)."""
+    from .checkpoint import prepare_run_dir
 
     bench = load_bench(preset, overrides, methods)
     run_dir = Path(run_dir) if run_dir is not None else Path("results") / bench.name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = prepare_run_dir(run_dir, files=())
+    try:
+        _run_bench(bench, run_dir, progress=progress, log=log)
+    finally:
+        lock.release()
+    return run_dir
+
+
+def _run_bench(bench: BenchConfig, run_dir: Path, *, progress: bool, log: Callable[[str], None]) -> None:
+    from .eval import read_records
+    from .eval.lengths import evaluate_lengths
+    from .eval.records import append_records, make_record, model_descriptor
+    from .eval.report import write_report
+    from .train import corpus_batches, train
+
     config_path = run_dir / "bench.json"
     resolved = bench.resolved()
     if config_path.exists():
@@ -135,7 +145,7 @@ def run_bench(preset: str | Path = "default", *, run_dir: str | Path | None = No
         t0 = time.perf_counter()
         log(f"[{i}/{len(bench.methods)} {name}] training {cfg.train.steps} steps ({params})")
         result = train(cfg, run_dir / "checkpoints" / name, resume=True, batches=batches, vocab_size=vocab,
-                       progress=progress)
+                       progress=progress, log=log)
         model = result.model.eval()
         records = read_records(records_path) if records_path.exists() else []
         if not any(r.get("method") == name and r.get("metric") == "train_seconds" for r in records):
@@ -148,8 +158,7 @@ def run_bench(preset: str | Path = "default", *, run_dir: str | Path | None = No
                 make_record(metric="tokens_per_s", value=result.tokens_per_s, **common)])
         log(f"[{i}/{len(bench.methods)} {name}] trained in {time.perf_counter() - t0:.1f}s; evaluating")
         extensions = exp.eval.extensions if name == bench.extensions_of else ()
-        evaluate_lengths(model, cfg, records_path, method=name, extensions=extensions, log=log)
+        evaluate_lengths(model, cfg, records_path, method=name, extensions=extensions, progress=progress, log=log)
 
     report, plot = write_report(run_dir)
     log(f"done in {time.perf_counter() - started:.1f}s: {report}, {plot}")
-    return run_dir

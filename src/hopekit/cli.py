@@ -140,9 +140,9 @@ def _eval(args: argparse.Namespace) -> int:
     records = args.records or str(Path(args.checkpoint).parent / "records.jsonl")
     method = args.method or config.pe.kind
     log = _log(args)
-    evaluate_lengths(model, config, records, method=method, extensions=config.eval.extensions, longrope=longrope,
-                     log=log)
-    print(markdown_table(read_records(records), baseline=method, protocol=config.eval.protocol))
+    rows = evaluate_lengths(model, config, records, method=method, extensions=config.eval.extensions,
+                            longrope=longrope, progress=not args.quiet, log=log)
+    print(markdown_table(rows, baseline=method, protocol=config.eval.protocol))  # this checkpoint's rows only
     return 0
 
 
@@ -255,7 +255,10 @@ def _is_user_error(exc: BaseException) -> bool:
     raised elsewhere (inside torch, or by an operation such as ``None + 1``) are bugs."""
     import yaml
 
-    if isinstance(exc, (yaml.YAMLError, *_FILE_ERRORS)):
+    from hopekit.checkpoint import RunLockedError
+    from hopekit.train import TrainingDivergedError
+
+    if isinstance(exc, (yaml.YAMLError, RunLockedError, TrainingDivergedError, *_FILE_ERRORS)):
         return True
     if not isinstance(exc, (ValueError, TypeError, KeyError)) or exc.__traceback__ is None:
         return False

@@ -293,7 +293,8 @@ def corpus_batches(config: ExperimentConfig) -> tuple[Batches, int]:
     tokenizer = load_tokenizer(spec, corpus=data.corpus)
     config.pe.check_tokenizer(tokenizer)  # e.g. bipe's boundary ids against this tokenizer
     documents = load_corpus(data.corpus, "train", text_field=data.text_column)
-    sampler = TrainBatches(token_stream(documents, tokenizer), t.batch_size, t.train_len, seed=t.seed)
+    sampler = TrainBatches(token_stream(documents, tokenizer), t.batch_size, t.train_len, seed=t.seed,
+                           vocab_size=tokenizer.vocab_size)
     return sampler.batch, tokenizer.vocab_size
 
 

@@ -76,3 +76,14 @@ def test_bipe_with_a_non_byte_tokenizer_needs_its_boundary_ids():
     with pytest.raises(ValueError, match=r"pe.boundary_ids.*bpe-test.*\[1, 2\]"):
         pe.parse({"kind": "bipe"}).check_tokenizer(Bpe())
     pe.parse({"kind": "bipe", "boundary_ids": [1, 2]}).check_tokenizer(Bpe())   # explicit ids are fine
+
+
+def test_bipe_positions_edge_inputs():
+    from hopekit.pe.bipe import bipe_positions
+
+    intra, segment, state = bipe_positions(torch.zeros(2, 0, dtype=torch.long), (1,))
+    assert intra.shape == segment.shape == (2, 0) and state.tolist() == [[0, 0], [0, 0]]
+    ids = torch.tensor([[5, 1, 5, 5]])
+    assert bipe_positions(ids, frozenset({1}))[0].tolist() == [[0, 1, 0, 1]]  # boundary_ids_for's set type
+    with pytest.raises(ValueError, match=r"\(B, T\)"):
+        bipe_positions(torch.tensor([5, 1]), (1,))

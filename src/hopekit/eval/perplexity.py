@@ -71,7 +71,6 @@ from torch import nn
 
 from .. import data as data_lib
 from ..config import EvalConfig
-from .records import model_descriptor  # noqa: F401  (re-exported: hopekit.bench imports it from here)
 
 __all__ = [
     "PROTOCOLS", "PerplexityResult", "LengthLimitError", "perplexity", "has_window", "canonical_protocol",

@@ -18,7 +18,7 @@ carried by the caller (the model keeps it in its KV cache).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import torch
 
@@ -30,15 +30,22 @@ __all__ = ["BiPEParams", "BiPE", "bipe_positions"]
 BYTE_BOUNDARIES = (46, 10)
 
 
-def bipe_positions(idx: torch.Tensor, boundary_ids: tuple[int, ...] | torch.Tensor,
+def bipe_positions(idx: torch.Tensor, boundary_ids: Collection[int] | torch.Tensor,
                    state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Intra-segment and segment positions of token ids ``(B, T)``.
 
     ``state`` ``(B, 2)`` = (segment index, intra offset) of the first token of ``idx`` (zeros for a
     fresh sequence). Returns ``(intra, segment, next_state)``, all int64, vectorised with cumsums.
     """
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
+        raise ValueError(f"bipe_positions: idx must be (B, T) token ids, got {getattr(idx, 'shape', type(idx))}")
     if state is None:
         state = torch.zeros(idx.shape[0], 2, dtype=torch.long, device=idx.device)
+    if idx.shape[1] == 0:
+        empty = torch.empty(idx.shape, dtype=torch.long, device=idx.device)
+        return empty, empty.clone(), state.clone()
+    if not isinstance(boundary_ids, torch.Tensor):
+        boundary_ids = tuple(sorted(int(i) for i in boundary_ids))
     ids = torch.as_tensor(boundary_ids, dtype=idx.dtype, device=idx.device)
     is_boundary = torch.isin(idx, ids).long()                                        # (B, T)
     # a boundary ends its segment: boundaries strictly before t
