@@ -16,7 +16,9 @@ Attention branches on the encoding's capability flags, never on a method name:
   segment indices for attention (the running segment state travels in the KV cache).
 
 Attention is causal by token order. Positions default to ``past, …, past + T − 1`` and may be given
-as ``(T,)`` or ``(B, T)`` (e.g. randomized positions); they must not decrease along the sequence.
+as ``(T,)`` or ``(B, T)`` (e.g. randomized positions); for encodings whose attention reads them
+(rotary, bias, scores) they must not decrease along the sequence (a ValueError naming ``positions``);
+positions that only index an absolute table (sinusoidal, learned) may come in any order.
 There is no length ceiling: the model runs at any T (learned absolute positions excepted).
 """
 

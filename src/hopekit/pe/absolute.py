@@ -6,8 +6,8 @@
   to. Vaswani et al. multiply embeddings by √d_model for this; our decoder (like GPT-2) initialises
   embeddings N(0, 0.02²) and does not rescale them, so the unit-amplitude table (per-dimension RMS
   0.71) would swamp the tokens (35× the embedding norm at d_model 128). 0.03 gives the table the
-  embeddings' per-dimension RMS (0.02·√2 ≈ 0.028). Measured (d_model 64, 2 layers, 150 steps on the
-  embedded corpus): final train loss 3.27 at scale 1, 3.13 at 1/√d, 2.82 at 0.03; learned 2.97.
+  embeddings' per-dimension RMS (0.02·√2 ≈ 0.028). The default bench's sinusoidal row
+  (docs/results/default/report.md) is measured with it; rerun the bench with ``pe.scale=...`` to compare.
 * ``learned``: a trainable table of ``max_len`` rows (init N(0, ``init_std``²)). It cannot represent a
   position ≥ ``max_len`` and refuses one with an error naming both — the only method in hopekit with
   a length ceiling.
