@@ -13,25 +13,7 @@ from hopekit.eval.extensions import EXTENSIONS, extension_configs, extension_nam
 from hopekit.eval.perplexity import perplexity
 from hopekit.model import Decoder, ModelConfig
 
-VOCAB = 24
-TRAIN_LEN = 16
-
-
-def make(kind: str = "rope", **pe_params) -> Decoder:
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=2, attn_chunk=48,
-                      pe={"kind": kind, **pe_params})
-    return Decoder(cfg).eval()
-
-
-@pytest.fixture(scope="module")
-def rope_model() -> Decoder:
-    return make("rope")
-
-
-def stream(n: int, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, VOCAB, (n,), generator=g)
+from tests.eval._toy import TRAIN_LEN, VOCAB, make, rope_model, stream  # noqa: F401 (rope_model: a fixture)
 
 
 def test_with_pe_shares_weights_and_leaves_the_model_alone(rope_model):
