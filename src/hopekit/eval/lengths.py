@@ -108,14 +108,15 @@ def _jobs(model: nn.Module, config: ExperimentConfig, method: str, extensions: S
     kinds = _extension_kinds(config.eval.extensions if extensions is None else extensions, longrope)
     t_len = config.train.train_len
     trained_pe = pe_lib.to_config(config.pe)
-    jobs = [_Job(model, method, pe_lib.resolve(trained_pe), m * t_len) for m in config.eval.multiples]
+    jobs = [_Job(model, method, trained_pe, m * t_len) for m in config.eval.multiples]
     if trained_pe.get("kind") != "rope":
         return jobs
     for multiple in config.eval.multiples:
         configs = extension_configs(trained_pe, t_len, multiple * t_len, kinds=kinds, longrope=longrope)
         for kind, ext in configs.items():
             if kind != "rope" and (multiple > 1 or kind == "longrope"):
-                jobs.append(_Job(with_pe(model, ext), extension_name(kind), pe_lib.resolve(ext), multiple * t_len))
+                swapped = with_pe(model, ext)
+                jobs.append(_Job(swapped, extension_name(kind), pe_lib.to_config(swapped.config.pe), multiple * t_len))
     return jobs
 
 
