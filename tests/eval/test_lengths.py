@@ -155,3 +155,12 @@ def test_progress_bar_per_length_only_when_asked(toy_split, tmp_path, monkeypatc
     shown = err.getvalue()
     assert ("rope @ 16" in shown and "rope @ 32" in shown) == progress
     assert (shown == "") == (not progress)
+
+
+def test_log_lines_count_the_measurements(toy_split, tmp_path):
+    lines: list[str] = []
+    evaluate_lengths(make(), config(extensions=("yarn",)), tmp_path / "r.jsonl", method="rope", progress=False,
+                     log=lines.append)
+    # rope at 1x and 2x, then rope+yarn at 2x: three measurements, each line says which of them it is
+    assert [line.split("]")[0].strip() for line in lines] == ["[1/3", "[2/3", "[3/3"]
+    assert "rope+yarn" in lines[2]

@@ -85,15 +85,16 @@ def evaluate_lengths(model: nn.Module, config: ExperimentConfig, records_path: s
                   model_digest=model_digest(model), corpus=config.data.corpus, split=config.eval.split,
                   tokenizer=tokenizer.name, max_tokens=config.eval.max_tokens, config=config.resolved())
     out: list[dict[str, Any]] = []
-    for job in jobs:
+    for i, job in enumerate(jobs, 1):
+        counter = f"  [{i}/{len(jobs)}] "   # measurement i of this evaluation
         kwargs = eval_kwargs(config.eval, config.train.train_len, job.eval_len)
         key = _key(dict(common, method=job.method, params=job.params, eval_len=job.eval_len,
                         protocol=kwargs["protocol"], stride=kwargs.get("stride")))
         if any(r["metric"] == "ppl" for r in recorded.get(key, ())):
-            log(f"  {job.method:<20} eval_len {job.eval_len:>6}: already recorded")
+            log(f"{counter}{job.method:<20} eval_len {job.eval_len:>6}: already recorded")
             out.extend(recorded[key])
             continue
-        rows = _measure(job, docs, tokenizer.eos_id, kwargs, common, progress, log)
+        rows = _measure(job, docs, tokenizer.eos_id, kwargs, common, progress, lambda m, c=counter: log(c + m))
         append_records(records_path, rows)
         recorded[key] = rows
         out.extend(rows)
@@ -161,9 +162,9 @@ def _measure(job: _Job, docs: Sequence[torch.Tensor], separator: int | None, kwa
     try:
         res = perplexity(job.model, docs, job.eval_len, separator=separator, progress=label, **kwargs)
     except LengthLimitError as e:
-        log(f"  {job.method:<20} eval_len {job.eval_len:>6}: skipped ({e})")
+        log(f"{job.method:<20} eval_len {job.eval_len:>6}: skipped ({e})")
         return skipped_records(method=job.method, params=job.params, eval_len=job.eval_len, protocol=kwargs["protocol"],
                                stride=kwargs.get("stride"), reason=str(e), **common)
-    log(f"  {job.method:<20} eval_len {job.eval_len:>6}: ppl {res.ppl:10.3f}  ({res.tokens} tokens, "
+    log(f"{job.method:<20} eval_len {job.eval_len:>6}: ppl {res.ppl:10.3f}  ({res.tokens} tokens, "
         f"{time.perf_counter() - t0:.1f}s)")
     return ppl_records(res, method=job.method, params=job.params, **common)
