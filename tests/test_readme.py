@@ -10,17 +10,8 @@ from hopekit import pe
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def capability(name: str) -> str:
-    method = pe.REGISTRY[name]
-    cls = method.encoding
-    caps = [c for c in ("embed", "rotate", "bias", "scores") if getattr(cls, f"uses_{c}") is True]
-    if any(isinstance(getattr(cls, f"uses_{c}"), property) for c in ("rotate", "bias", "scores")):
-        caps.append("+ inter method's")   # composite (BiPE): attention hooks come from its inter encoding
-    return ", ".join(caps) or "none"
-
-
 def expected_table() -> list[str]:
-    return [f"| `{n}` | {capability(n)} | {m.summary} |" for n, m in pe.REGISTRY.items()]
+    return [f"| `{n}` | {', '.join(m.capabilities) or 'none'} | {m.summary} |" for n, m in pe.REGISTRY.items()]
 
 
 def test_method_table_matches_registry():

@@ -155,15 +155,6 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _capability(encoding: type) -> list[str]:
-    """What an encoding class hooks into, from its ``uses_*`` flags; a flag that is a property (BiPE)
-    depends on the configured inner method."""
-    caps = [c for c in ("embed", "rotate", "bias", "scores", "tokens") if getattr(encoding, f"uses_{c}") is True]
-    if any(isinstance(getattr(encoding, f"uses_{c}"), property) for c in ("rotate", "bias", "scores")):
-        caps.append("+ inter method's")
-    return caps
-
-
 def _method_table() -> dict[str, dict[str, Any]]:
     from hopekit import pe
 
@@ -179,7 +170,7 @@ def _method_table() -> dict[str, dict[str, Any]]:
                                   "default": pe.to_config(default) if isinstance(default, pe.Params) else default}
             else:
                 params[f.name] = {"required": True}
-        table[name] = {"capability": _capability(method.encoding), "parameters": params, "source": method.summary}
+        table[name] = {"capability": list(method.capabilities), "parameters": params, "source": method.summary}
     return json.loads(json.dumps(table))  # tuples -> lists: one form for text and JSON
 
 

@@ -55,6 +55,16 @@ class Method(NamedTuple):
     summary: str = ""
     example: Callable[[int], dict[str, Any]] = lambda head_dim: {}
 
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        """The protocol hooks its encoding uses (the ``uses_*`` flags), e.g. ``("rotate",)``; a flag that
+        depends on a configured inner method (BiPE's attention hooks) adds ``"+ inter method's"``."""
+        cls = self.encoding
+        caps = [c for c in ("embed", "rotate", "bias", "scores", "tokens") if getattr(cls, f"uses_{c}") is True]
+        if any(isinstance(getattr(cls, f"uses_{c}"), property) for c in ("rotate", "bias", "scores")):
+            caps.append("+ inter method's")
+        return tuple(caps)
+
 
 def _longrope_example(head_dim: int) -> dict[str, Any]:
     pairs = head_dim // 2
