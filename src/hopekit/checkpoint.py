@@ -38,7 +38,6 @@ dead writers only.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -51,6 +50,7 @@ import torch
 from torch import nn
 
 from .config import ExperimentConfig
+from .hashing import digest
 from .model import Decoder, ModelConfig
 
 try:
@@ -89,38 +89,10 @@ class RunLockedError(RuntimeError):
 
 # --- hashes --------------------------------------------------------------------------------------
 
-def _update(h: "hashlib._Hash", obj: Any) -> None:
-    """Feed ``obj`` to ``h`` deterministically: tensors by dtype, shape and raw bytes; dicts in key
-    order; lists and tuples in order; anything else by type name and ``repr``."""
-    if isinstance(obj, torch.Tensor):
-        t = obj.detach()
-        if t.device.type != "cpu":
-            t = t.cpu()
-        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        if t.numel():
-            h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())
-    elif isinstance(obj, dict):
-        h.update(f"D{len(obj)}".encode())
-        for k in sorted(obj, key=repr):
-            h.update(f"K{k!r}".encode())
-            _update(h, obj[k])
-    elif isinstance(obj, (list, tuple)):
-        if all(type(x) in (int, float, bool, str) or x is None for x in obj):
-            h.update(f"{type(obj).__name__}{obj!r}".encode())  # long plain lists (losses, RNG state) in one go
-        else:
-            h.update(f"{type(obj).__name__}{len(obj)}".encode())
-            for x in obj:
-                _update(h, x)
-    else:
-        h.update(f"{type(obj).__name__}:{obj!r}".encode())
-
-
 def content_hash(payload: dict[str, Any]) -> str:
     """``"sha256:<hex>"`` of every entry of a checkpoint except ``content_hash`` itself: model and
     optimiser tensors by their raw bytes (in name order), everything else by value."""
-    h = hashlib.sha256()
-    _update(h, {k: v for k, v in payload.items() if k != "content_hash"})
-    return "sha256:" + h.hexdigest()
+    return digest({k: v for k, v in payload.items() if k != "content_hash"})
 
 
 def data_fingerprint(batches: Callable[[int], "tuple[torch.Tensor, torch.Tensor]"]) -> dict[str, str | None]:
@@ -129,16 +101,8 @@ def data_fingerprint(batches: Callable[[int], "tuple[torch.Tensor, torch.Tensor]
     :func:`hopekit.train.corpus_batches` returns), so any change to the corpus is seen; for other
     callables only the first batch (inputs and targets) is. Components are compared where both sides
     have them."""
-    x, y = batches(0)
-    h = hashlib.sha256()
-    _update(h, [x, y])
     stream = getattr(getattr(batches, "__self__", None), "stream", None)
-    s = None
-    if isinstance(stream, torch.Tensor):
-        hs = hashlib.sha256()
-        _update(hs, stream)
-        s = "sha256:" + hs.hexdigest()
-    return {"batch0": "sha256:" + h.hexdigest(), "stream": s}
+    return {"batch0": digest(list(batches(0))), "stream": digest(stream) if isinstance(stream, torch.Tensor) else None}
 
 
 # --- writing and reading -------------------------------------------------------------------------

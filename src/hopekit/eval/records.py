@@ -15,9 +15,7 @@ Row builders for perplexity results: :func:`ppl_records`, :func:`skipped_records
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime as _dt
-import hashlib
 import json
 import math
 import os
@@ -217,18 +215,11 @@ def model_descriptor(model: nn.Module) -> str:
 
 
 def model_digest(model: nn.Module) -> str:
-    """sha256 over the model's ``state_dict`` in name order (each entry's name, dtype, shape and
-    bytes): the identity of the weights a record measured. Costs one pass over the weights."""
-    import torch
+    """The identity of the weights a record measured: :func:`hopekit.hashing.digest` of the model's
+    ``state_dict`` (names, dtypes, shapes, bytes). Costs one pass over the weights."""
+    from ..hashing import digest
 
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        if not isinstance(t, torch.Tensor):
-            continue                                   # extra state that is not a tensor
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
-        h.update(ctypes.string_at(t.data_ptr(), t.numel() * t.element_size()) if t.numel() else b"")
-    return h.hexdigest()
+    return digest(model.state_dict())
 
 
 def _jsonable(params: Any) -> Any:
