@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from .pe import RopeParams
 from .pe.base import Params, check_bool, check_choice, check_int, check_real
 
 __all__ = [
@@ -134,7 +135,7 @@ class ExperimentConfig:
 
     name: str = "experiment"
     model: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    pe: Params = dataclasses.field(default_factory=lambda: {"kind": "rope"})  # type: ignore[assignment]
+    pe: Params = dataclasses.field(default_factory=RopeParams)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
