@@ -164,3 +164,13 @@ def test_log_lines_count_the_measurements(toy_split, tmp_path):
     # rope at 1x and 2x, then rope+yarn at 2x: three measurements, each line says which of them it is
     assert [line.split("]")[0].strip() for line in lines] == ["[1/3", "[2/3", "[3/3"]
     assert "rope+yarn" in lines[2]
+
+
+def test_an_unwritable_records_file_is_refused_before_measuring(toy_split, tmp_path, monkeypatch):
+    measured = []
+    monkeypatch.setattr(lengths, "_measure", lambda *a, **k: measured.append(a) or [])
+    target = tmp_path / "a-file"
+    target.write_text("")
+    with pytest.raises(PermissionError, match="records file .*cannot be written"):
+        run(make(), config(), target / "records.jsonl")        # its parent is a file
+    assert not measured

@@ -78,6 +78,7 @@ def evaluate_lengths(model: nn.Module, config: ExperimentConfig, records_path: s
     tokenizer, docs = test_documents(config)
     _check_scorable(docs, config, tokenizer.eos_id, max(job.eval_len for job in jobs))
     records_path = Path(records_path)
+    _check_writable(records_path)
     recorded: dict[str, list[dict[str, Any]]] = {}
     for row in read_records(records_path) if records_path.exists() else []:
         recorded.setdefault(_key(row), []).append(row)
@@ -131,6 +132,16 @@ def _extension_kinds(kinds: Sequence[str], longrope: Mapping[str, Any] | None) -
                          f"{', '.join(EXTENSIONS)} (an empty sequence for none)")
     kinds = tuple(kinds)
     return (*kinds, "longrope") if longrope is not None and "longrope" not in kinds else kinds
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse an unwritable records file now, not after the first measurement."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab"):
+            pass
+    except OSError as e:
+        raise PermissionError(f"records file {path}: cannot be written ({e.strerror or e})") from None
 
 
 def _check_scorable(docs: Sequence[torch.Tensor], config: ExperimentConfig, separator: int | None,
