@@ -11,9 +11,8 @@ import torch
 from hopekit import pe
 from hopekit.eval.extensions import EXTENSIONS, extension_configs, extension_name, with_pe
 from hopekit.eval.perplexity import perplexity
-from hopekit.model import Decoder, ModelConfig
 
-from tests.eval._toy import TRAIN_LEN, VOCAB, make, rope_model, stream  # noqa: F401 (rope_model: a fixture)
+from tests.eval._toy import TRAIN_LEN, make, rope_model, stream  # noqa: F401 (rope_model: a fixture)
 
 
 def test_with_pe_shares_weights_and_leaves_the_model_alone(rope_model):

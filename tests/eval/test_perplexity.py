@@ -15,7 +15,6 @@ from hopekit import pe
 from hopekit.eval.perplexity import LengthLimitError, bin_curve, eval_kwargs, has_window, perplexity
 from hopekit.eval.records import append_records, model_descriptor, read_records, skipped_records
 from hopekit.config import EvalConfig
-from hopekit.model import Decoder, ModelConfig
 
 from tests.eval._toy import TRAIN_LEN, VOCAB, make, rope_model, stream  # noqa: F401 (rope_model: a fixture)
 
