@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from . import pe as pe_lib
-from .config import ExperimentConfig, apply_overrides, load_yaml, preset_path
+from .config import ExperimentConfig, apply_overrides, config_differences, load_yaml, preset_path
 
 __all__ = ["BenchConfig", "load_bench", "run_bench", "BENCH_PRESETS"]
 
@@ -82,15 +82,6 @@ def load_bench(preset: str | Path = "default", overrides: list[str] | None = Non
                        extensions_of=str(raw.get("extensions_of", "rope")))
 
 
-def _differences(saved: Any, now: Any, where: str = "") -> list[str]:
-    """Dotted keys whose values differ between two resolved configs, with both values."""
-    if isinstance(saved, dict) and isinstance(now, dict):
-        return [line for key in sorted(set(saved) | set(now), key=str)
-                for line in _differences(saved.get(key, "(absent)"), now.get(key, "(absent)"),
-                                         f"{where}.{key}" if where else str(key))]
-    return [] if saved == now else [f"{where}: saved {saved!r}, now {now!r}"]
-
-
 def run_bench(preset: str | Path = "default", *, run_dir: str | Path | None = None, overrides: list[str] | None = None,
               methods: list[str] | None = None, progress: bool = True,
               log: Callable[[str], None] = print) -> Path:
@@ -120,11 +111,9 @@ def _run_bench(bench: BenchConfig, run_dir: Path, *, progress: bool, log: Callab
     if config_path.exists():
         saved = json.loads(config_path.read_text())
         # methods may be added to a run (or left out with --methods), never changed
-        diffs = _differences({k: v for k, v in saved.items() if k != "methods"},
-                             {k: v for k, v in resolved.items() if k != "methods"})
-        diffs += _differences({m: saved["methods"][m] for m in resolved["methods"] if m in saved.get("methods", {})},
-                              {m: v for m, v in resolved["methods"].items() if m in saved.get("methods", {})},
-                              "methods")
+        common = [m for m in resolved["methods"] if m in saved.get("methods", {})]
+        diffs = config_differences({**saved, "methods": {m: saved["methods"][m] for m in common}},
+                                   {**resolved, "methods": {m: resolved["methods"][m] for m in common}})
         if diffs:
             raise ValueError(f"{run_dir}: holds a bench made with a different config ({config_path}); use another "
                              f"--run-dir or delete it. Differences: " + "; ".join(diffs))

@@ -49,7 +49,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .config import ExperimentConfig
+from .config import ExperimentConfig, config_differences
 from .hashing import digest
 from .model import Decoder, ModelConfig
 
@@ -204,39 +204,17 @@ def model_config_dict(model_cfg: ModelConfig) -> dict[str, Any]:
     return json.loads(json.dumps(model_cfg.to_dict()))
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _config_differences(saved: dict[str, Any], current: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
-    a, b = _flatten(saved), _flatten(current)
-    missing = object()
-    lines = []
-    for key in sorted(set(a) | set(b)):
-        if any(key == p or key.startswith(p + ".") for p in ignore):
-            continue
-        va, vb = a.get(key, missing), b.get(key, missing)
-        if va != vb:
-            show = lambda v: "(absent)" if v is missing else repr(v)  # noqa: E731
-            lines.append(f"  {key}: checkpoint {show(va)}, now {show(vb)}")
-    return lines
-
-
 def check_resumable(ckpt: dict[str, Any], config: ExperimentConfig, model_cfg: ModelConfig, path: Path,
                     data_hash: dict[str, str | None] | None = None) -> None:
     """Refuse (:class:`CheckpointError`) a checkpoint of another configuration (beyond
     :data:`RESUME_MAY_DIFFER`), one past ``train.steps``, or one written on other training data."""
-    diffs = _config_differences(ckpt["config"], config.resolved(), RESUME_MAY_DIFFER)
-    diffs += _config_differences({"model_config": ckpt["model_config"]}, {"model_config": model_config_dict(model_cfg)})
+    diffs = config_differences(ckpt["config"], config.resolved(), RESUME_MAY_DIFFER, saved_as="checkpoint")
+    diffs += config_differences({"model_config": ckpt["model_config"]}, {"model_config": model_config_dict(model_cfg)},
+                                saved_as="checkpoint")
     if diffs:
         raise CheckpointError(
-            f"checkpoint {path}: written by a different configuration, refusing to resume:\n" + "\n".join(diffs)
+            f"checkpoint {path}: written by a different configuration, refusing to resume:\n"
+            + "\n".join(f"  {line}" for line in diffs)
             + f"\n(fields that may differ on resume: {', '.join(RESUME_MAY_DIFFER)}; "
             "use another out_dir to start a new run)")
     if ckpt["step"] > config.train.steps:

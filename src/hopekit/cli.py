@@ -69,14 +69,10 @@ def _log(args: argparse.Namespace):
 
 
 def _print_yaml(data: Any) -> int:
-    """Print a resolved configuration as YAML (sections as blocks, lists inline) that loads back."""
-    import yaml
+    """Print a resolved configuration as YAML that loads back (``hopekit.config.dump_yaml``)."""
+    from hopekit.config import dump_yaml
 
-    class Dumper(yaml.SafeDumper):
-        pass
-
-    Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
-    print(yaml.dump(data, Dumper=Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True), end="")
+    print(dump_yaml(data), end="")
     return 0
 
 
@@ -102,8 +98,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.print_config:
         return _print_yaml(config.resolved())
     out = args.out or f"checkpoints/{config.name}-{config.pe.kind}"
-    result = train(config, out, resume=args.resume, progress=not (args.no_progress or args.quiet),
-                   log=None if args.quiet else print)
+    result = train(config, out, resume=args.resume, progress=not (args.no_progress or args.quiet), log=_log(args))
     print(f"trained {result.step} steps; final loss {result.losses[-1]:.4f}; checkpoint {result.checkpoint}")
     return 0
 
@@ -123,7 +118,6 @@ def _eval_config(config: Any, args: argparse.Namespace) -> Any:
 
 def _eval(args: argparse.Namespace) -> int:
     from hopekit.eval.lengths import evaluate_lengths
-    from hopekit.eval.records import read_records
     from hopekit.eval.report import markdown_table
     from hopekit.train import load_checkpoint
 

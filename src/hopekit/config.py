@@ -26,7 +26,7 @@ from .pe.base import Params, check_bool, check_choice, check_int, check_real
 
 __all__ = [
     "DataConfig", "TrainConfig", "EvalConfig", "ExperimentConfig", "load_config", "apply_overrides",
-    "CONFIG_DIR", "preset_path", "load_yaml", "parse_yaml",
+    "CONFIG_DIR", "preset_path", "load_yaml", "parse_yaml", "dump_yaml", "config_differences",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "presets"
@@ -196,6 +196,33 @@ class ExperimentConfig:
         return cls(**d)
 
 
+def config_differences(saved: Mapping[str, Any], now: Mapping[str, Any], ignore: tuple[str, ...] = (), *,
+                       saved_as: str = "saved") -> list[str]:
+    """``"key.path: <saved_as> X, now Y"`` for every dotted key whose value differs between two resolved
+    configs (a key present on one side only shows as ``(absent)``), except keys under ``ignore``."""
+    a, b = _flatten(saved), _flatten(now)
+    missing = object()
+    lines = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == p or key.startswith(p + ".") for p in ignore):
+            continue
+        va, vb = a.get(key, missing), b.get(key, missing)
+        if va != vb:
+            show = lambda v: "(absent)" if v is missing else repr(v)  # noqa: E731
+            lines.append(f"{key}: {saved_as} {show(va)}, now {show(vb)}")
+    return lines
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _train_lens(config: Mapping[str, Any], where: str):
     """``(dotted key, value)`` of every ``train_len`` in a pe config, nested methods included."""
     for key, value in config.items():
@@ -251,6 +278,18 @@ def parse_yaml(text: str, source: str) -> Any:
         where = f"{source}:{mark.line + 1}" if mark is not None else source
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ValueError(f"{where}: invalid YAML: {problem}") from None
+
+
+def dump_yaml(data: Any) -> str:
+    """A resolved configuration as YAML (sections as blocks, lists inline) that :func:`parse_yaml`
+    reads back to the same values."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+    return yaml.dump(data, Dumper=Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -92,7 +92,7 @@ from .checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from .config import ExperimentConfig, TrainConfig
+from .config import ExperimentConfig, TrainConfig, dump_yaml
 from .model import Decoder, ModelConfig
 from .pe.randomized import RandomizedPositions
 
@@ -293,8 +293,7 @@ def corpus_batches(config: ExperimentConfig) -> tuple[Batches, int]:
     tokenizer = load_tokenizer(spec, corpus=data.corpus)
     config.pe.check_tokenizer(tokenizer)  # e.g. bipe's boundary ids against this tokenizer
     documents = load_corpus(data.corpus, "train", text_field=data.text_column)
-    sampler = TrainBatches(token_stream(documents, tokenizer), t.batch_size, t.train_len, seed=t.seed,
-                           vocab_size=tokenizer.vocab_size)
+    sampler = TrainBatches(token_stream(documents, tokenizer), t.batch_size, t.train_len, seed=t.seed)
     return sampler.batch, tokenizer.vocab_size
 
 
@@ -592,9 +591,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def _write_config(path: Path, config: ExperimentConfig) -> None:
     """The resolved configuration as YAML (``load_config(path)`` reads it back)."""
-    import yaml
-
-    _write_atomic(path, yaml.safe_dump(config.resolved(), sort_keys=False))
+    _write_atomic(path, dump_yaml(config.resolved()))
 
 
 def _trim_log(path: Path, start: int) -> None:
