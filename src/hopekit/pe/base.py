@@ -164,13 +164,22 @@ def check_positions(positions: Any, name: str, length: int | None = None, batch:
     return positions.long()
 
 
+def check_floating(**tensors: torch.Tensor) -> None:
+    """Refuse integer, bool or complex q/k (a rotation of integers silently returns wrong integers)."""
+    for name, t in tensors.items():
+        if not t.is_floating_point():
+            raise TypeError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
+
+
 def check_qk(pe: "PositionalEncoding", q: Any, k: Any) -> None:
-    """q ``(..., Tq, head_dim)`` and k ``(..., Tk, head_dim)`` with the same leading (batch, head) dims."""
+    """q ``(..., Tq, head_dim)`` and k ``(..., Tk, head_dim)``, floating point, with the same leading
+    (batch, head) dims."""
     for name, t in (("q", q), ("k", k)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
         if t.dim() < 2 or t.shape[-1] != pe.head_dim:
             raise ValueError(f"{name}: expected shape (..., T, head_dim={pe.head_dim}), got {tuple(t.shape)}")
+    check_floating(q=q, k=k)
     if q.shape[:-2] != k.shape[:-2]:
         raise ValueError(f"q, k: leading (batch, head) dims differ: {tuple(q.shape)} vs {tuple(k.shape)}")
 

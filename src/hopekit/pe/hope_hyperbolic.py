@@ -56,7 +56,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Params, PositionalEncoding, check_bool, check_int, check_positions, check_qk, check_real
-from .rotary import check_floating
 
 __all__ = ["HyperbolicParams", "HyperbolicEncoding", "to_eigenbasis", "decay_rates"]
 
@@ -185,7 +184,6 @@ class HyperbolicEncoding(PositionalEncoding):
         (bf16 stays bf16, with every factor bounded by e^20); exponents are always float32.
         """
         check_qk(self, q, k)
-        check_floating(q=q, k=k)
         if q.dim() != 4 or k.dim() != 4:
             raise ValueError(f"q, k: expected (B, H, T, head_dim), got {tuple(q.shape)} and {tuple(k.shape)}")
         if self._heads > 1 and q.shape[1] != self._heads:

@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from .base import PositionalEncoding, check_positions, check_qk
+from .base import PositionalEncoding, check_floating, check_positions, check_qk
 from .schedules import LongRoPEParams, RopeParams, Spectrum, rope_inv_freq
 
 __all__ = [
@@ -60,13 +60,6 @@ def _features(angle: torch.Tensor, scale: float, dtype: torch.dtype) -> RotaryFe
     if cos.dim() == 3:  # (B, T, r/2) -> (B, 1, T, r/2) to broadcast over heads
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     return RotaryFeatures(cos, sin)
-
-
-def check_floating(**tensors: torch.Tensor) -> None:
-    """Refuse integer, bool or complex q/k (a rotation of integers silently returns wrong integers)."""
-    for name, t in tensors.items():
-        if not t.is_floating_point():
-            raise TypeError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -148,7 +141,6 @@ class RotaryEncoding(PositionalEncoding):
 
     def rotate(self, q, k, q_pos, k_pos, *, seq_len=None):
         check_qk(self, q, k)
-        check_floating(q=q, k=k)
         q_pos = check_positions(q_pos, "q_pos", q.shape[-2], batch=q.shape[0] if q.dim() == 4 else None)
         k_pos = check_positions(k_pos, "k_pos", k.shape[-2], batch=k.shape[0] if k.dim() == 4 else None)
         if seq_len is None and self.params.length_dependent:
