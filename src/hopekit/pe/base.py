@@ -230,9 +230,8 @@ class PositionalEncoding(nn.Module):
 
     @property
     def kind(self) -> str:
-        from . import name_of  # local import: the registry imports this module
-
-        return name_of(self.params)
+        """The registry name of this encoding's parameters."""
+        return self.params.kind
 
     # ----- the four hooks ------------------------------------------------------------------------
     def embed(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
