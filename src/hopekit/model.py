@@ -35,7 +35,8 @@ from torch import nn
 from . import pe as pe_lib
 from .pe.base import PositionalEncoding, check_bool, check_int, check_positions, check_real
 
-__all__ = ["ModelConfig", "Context", "KVCache", "RMSNorm", "SwiGLU", "Attention", "Block", "Decoder"]
+__all__ = ["ModelConfig", "Context", "KVCache", "RMSNorm", "SwiGLU", "Attention", "Block", "Decoder",
+           "chunked_attention"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -246,25 +247,41 @@ class Attention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0)
 
     def _chunked(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: Context) -> torch.Tensor:
-        """Explicit logits for ``attn_chunk`` query rows at a time: O(chunk · T) memory, never (H, T, T)."""
-        enc, past, Tq = ctx.enc, ctx.past, q.shape[2]
-        out = []
-        for s in range(0, Tq, self.chunk):
-            e = min(s + self.chunk, Tq)
-            n = past + e  # keys after this chunk's last query are masked anyway: never compute them
-            qc, kc, vc = q[:, :, s:e], k[:, :, :n], v[:, :, :n]                   # (B, H, e−s | n, D)
-            q_pos, k_pos = ctx.q_pos[..., s:e], ctx.k_pos[..., :n]
-            if enc.uses_scores:  # the encoding's own logits from raw q, k (−inf on future keys)
-                logits = enc.scores(qc, kc, q_pos, k_pos).float() * self.scale    # (B, H, e−s, n)
-            else:
-                bias = enc.bias(q_pos, k_pos)                                     # (H | B, H, e−s, n)
-                logits = (qc @ kc.transpose(-1, -2)).float() * self.scale + bias  # (B, H, e−s, n)
-            rows = past + torch.arange(s, e, device=q.device)
-            future = torch.arange(n, device=q.device)[None, :] > rows[:, None]   # (e−s, n)
-            probs = logits.masked_fill(future, float("-inf")).softmax(dim=-1).to(v.dtype)
-            probs = F.dropout(probs, self.dropout, self.training)
-            out.append(probs @ vc)                                                # (B, H, e−s, D)
-        return torch.cat(out, dim=2)                                              # (B, H, Tq, D)
+        return chunked_attention(ctx.enc, q, k, v, ctx.q_pos, ctx.k_pos, past=ctx.past, scale=self.scale,
+                                 chunk=self.chunk, dropout_p=self.dropout if self.training else 0.0)
+
+
+def chunked_attention(enc: PositionalEncoding, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      q_pos: torch.Tensor, k_pos: torch.Tensor, *, past: int, scale: float, chunk: int,
+                      dropout_p: float = 0.0, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal attention for ``uses_bias`` / ``uses_scores`` encodings, ``chunk`` query rows at a time.
+
+    ``q`` ``(B, H, Tq, D)``; ``k``, ``v`` ``(B, H, Tk, D)`` with ``Tk = past + Tq`` (heads already
+    repeated for GQA); query row i sees keys ``0 … past + i``. Logits are the encoding's own
+    (``scores``) or ``q·k · scale + bias``. ``mask`` (optional, boolean, True = may attend,
+    broadcastable to ``(B, H, Tq, Tk)``) removes further keys, e.g. padding. Memory is O(chunk · Tk):
+    never (H, Tq, Tk). Returns ``(B, H, Tq, D)``.
+    """
+    Tq = q.shape[2]
+    out = []
+    for s in range(0, Tq, chunk):
+        e = min(s + chunk, Tq)
+        n = past + e  # keys after this chunk's last query are masked anyway: never compute them
+        qc, kc, vc = q[:, :, s:e], k[:, :, :n], v[:, :, :n]                       # (B, H, e−s | n, D)
+        qp, kp = q_pos[..., s:e], k_pos[..., :n]
+        if enc.uses_scores:  # the encoding's own logits from raw q, k (−inf on future keys)
+            logits = enc.scores(qc, kc, qp, kp).float() * scale                   # (B, H, e−s, n)
+        else:
+            bias = enc.bias(qp, kp)                                               # (H | B, H, e−s, n)
+            logits = (qc @ kc.transpose(-1, -2)).float() * scale + bias           # (B, H, e−s, n)
+        rows = past + torch.arange(s, e, device=q.device)
+        blocked = torch.arange(n, device=q.device)[None, :] > rows[:, None]       # (e−s, n): future keys
+        if mask is not None:
+            blocked = blocked | ~mask[..., s:e, :n]
+        probs = logits.masked_fill(blocked, float("-inf")).softmax(dim=-1).to(v.dtype)
+        probs = F.dropout(probs, dropout_p, dropout_p > 0)
+        out.append(probs @ vc)                                                    # (B, H, e−s, D)
+    return torch.cat(out, dim=2)                                                  # (B, H, Tq, D)
 
 
 class Block(nn.Module):
