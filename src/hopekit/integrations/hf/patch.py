@@ -109,6 +109,13 @@ def hopekit_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     mask = None
     if attention_mask is not None:
         mask = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
+        # a query row that may attend to no key at all (a left-padding token: every key up to it is
+        # padding) would softmax over −inf only and turn NaN, and NaN values poison every later row
+        # through probs @ v (0 · NaN); such rows attend causally to their padded past instead, as in
+        # HF's eager attention (their outputs are padding and never seen by a real token)
+        causal = (torch.arange(Tk, device=query.device)[None, :]
+                  <= Tk - Tq + torch.arange(Tq, device=query.device)[:, None])        # (Tq, Tk)
+        mask = mask | ~(mask & causal).any(dim=-1, keepdim=True)
     scale = scaling if scaling is not None else D ** -0.5
     out = chunked_attention(enc, query, key, value, q_pos, k_pos, past=Tk - Tq, scale=scale, chunk=ATTN_CHUNK,
                             dropout_p=dropout if module.training else 0.0, mask=mask)
