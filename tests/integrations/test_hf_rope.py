@@ -30,8 +30,9 @@ BASE = 10000.0
 SHORT = [1.0 + 0.1 * i for i in range(8)]   # head_dim 16: 8 pairs
 LONG = [1.0 + 0.5 * i for i in range(8)]
 
-#: native rope settings (flat: rope_type, rope_theta, the type's fields) and max_position_embeddings;
-#: every original (pre-training) length is 32 and the tests use lengths 12 and 40, below and above it
+#: native rope settings (flat: rope_type, rope_theta, the type's fields), max_position_embeddings and
+#: (optional) further config keywords; every original (pre-training) length is 32 (64 for 4.x's
+#: reading of yarn_top_level_original) and the tests use lengths 12 and 40, below and above it
 NATIVE = {
     "default": ({"rope_type": "default", "rope_theta": BASE}, 32),
     "linear": ({"rope_type": "linear", "rope_theta": BASE, "factor": 2.0}, 32),
@@ -56,6 +57,10 @@ NATIVE = {
     # no original length at all: it is max_position_embeddings, the factor comes from the dict
     "longrope_no_original": ({"rope_type": "longrope", "rope_theta": BASE, "short_factor": SHORT,
                               "long_factor": LONG, "factor": 2.0}, 32),
+    # a top-level original length beside yarn's (DeepSeek style): 4.x reads only the dict's (absent
+    # here: max_position_embeddings, 64), 5.x lets the top-level one (32) win
+    "yarn_top_level_original": ({"rope_type": "yarn", "rope_theta": BASE, "factor": 2.0}, 64,
+                                {"original_max_position_embeddings": 32}),
 }
 LENGTHS = (12, 40)  # ascending: HF's dynamic NTK keeps the largest spectrum it has grown to
 
@@ -81,14 +86,14 @@ def test_every_mapped_type_exists_in_transformers():
     """The names hopekit maps are rope types of the installed transformers (5.x computes "default"
     in the model class, outside ROPE_INIT_FUNCTIONS)."""
     assert MAPPED <= set(ROPE_INIT_FUNCTIONS) | {"default"}
-    assert {rope["rope_type"] for rope, _ in NATIVE.values()} == MAPPED  # every mapped type is tested below
+    assert {case[0]["rope_type"] for case in NATIVE.values()} == MAPPED  # every mapped type is tested below
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("case", sorted(NATIVE))
 def test_params_from_config_reproduce_native_tables(tiny, case, arch):
-    rope, max_pos = NATIVE[case]
-    model = tiny.model(arch, copy.deepcopy(rope), max_pos=max_pos)
+    rope, max_pos, *extra = NATIVE[case]
+    model = tiny.model(arch, copy.deepcopy(rope), max_pos=max_pos, **(extra[0] if extra else {}))
     params = hf.params_from_config(model.config)
     assert pe.name_of(params) == {v: k for k, v in hf.HF_ROPE_TYPES.items()}[rope["rope_type"]]
     for length in LENGTHS:
@@ -100,14 +105,17 @@ def test_params_from_config_reproduce_native_tables(tiny, case, arch):
         assert err <= bound, f"{case}/{arch} at length {length}: |Δ| = {err:.3g} > bound {bound:.3g}"
 
 
-def test_longrope_factor_convention_follows_the_installed_version(tiny):
-    """4.x: original length from the top level, factor = max_position_embeddings / original (an explicit
+def test_original_length_conventions_follow_the_installed_version(tiny):
+    """The cases above where the versions read the same config differently. LongRoPE in 4.x: original length from the top level, factor = max_position_embeddings / original (an explicit
     factor is ignored); 5.x: original length in the rope dict (a top-level one wins), explicit factor
-    first, the ratio only without one."""
+    first, the ratio only without one. YaRN: 5.x also lets a top-level original length win."""
     rope, max_pos = NATIVE["longrope_explicit_factor"]
     params = hf.params_from_config(tiny.config("llama", copy.deepcopy(rope), max_pos=max_pos))
     assert params.train_len == 32
     assert params.factor == (3.0 if hf.TRANSFORMERS_MAJOR >= 5 else 2.0)
+    rope, max_pos, extra = NATIVE["yarn_top_level_original"]
+    params = hf.params_from_config(tiny.config("llama", copy.deepcopy(rope), max_pos=max_pos, **extra))
+    assert params.train_len == (32 if hf.TRANSFORMERS_MAJOR >= 5 else 64)
 
 
 @pytest.mark.parametrize("rope_type", UNMAPPED)
