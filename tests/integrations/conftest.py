@@ -17,6 +17,7 @@ constants), so no test module imports this conftest.
 
 from __future__ import annotations
 
+import copy
 import math
 from types import SimpleNamespace
 
@@ -38,6 +39,47 @@ NUM_KV_HEADS = 2
 
 #: float32 unit roundoff
 U32 = 2.0 ** -24
+
+
+BASE = 10000.0
+SHORT = [1.0 + 0.1 * i for i in range(8)]   # LongRoPE rescale lists, one per pair (head_dim 16: 8 pairs)
+LONG = [1.0 + 0.5 * i for i in range(8)]
+
+#: native rope settings of the installed transformers: (flat rope dict: rope_type, rope_theta, the
+#: type's fields; max_position_embeddings; optional further config keywords). Every rope type hopekit
+#: maps appears; every original (pre-training) length is 32 (64 for 4.x's reading of
+#: yarn_top_level_original), and the tests run lengths 12 and 40, below and above it (dynamic NTK
+#: grows, LongRoPE switches to its long set).
+NATIVE = {
+    "default": ({"rope_type": "default", "rope_theta": BASE}, 32),
+    "linear": ({"rope_type": "linear", "rope_theta": BASE, "factor": 2.0}, 32),
+    "dynamic": ({"rope_type": "dynamic", "rope_theta": BASE, "factor": 2.0}, 32),
+    "yarn": ({"rope_type": "yarn", "rope_theta": BASE, "factor": 4.0, "original_max_position_embeddings": 32}, 128),
+    "yarn_options": ({"rope_type": "yarn", "rope_theta": 5e5, "factor": 3.0, "original_max_position_embeddings": 32,
+                      "beta_fast": 16.0, "beta_slow": 2.0, "mscale": 1.0, "mscale_all_dim": 0.8, "truncate": False},
+                     96),
+    # a top-level original length beside yarn's rope dict (DeepSeek style): 4.x reads only the dict's
+    # (absent here: max_position_embeddings, 64), 5.x lets the top-level one (32) win
+    "yarn_top_level_original": ({"rope_type": "yarn", "rope_theta": BASE, "factor": 2.0}, 64,
+                                {"original_max_position_embeddings": 32}),
+    # original 32 and high/low factors 4/1: pair 0 (wavelength 6.3) is kept, pair 1 (19.9) blended,
+    # pairs ≥ 2 (≥ 63) divided by the factor: all three bands of Llama 3.1's rule
+    "llama3": ({"rope_type": "llama3", "rope_theta": BASE, "factor": 4.0, "original_max_position_embeddings": 32,
+                "low_freq_factor": 1.0, "high_freq_factor": 4.0}, 128),
+    "longrope": ({"rope_type": "longrope", "rope_theta": BASE, "short_factor": SHORT, "long_factor": LONG,
+                  "original_max_position_embeddings": 32}, 64),
+    "longrope_attention_factor": ({"rope_type": "longrope", "rope_theta": BASE, "short_factor": SHORT,
+                                   "long_factor": LONG, "original_max_position_embeddings": 32,
+                                   "attention_factor": 1.3}, 64),
+    # an explicit factor that disagrees with max_position_embeddings / original: 4.x takes the ratio
+    # (2), 5.x the explicit factor (3); hopekit must follow the installed version
+    "longrope_explicit_factor": ({"rope_type": "longrope", "rope_theta": BASE, "short_factor": SHORT,
+                                  "long_factor": LONG, "original_max_position_embeddings": 32, "factor": 3.0}, 64),
+    # no original length at all: it is max_position_embeddings, the factor comes from the dict
+    "longrope_no_original": ({"rope_type": "longrope", "rope_theta": BASE, "short_factor": SHORT,
+                              "long_factor": LONG, "factor": 2.0}, 32),
+}
+LENGTHS = (12, 40)  # ascending: HF's dynamic NTK keeps the largest spectrum it has grown to
 
 
 def rope_kwargs(rope: dict) -> dict:
@@ -71,6 +113,19 @@ def tiny_model(arch: str = "llama", rope: dict | None = None, **kwargs):
     return transformers.AutoModelForCausalLM.from_config(config).eval()
 
 
+def native_config(arch: str, case: str):
+    """The tiny config of ``NATIVE[case]``."""
+    rope, max_pos, *extra = NATIVE[case]
+    return tiny_config(arch, copy.deepcopy(rope), max_pos=max_pos, **(extra[0] if extra else {}))
+
+
+def native_model(arch: str, case: str):
+    """The seeded tiny model of ``NATIVE[case]`` (its own rotary module: HF's reference)."""
+    config = native_config(arch, case)
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
 def logits(model, ids: torch.Tensor, **kwargs) -> torch.Tensor:
     with torch.no_grad():
         return model(ids, **kwargs).logits
@@ -97,12 +152,21 @@ def angle_error_bound(params: pe.Params, max_position: int, seq_len: int | None 
     return spec.attn_scale * ((ln_b + 9.0) * max_angle + 2.0) * U32
 
 
+def pytest_generate_tests(metafunc):
+    """A test asking for ``arch`` runs on Llama, Mistral and Qwen2; one asking for ``native_case`` on
+    every case of NATIVE."""
+    if "arch" in metafunc.fixturenames:
+        metafunc.parametrize("arch", ARCHS)
+    if "native_case" in metafunc.fixturenames:
+        metafunc.parametrize("native_case", sorted(NATIVE))
+
+
 @pytest.fixture
 def tiny() -> SimpleNamespace:
     """The helpers and constants above: ``tiny.model(arch, rope)``, ``tiny.logits(model, ids)``, …"""
-    return SimpleNamespace(ARCHS=ARCHS, VOCAB=VOCAB, HEAD_DIM=HEAD_DIM, NUM_HEADS=NUM_HEADS,
+    return SimpleNamespace(ARCHS=ARCHS, NATIVE=NATIVE, LENGTHS=LENGTHS, BASE=BASE, VOCAB=VOCAB, HEAD_DIM=HEAD_DIM, NUM_HEADS=NUM_HEADS,
                            NUM_KV_HEADS=NUM_KV_HEADS, U32=U32, rope_kwargs=rope_kwargs, config=tiny_config,
-                           model=tiny_model, logits=logits, ids=ids_of, angle_error_bound=angle_error_bound)
+                           model=tiny_model, native_config=native_config, native_model=native_model, logits=logits, ids=ids_of, angle_error_bound=angle_error_bound)
 
 
 @pytest.fixture(autouse=True)

@@ -25,44 +25,10 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # noqa: E402
 from hopekit import pe  # noqa: E402
 from hopekit.integrations import hf  # noqa: E402
 
-ARCHS = ("llama", "mistral", "qwen2")
 BASE = 10000.0
 SHORT = [1.0 + 0.1 * i for i in range(8)]   # head_dim 16: 8 pairs
 LONG = [1.0 + 0.5 * i for i in range(8)]
-
-#: native rope settings (flat: rope_type, rope_theta, the type's fields), max_position_embeddings and
-#: (optional) further config keywords; every original (pre-training) length is 32 (64 for 4.x's
-#: reading of yarn_top_level_original) and the tests use lengths 12 and 40, below and above it
-NATIVE = {
-    "default": ({"rope_type": "default", "rope_theta": BASE}, 32),
-    "linear": ({"rope_type": "linear", "rope_theta": BASE, "factor": 2.0}, 32),
-    "dynamic": ({"rope_type": "dynamic", "rope_theta": BASE, "factor": 2.0}, 32),
-    "yarn": ({"rope_type": "yarn", "rope_theta": BASE, "factor": 4.0, "original_max_position_embeddings": 32}, 128),
-    "yarn_options": ({"rope_type": "yarn", "rope_theta": 5e5, "factor": 3.0, "original_max_position_embeddings": 32,
-                      "beta_fast": 16.0, "beta_slow": 2.0, "mscale": 1.0, "mscale_all_dim": 0.8, "truncate": False},
-                     96),
-    # original 32 and high/low factors 4/1: pair 0 (wavelength 6.3) is kept, pair 1 (19.9) blended,
-    # pairs ≥ 2 (≥ 63) divided by the factor: all three bands of Llama 3.1's rule
-    "llama3": ({"rope_type": "llama3", "rope_theta": BASE, "factor": 4.0, "original_max_position_embeddings": 32,
-                "low_freq_factor": 1.0, "high_freq_factor": 4.0}, 128),
-    "longrope": ({"rope_type": "longrope", "rope_theta": BASE, "short_factor": SHORT, "long_factor": LONG,
-                  "original_max_position_embeddings": 32}, 64),
-    "longrope_attention_factor": ({"rope_type": "longrope", "rope_theta": BASE, "short_factor": SHORT,
-                                   "long_factor": LONG, "original_max_position_embeddings": 32,
-                                   "attention_factor": 1.3}, 64),
-    # an explicit factor that disagrees with max_position_embeddings / original: 4.x takes the ratio
-    # (2), 5.x the explicit factor (3); hopekit must follow the installed version
-    "longrope_explicit_factor": ({"rope_type": "longrope", "rope_theta": BASE, "short_factor": SHORT,
-                                  "long_factor": LONG, "original_max_position_embeddings": 32, "factor": 3.0}, 64),
-    # no original length at all: it is max_position_embeddings, the factor comes from the dict
-    "longrope_no_original": ({"rope_type": "longrope", "rope_theta": BASE, "short_factor": SHORT,
-                              "long_factor": LONG, "factor": 2.0}, 32),
-    # a top-level original length beside yarn's (DeepSeek style): 4.x reads only the dict's (absent
-    # here: max_position_embeddings, 64), 5.x lets the top-level one (32) win
-    "yarn_top_level_original": ({"rope_type": "yarn", "rope_theta": BASE, "factor": 2.0}, 64,
-                                {"original_max_position_embeddings": 32}),
-}
-LENGTHS = (12, 40)  # ascending: HF's dynamic NTK keeps the largest spectrum it has grown to
+LENGTHS = (12, 40)
 
 MAPPED = set(hf.HF_ROPE_TYPES.values())
 #: rope types transformers has that hopekit has no method for ("proportional" is a 5.x type; a 4.x
@@ -82,39 +48,35 @@ def hopekit_tables(params: pe.Params, positions: torch.Tensor, head_dim: int):
     return torch.cat([cos, cos], -1), torch.cat([sin, sin], -1)
 
 
-def test_every_mapped_type_exists_in_transformers():
+def test_every_mapped_type_exists_in_transformers(tiny):
     """The names hopekit maps are rope types of the installed transformers (5.x computes "default"
     in the model class, outside ROPE_INIT_FUNCTIONS)."""
     assert MAPPED <= set(ROPE_INIT_FUNCTIONS) | {"default"}
-    assert {case[0]["rope_type"] for case in NATIVE.values()} == MAPPED  # every mapped type is tested below
+    assert {case[0]["rope_type"] for case in tiny.NATIVE.values()} == MAPPED  # every mapped type is tested below
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("case", sorted(NATIVE))
-def test_params_from_config_reproduce_native_tables(tiny, case, arch):
-    rope, max_pos, *extra = NATIVE[case]
-    model = tiny.model(arch, copy.deepcopy(rope), max_pos=max_pos, **(extra[0] if extra else {}))
+def test_params_from_config_reproduce_native_tables(tiny, native_case, arch):
+    """Every native case (conftest.NATIVE) × Llama, Mistral, Qwen2, at lengths below and above the original."""
+    model = tiny.native_model(arch, native_case)
     params = hf.params_from_config(model.config)
-    assert pe.name_of(params) == {v: k for k, v in hf.HF_ROPE_TYPES.items()}[rope["rope_type"]]
+    assert pe.name_of(params) == {v: k for k, v in hf.HF_ROPE_TYPES.items()}[tiny.NATIVE[native_case][0]["rope_type"]]
     for length in LENGTHS:
         positions = torch.arange(length)[None].expand(2, length)
         cos_hf, sin_hf = native_tables(model, positions)
         cos, sin = hopekit_tables(params, positions, tiny.HEAD_DIM)
         bound = tiny.angle_error_bound(params, length - 1, seq_len=length)
         err = max((cos - cos_hf).abs().max().item(), (sin - sin_hf).abs().max().item())
-        assert err <= bound, f"{case}/{arch} at length {length}: |Δ| = {err:.3g} > bound {bound:.3g}"
+        assert err <= bound, f"{native_case}/{arch} at length {length}: |Δ| = {err:.3g} > bound {bound:.3g}"
 
 
 def test_original_length_conventions_follow_the_installed_version(tiny):
     """The cases above where the versions read the same config differently. LongRoPE in 4.x: original length from the top level, factor = max_position_embeddings / original (an explicit
     factor is ignored); 5.x: original length in the rope dict (a top-level one wins), explicit factor
     first, the ratio only without one. YaRN: 5.x also lets a top-level original length win."""
-    rope, max_pos = NATIVE["longrope_explicit_factor"]
-    params = hf.params_from_config(tiny.config("llama", copy.deepcopy(rope), max_pos=max_pos))
+    params = hf.params_from_config(tiny.native_config("llama", "longrope_explicit_factor"))
     assert params.train_len == 32
     assert params.factor == (3.0 if hf.TRANSFORMERS_MAJOR >= 5 else 2.0)
-    rope, max_pos, extra = NATIVE["yarn_top_level_original"]
-    params = hf.params_from_config(tiny.config("llama", copy.deepcopy(rope), max_pos=max_pos, **extra))
+    params = hf.params_from_config(tiny.native_config("llama", "yarn_top_level_original"))
     assert params.train_len == (32 if hf.TRANSFORMERS_MAJOR >= 5 else 64)
 
 
@@ -131,8 +93,7 @@ def test_unmapped_rope_types_are_refused(tiny, rope_type):
 
 
 def test_missing_required_field_is_named(tiny):
-    rope, max_pos = NATIVE["llama3"]
-    config = tiny.config("llama", copy.deepcopy(rope), max_pos=max_pos)
+    config = tiny.native_config("llama", "llama3")
     # removed after construction (4.x's validator refuses the config itself); the rope dict is
     # config.rope_parameters in 5.x, config.rope_scaling in 4.x
     for attr in ("rope_parameters", "rope_scaling"):
