@@ -99,11 +99,11 @@ def rope_kwargs(rope: dict) -> dict:
 
 
 def tiny_config(arch: str = "llama", rope: dict | None = None, *, max_pos: int = 32, **extra):
-    rope = rope if rope is not None else {"rope_type": "default", "rope_theta": 10000.0}
-    return CONFIG_CLASSES[arch](
-        vocab_size=VOCAB, hidden_size=HEAD_DIM * NUM_HEADS, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=NUM_HEADS, num_key_value_heads=NUM_KV_HEADS, head_dim=HEAD_DIM, max_position_embeddings=max_pos,
-        initializer_range=0.1, attn_implementation="sdpa", **rope_kwargs(rope), **extra)
+    rope = rope if rope is not None else {"rope_type": "default", "rope_theta": BASE}
+    kwargs = dict(vocab_size=VOCAB, hidden_size=HEAD_DIM * NUM_HEADS, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=NUM_HEADS, num_key_value_heads=NUM_KV_HEADS, head_dim=HEAD_DIM,
+                  max_position_embeddings=max_pos, initializer_range=0.1, attn_implementation="sdpa")
+    return CONFIG_CLASSES[arch](**{**kwargs, **rope_kwargs(rope), **extra})
 
 
 def tiny_model(arch: str = "llama", rope: dict | None = None, **kwargs):
@@ -147,7 +147,8 @@ def angle_error_bound(params: pe.Params, max_position: int, seq_len: int | None 
     enc = pe.build(params, head_dim=HEAD_DIM)
     spec = enc.spectrum(seq_len)
     # ln b_eff ≤ ln(1/θ_min)·d/(d−2): the effective base, with dynamic NTK's growth and any factor folded in
-    ln_b = math.log(1.0 / float(spec.inv_freq.min())) * HEAD_DIM / (HEAD_DIM - 2)
+    slowest = float(spec.inv_freq[spec.inv_freq > 0].min())  # hope_highfreq zeroes some pairs: angle 0, exact
+    ln_b = math.log(1.0 / slowest) * HEAD_DIM / (HEAD_DIM - 2)
     max_angle = max_position * float(spec.inv_freq.max())
     return spec.attn_scale * ((ln_b + 9.0) * max_angle + 2.0) * U32
 

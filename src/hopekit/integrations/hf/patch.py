@@ -163,7 +163,8 @@ def encoding_of(model: nn.Module) -> pe.PositionalEncoding | None:
 def patch_model(model: nn.Module, params: pe.Params | dict | None = None) -> nn.Module:
     """Make ``model`` (Llama, Mistral or Qwen2 from transformers) run with ``params`` (typed parameters
     or a ``{"kind": ...}`` mapping; None: the model's own rope settings, through hopekit). In place;
-    returns the model. Patching again replaces the previous encoding.
+    returns the model. Patching again replaces the previous encoding; a rotary method after a bias or
+    score one restores the attention implementation the model had before (e.g. ``eager``).
 
     Methods with a ``train_len`` take the model's ``max_position_embeddings`` unless given (its
     pre-training window). Refused, with the reason: other architectures, partial rotary, absolute and
@@ -195,9 +196,11 @@ def patch_model(model: nn.Module, params: pe.Params | dict | None = None) -> nn.
     for layer in inner.layers:
         object.__setattr__(layer.self_attn, "hopekit_encoding", enc)
     if enc.uses_bias or enc.uses_scores:
+        if config._attn_implementation != ATTENTION_NAME:  # restored when a rotary method replaces this one
+            model.hopekit_attn_before = config._attn_implementation
         _set_attention(model, ATTENTION_NAME)
     elif config._attn_implementation == ATTENTION_NAME:
-        _set_attention(model, "sdpa")
+        _set_attention(model, getattr(model, "hopekit_attn_before", None) or "sdpa")
     config.hopekit_pe = pe.to_config(params)
     return model
 
