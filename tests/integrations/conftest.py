@@ -165,9 +165,11 @@ def pytest_generate_tests(metafunc):
 @pytest.fixture
 def tiny() -> SimpleNamespace:
     """The helpers and constants above: ``tiny.model(arch, rope)``, ``tiny.logits(model, ids)``, …"""
-    return SimpleNamespace(ARCHS=ARCHS, NATIVE=NATIVE, LENGTHS=LENGTHS, BASE=BASE, VOCAB=VOCAB, HEAD_DIM=HEAD_DIM, NUM_HEADS=NUM_HEADS,
-                           NUM_KV_HEADS=NUM_KV_HEADS, U32=U32, rope_kwargs=rope_kwargs, config=tiny_config,
-                           model=tiny_model, native_config=native_config, native_model=native_model, logits=logits, ids=ids_of, angle_error_bound=angle_error_bound)
+    return SimpleNamespace(
+        ARCHS=ARCHS, NATIVE=NATIVE, LENGTHS=LENGTHS, BASE=BASE, VOCAB=VOCAB, HEAD_DIM=HEAD_DIM,
+        NUM_HEADS=NUM_HEADS, NUM_KV_HEADS=NUM_KV_HEADS, U32=U32, rope_kwargs=rope_kwargs, config=tiny_config,
+        model=tiny_model, native_config=native_config, native_model=native_model, logits=logits, ids=ids_of,
+        angle_error_bound=angle_error_bound)
 
 
 @pytest.fixture(autouse=True)

@@ -36,7 +36,6 @@ from hopekit import pe  # noqa: E402
 from hopekit.integrations import hf  # noqa: E402
 from hopekit.integrations.hf import patch as hf_patch  # noqa: E402
 
-LENGTHS = (12, 40)
 F32_RTOL = 64 * 2.0 ** -24
 BIAS_KINDS = ({"kind": "alibi"}, {"kind": "hope_hyperbolic", "omega_scale": 0.05, "penalty": 0.06})
 BIAS_IDS = [p["kind"] for p in BIAS_KINDS]
@@ -66,7 +65,7 @@ def test_patching_native_params_keeps_the_logits(tiny, native_case, arch):
     patched = hf.patch_model(copy.deepcopy(native))
     assert isinstance(patched.model.rotary_emb, hf.HopekitRotary)
     assert patched.config._attn_implementation == native.config._attn_implementation == "sdpa"
-    for length in LENGTHS:  # ascending: HF's dynamic NTK keeps the largest spectrum it has seen
+    for length in tiny.LENGTHS:  # ascending: HF's dynamic NTK keeps the largest spectrum it has seen
         ids = tiny.ids(length)
         ref, out = tiny.logits(native, ids), tiny.logits(patched, ids)
         err, tol = (out - ref).abs().max().item(), rotary_tol(ref, params, length, tiny)

@@ -14,7 +14,7 @@ written by :func:`set_rope_fields` makes *vanilla* transformers build the same m
 
 from __future__ import annotations
 
-import copy
+import math
 
 import pytest
 import torch
@@ -28,7 +28,6 @@ from hopekit.integrations import hf  # noqa: E402
 BASE = 10000.0
 SHORT = [1.0 + 0.1 * i for i in range(8)]   # head_dim 16: 8 pairs
 LONG = [1.0 + 0.5 * i for i in range(8)]
-LENGTHS = (12, 40)
 
 MAPPED = set(hf.HF_ROPE_TYPES.values())
 #: rope types transformers has that hopekit has no method for ("proportional" is a 5.x type; a 4.x
@@ -60,7 +59,7 @@ def test_params_from_config_reproduce_native_tables(tiny, native_case, arch):
     model = tiny.native_model(arch, native_case)
     params = hf.params_from_config(model.config)
     assert pe.name_of(params) == {v: k for k, v in hf.HF_ROPE_TYPES.items()}[tiny.NATIVE[native_case][0]["rope_type"]]
-    for length in LENGTHS:
+    for length in tiny.LENGTHS:
         positions = torch.arange(length)[None].expand(2, length)
         cos_hf, sin_hf = native_tables(model, positions)
         cos, sin = hopekit_tables(params, positions, tiny.HEAD_DIM)
@@ -70,9 +69,10 @@ def test_params_from_config_reproduce_native_tables(tiny, native_case, arch):
 
 
 def test_original_length_conventions_follow_the_installed_version(tiny):
-    """The cases above where the versions read the same config differently. LongRoPE in 4.x: original length from the top level, factor = max_position_embeddings / original (an explicit
-    factor is ignored); 5.x: original length in the rope dict (a top-level one wins), explicit factor
-    first, the ratio only without one. YaRN: 5.x also lets a top-level original length win."""
+    """The native cases the two versions read differently. LongRoPE in 4.x: original length from the
+    top level, factor = max_position_embeddings / original (an explicit factor is ignored); in 5.x:
+    original length in the rope dict (a top-level one wins), the explicit factor first, the ratio only
+    without one. YaRN: 5.x also lets a top-level original length win."""
     params = hf.params_from_config(tiny.native_config("llama", "longrope_explicit_factor"))
     assert params.train_len == 32
     assert params.factor == (3.0 if hf.TRANSFORMERS_MAJOR >= 5 else 2.0)
@@ -191,12 +191,28 @@ def test_set_rope_fields_makes_vanilla_transformers_equal_the_patched_model(tiny
     torch.manual_seed(0)
     native = transformers.AutoModelForCausalLM.from_config(config).eval()
     patched = hf.patch_model(tiny.model("llama"), params)
-    for length in LENGTHS:
+    for length in tiny.LENGTHS:
         ids = tiny.ids(length)
         ref, out = tiny.logits(native, ids), tiny.logits(patched, ids)
         bound = tiny.angle_error_bound(params, length - 1, seq_len=length)
         tol = ref.abs().max().item() * bound * 2  # see test_hf_patch.py: relative cos/sin error → logits
         assert (out - ref).abs().max().item() <= tol, f"{kind}[{i}] at length {length}"
+
+
+@pytest.mark.parametrize("kind,fields", [("linear", {"factor": 2.0}), ("yarn", {"factor": 2.0, "train_len": 32})])
+def test_partial_rotary_is_written_where_transformers_reads_it(tiny, kind, fields):
+    """4.x reads partial_rotary_factor at the top level, 5.x in the rope dict: HF's own rope function,
+    given the written config, makes the frequencies of the first half of the head (4 pairs)."""
+    params = pe.make_params(kind, rotary_fraction=0.5, **fields)
+    config = tiny.config("llama")
+    hf.set_rope_fields(config, params)
+    assert hf.params_from_config(config) == params
+    inv_freq, scale = ROPE_INIT_FUNCTIONS[hf.HF_ROPE_TYPES[kind]](config, None)
+    spectrum = pe.build(params, head_dim=tiny.HEAD_DIM).spectrum()
+    assert inv_freq.shape == spectrum.inv_freq.shape == (4,)
+    rtol = (math.log(BASE) + 8) * 2.0 ** -24  # HF's float32 frequencies (tests/pe/test_hf_parity.py)
+    assert torch.allclose(inv_freq.double(), spectrum.inv_freq, rtol=rtol, atol=0)
+    assert scale == pytest.approx(spectrum.attn_scale, rel=1e-12)
 
 
 def test_set_rope_fields_twice_leaves_no_stale_fields(tiny):

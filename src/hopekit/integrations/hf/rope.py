@@ -5,11 +5,17 @@ transformers keeps the rotary settings in two layouts:
 * **4.x**: ``config.rope_theta`` plus ``config.rope_scaling = {"rope_type": ..., "factor": ..., ...}``
   (legacy key ``type``; ``None`` = plain RoPE); Phi-3 style models also keep
   ``original_max_position_embeddings`` at the top level;
-* **5.x**: ``config.rope_parameters = {"rope_type": ..., "rope_theta": ..., ...}``.
+* **5.x**: ``config.rope_parameters = {"rope_type": ..., "rope_theta": ..., ...}`` holds everything,
+  ``partial_rotary_factor`` included; ``config.rope_theta`` no longer exists. The 4.x keywords
+  (``rope_theta``, ``rope_scaling``, a legacy ``type``, a top-level ``partial_rotary_factor``) are still
+  accepted by the constructors and converted; ``config.rope_scaling`` is a deprecated alias of
+  ``rope_parameters``. "default" is computed by the model class, not in ``ROPE_INIT_FUNCTIONS``.
 
 :func:`rope_settings` reads either into one flat dict; :func:`params_from_config` turns that into
 hopekit's typed parameters; :func:`rope_fields` goes back, for the installed version, to the config
-attributes a vanilla transformers (and vLLM) reads. Names (HF → hopekit): ``rope_theta`` → ``base``,
+attributes a vanilla transformers of the same major version (and vLLM) reads. A 4.x transformers
+ignores 5.x's ``rope_parameters`` (silently: plain RoPE), so a config meant for both versions needs
+both layouts. Names (HF → hopekit): ``rope_theta`` → ``base``,
 ``original_max_position_embeddings`` → ``train_len``, ``partial_rotary_factor`` → ``rotary_fraction``,
 ``short_factor`` / ``long_factor`` → ``short_rescale`` / ``long_rescale``; rope types ``default`` →
 ``rope``, ``dynamic`` → ``dynamic_ntk``; ``linear``, ``yarn``, ``llama3``, ``longrope`` keep their names.
@@ -166,8 +172,8 @@ def rope_fields(params: pe.Params, *, head_dim: int) -> dict[str, Any]:
     params.validate_dims(head_dim, 1)
     rope: dict[str, Any] = {"rope_type": rope_type}
     top: dict[str, Any] = {}
-    if params.rotary_fraction != 1.0:
-        top["partial_rotary_factor"] = params.rotary_fraction
+    if params.rotary_fraction != 1.0:  # 5.x reads it from the rope dict only (a top-level one is moved there)
+        (rope if TRANSFORMERS_MAJOR >= 5 else top)["partial_rotary_factor"] = params.rotary_fraction
     if rope_type in ("linear", "dynamic", "yarn", "llama3", "longrope"):
         rope["factor"] = float(params.factor)
     if rope_type == "dynamic":
