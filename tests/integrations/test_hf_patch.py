@@ -241,6 +241,10 @@ def test_left_padding_is_masked(tiny, arch, config):
     assert torch.isfinite(out).all()
     assert _close(out[0, 4:], tiny.logits(model, ids[:1, 4:])[0])
     assert _close(out[1], tiny.logits(model, ids[1:])[0])
+    # position_ids as generate() builds them for a left-padded batch (real tokens from 0, padding 1)
+    position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    counted = tiny.logits(model, ids, attention_mask=mask, position_ids=position_ids)
+    assert _close(counted[0, 4:], out[0, 4:]) and _close(counted[1], out[1])
     # the padding was really hidden: without the mask, the first real token sees it
     unmasked = tiny.logits(model, ids)
     assert not _close(unmasked[0, 4:], out[0, 4:])
