@@ -292,6 +292,18 @@ def test_mistral_sliding_window_is_kept(tiny, config):
     assert not _close(naive_logits(model, ids), ref)  # the window matters at this length
 
 
+def test_a_learnable_encoding_trains_with_the_model(tiny):
+    """hope_hyperbolic's learnable penalty is a parameter of the patched model and gets a gradient
+    through the registered attention function."""
+    model = hf.patch_model(tiny.model("llama"), {**BIAS_KINDS[1], "learnable": True}).train()
+    own = dict(hf.encoding_of(model).named_parameters())
+    assert own and all(any(p is q for q in model.parameters()) for p in own.values())
+    ids = tiny.ids(16)
+    model(ids, labels=ids).loss.backward()
+    for name, p in own.items():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
 # --------------------------------------------------------------------------------------------------
 # Refusals and re-patching
 # --------------------------------------------------------------------------------------------------

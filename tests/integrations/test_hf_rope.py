@@ -83,7 +83,8 @@ def test_original_length_conventions_follow_the_installed_version(tiny):
 @pytest.mark.parametrize("rope_type", UNMAPPED)
 def test_unmapped_rope_types_are_refused(tiny, rope_type):
     config = tiny.config("llama")
-    # written after construction: the config validators of either version would reject the fields
+    # written after construction (the validators would reject the fields), into the attribute each
+    # version keeps its rope dict in: 5.x rope_parameters (rope_theta inside), 4.x rope_scaling
     if hf.TRANSFORMERS_MAJOR >= 5:
         config.rope_parameters = {"rope_type": rope_type, "rope_theta": BASE, "factor": 2.0}
     else:
