@@ -322,8 +322,9 @@ UNSUPPORTED = {
 def test_unsupported_architectures_are_refused(model_type):
     config = transformers.AutoConfig.for_model(model_type, **UNSUPPORTED[model_type])
     model = transformers.AutoModelForCausalLM.from_config(config)
-    with pytest.raises(ValueError, match=f"model_type='{model_type}': not supported; hopekit patches llama"):
+    with pytest.raises(ValueError, match=f"model_type='{model_type}': not supported; hopekit patches llama") as err:
         hf.patch_model(model, {"kind": "alibi"})
+    assert "one rotary module per forward" in str(err.value)  # why
 
 
 @pytest.mark.parametrize("kind", ["sinusoidal", "learned", "bipe"])

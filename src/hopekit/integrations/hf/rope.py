@@ -92,7 +92,8 @@ def rope_settings(config: Any) -> dict[str, Any]:
 
 def _get(settings: dict[str, Any], key: str, rope_type: str) -> Any:
     if settings.get(key) is None:
-        raise ValueError(f"rope_scaling.{key}: missing, required by rope_type {rope_type!r}")
+        layout = "rope_parameters" if TRANSFORMERS_MAJOR >= 5 else "rope_scaling"
+        raise ValueError(f"{layout}.{key}: missing, required by rope_type {rope_type!r}")
     return settings[key]
 
 
