@@ -109,6 +109,13 @@ def hopekit_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     mask = None
     if attention_mask is not None:
         mask = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
+        # a query row that may attend to no key at all (a left-padding token: every key up to it is
+        # padding) would softmax over −inf only and turn NaN, and NaN values poison every later row
+        # through probs @ v (0 · NaN); such rows attend causally to their padded past instead, as in
+        # HF's eager attention (their outputs are padding and never seen by a real token)
+        causal = (torch.arange(Tk, device=query.device)[None, :]
+                  <= Tk - Tq + torch.arange(Tq, device=query.device)[:, None])        # (Tq, Tk)
+        mask = mask | ~(mask & causal).any(dim=-1, keepdim=True)
     scale = scaling if scaling is not None else D ** -0.5
     out = chunked_attention(enc, query, key, value, q_pos, k_pos, past=Tk - Tq, scale=scale, chunk=ATTN_CHUNK,
                             dropout_p=dropout if module.training else 0.0, mask=mask)
@@ -156,7 +163,8 @@ def encoding_of(model: nn.Module) -> pe.PositionalEncoding | None:
 def patch_model(model: nn.Module, params: pe.Params | dict | None = None) -> nn.Module:
     """Make ``model`` (Llama, Mistral or Qwen2 from transformers) run with ``params`` (typed parameters
     or a ``{"kind": ...}`` mapping; None: the model's own rope settings, through hopekit). In place;
-    returns the model. Patching again replaces the previous encoding.
+    returns the model. Patching again replaces the previous encoding; a rotary method after a bias or
+    score one restores the attention implementation the model had before (e.g. ``eager``).
 
     Methods with a ``train_len`` take the model's ``max_position_embeddings`` unless given (its
     pre-training window). Refused, with the reason: other architectures, partial rotary, absolute and
@@ -188,9 +196,11 @@ def patch_model(model: nn.Module, params: pe.Params | dict | None = None) -> nn.
     for layer in inner.layers:
         object.__setattr__(layer.self_attn, "hopekit_encoding", enc)
     if enc.uses_bias or enc.uses_scores:
+        if config._attn_implementation != ATTENTION_NAME:  # restored when a rotary method replaces this one
+            model.hopekit_attn_before = config._attn_implementation
         _set_attention(model, ATTENTION_NAME)
     elif config._attn_implementation == ATTENTION_NAME:
-        _set_attention(model, "sdpa")
+        _set_attention(model, getattr(model, "hopekit_attn_before", None) or "sdpa")
     config.hopekit_pe = pe.to_config(params)
     return model
 

@@ -5,20 +5,36 @@ transformers keeps the rotary settings in two layouts:
 * **4.x**: ``config.rope_theta`` plus ``config.rope_scaling = {"rope_type": ..., "factor": ..., ...}``
   (legacy key ``type``; ``None`` = plain RoPE); Phi-3 style models also keep
   ``original_max_position_embeddings`` at the top level;
-* **5.x**: ``config.rope_parameters = {"rope_type": ..., "rope_theta": ..., ...}``.
+* **5.x**: ``config.rope_parameters = {"rope_type": ..., "rope_theta": ..., ...}`` holds everything,
+  ``partial_rotary_factor`` included; ``config.rope_theta`` no longer exists. The 4.x keywords
+  (``rope_theta``, ``rope_scaling``, a legacy ``type``, a top-level ``partial_rotary_factor``) are still
+  accepted by the constructors and converted; ``config.rope_scaling`` is a deprecated alias of
+  ``rope_parameters``. "default" is computed by the model class, not in ``ROPE_INIT_FUNCTIONS``.
 
 :func:`rope_settings` reads either into one flat dict; :func:`params_from_config` turns that into
 hopekit's typed parameters; :func:`rope_fields` goes back, for the installed version, to the config
-attributes a vanilla transformers (and vLLM) reads. Names (HF → hopekit): ``rope_theta`` → ``base``,
+attributes a vanilla transformers of the same major version (and vLLM) reads. A 4.x transformers
+ignores 5.x's ``rope_parameters`` (silently: plain RoPE), so a config meant for both versions needs
+both layouts. Names (HF → hopekit): ``rope_theta`` → ``base``,
 ``original_max_position_embeddings`` → ``train_len``, ``partial_rotary_factor`` → ``rotary_fraction``,
 ``short_factor`` / ``long_factor`` → ``short_rescale`` / ``long_rescale``; rope types ``default`` →
 ``rope``, ``dynamic`` → ``dynamic_ntk``; ``linear``, ``yarn``, ``llama3``, ``longrope`` keep their names.
 
-Which length each HF type treats as the original (pre-training) length, i.e. hopekit's ``train_len``:
-``dynamic`` reads ``max_position_embeddings``; ``yarn`` reads ``original_max_position_embeddings`` from
-the rope dict, else ``max_position_embeddings``; ``llama3`` requires it in the rope dict; ``longrope``
-reads it from the top level of the config (else ``max_position_embeddings``), and then takes its factor
-as ``max_position_embeddings / original_max_position_embeddings``.
+Which length each HF type treats as the original (pre-training) length, i.e. hopekit's ``train_len``,
+and LongRoPE's factor (it sets only the attention factor; the long set is used past the original length):
+
+* ``dynamic``: ``max_position_embeddings`` in both versions;
+* **4.x**: ``yarn`` reads ``original_max_position_embeddings`` from the rope dict, else
+  ``max_position_embeddings``; ``llama3`` requires it in the rope dict; ``longrope`` reads it only from
+  the top level of the config (Phi-3 style), else ``max_position_embeddings``, and its factor is then
+  ``max_position_embeddings / original`` (a ``factor`` in the dict is ignored), else the dict's ``factor``;
+* **5.x**: ``yarn``, ``llama3`` and ``longrope`` read it from the rope dict, but a top-level
+  ``original_max_position_embeddings`` overrides the dict's (``standardize_rope_params`` copies it in
+  before every computation), and without either it is ``max_position_embeddings``; ``longrope`` takes
+  the dict's ``factor`` when given, else ``max_position_embeddings / original``.
+
+:func:`rope_fields` writes fields every reader agrees on: the original length in the rope dict and (for
+``longrope``) at the top level too, and ``max_position_embeddings = train_len · factor``.
 """
 
 from __future__ import annotations
@@ -76,8 +92,25 @@ def rope_settings(config: Any) -> dict[str, Any]:
 
 def _get(settings: dict[str, Any], key: str, rope_type: str) -> Any:
     if settings.get(key) is None:
-        raise ValueError(f"rope_scaling.{key}: missing, required by rope_type {rope_type!r}")
+        layout = "rope_parameters" if TRANSFORMERS_MAJOR >= 5 else "rope_scaling"
+        raise ValueError(f"{layout}.{key}: missing, required by rope_type {rope_type!r}")
     return settings[key]
+
+
+def _original_length(s: dict[str, Any], rope_type: str, max_pos: int) -> int:
+    """The original (pre-training) length ``rope_type`` reads, by the installed version's rule."""
+    top = s.get("top_level_original_max_position_embeddings")
+    if TRANSFORMERS_MAJOR >= 5:
+        # 5.x's standardize_rope_params copies a top-level original length over the rope dict's (for
+        # yarn, llama3, longrope) every time it computes the frequencies; absent both, max_position_embeddings
+        if top is not None:
+            return int(top)
+        return int(s.get("original_max_position_embeddings") or max_pos)
+    if rope_type == "longrope":  # 4.x's longrope reads only the top level
+        return int(top or max_pos)
+    if rope_type == "llama3":
+        return int(_get(s, "original_max_position_embeddings", rope_type))
+    return int(s.get("original_max_position_embeddings") or max_pos)  # 4.x yarn: the rope dict only
 
 
 def params_from_config(config: Any) -> pe.Params:
@@ -98,24 +131,26 @@ def params_from_config(config: Any) -> pe.Params:
     if rope_type == "dynamic":
         fields["train_len"] = max_pos
     elif rope_type == "yarn":
-        fields["train_len"] = int(s.get("original_max_position_embeddings") or max_pos)
+        fields["train_len"] = _original_length(s, rope_type, max_pos)
         for key in ("beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim", "truncate"):
             if s.get(key) is not None:
                 fields[key] = s[key] if key == "truncate" else float(s[key])
     elif rope_type == "llama3":
-        fields["train_len"] = int(_get(s, "original_max_position_embeddings", rope_type))
+        fields["train_len"] = _original_length(s, rope_type, max_pos)
         fields["low_freq_factor"] = float(_get(s, "low_freq_factor", rope_type))
         fields["high_freq_factor"] = float(_get(s, "high_freq_factor", rope_type))
     elif rope_type == "longrope":
         fields["short_rescale"] = list(_get(s, "short_factor", rope_type))
         fields["long_rescale"] = list(_get(s, "long_factor", rope_type))
-        original = s.get("top_level_original_max_position_embeddings")
-        if TRANSFORMERS_MAJOR >= 5 and original is None:
-            original = s.get("original_max_position_embeddings")
-        if original:
-            fields["train_len"], fields["factor"] = int(original), max_pos / int(original)
+        original = _original_length(s, rope_type, max_pos)
+        if TRANSFORMERS_MAJOR >= 5:  # an explicit factor first, the ratio of lengths only without one
+            factor = s.get("factor")
+            factor = max_pos / original if factor is None else float(factor)
+        elif s.get("top_level_original_max_position_embeddings"):  # 4.x: the ratio, any factor ignored
+            factor = max_pos / original
         else:
-            fields["train_len"], fields["factor"] = max_pos, float(_get(s, "factor", rope_type))
+            factor = float(_get(s, "factor", rope_type))
+        fields["train_len"], fields["factor"] = original, factor
         if s.get("attention_factor") is not None:
             fields["attention_factor"] = float(s["attention_factor"])
     params = pe.make_params(kind, **fields)
@@ -138,8 +173,8 @@ def rope_fields(params: pe.Params, *, head_dim: int) -> dict[str, Any]:
     params.validate_dims(head_dim, 1)
     rope: dict[str, Any] = {"rope_type": rope_type}
     top: dict[str, Any] = {}
-    if params.rotary_fraction != 1.0:
-        top["partial_rotary_factor"] = params.rotary_fraction
+    if params.rotary_fraction != 1.0:  # 5.x reads it from the rope dict only (a top-level one is moved there)
+        (rope if TRANSFORMERS_MAJOR >= 5 else top)["partial_rotary_factor"] = params.rotary_fraction
     if rope_type in ("linear", "dynamic", "yarn", "llama3", "longrope"):
         rope["factor"] = float(params.factor)
     if rope_type == "dynamic":
@@ -176,6 +211,17 @@ def rope_fields(params: pe.Params, *, head_dim: int) -> dict[str, Any]:
 
 
 def set_rope_fields(config: Any, params: pe.Params) -> None:
-    """Write :func:`rope_fields` into ``config`` (in place)."""
-    for key, value in rope_fields(params, head_dim=_head_dim(config)).items():
+    """Write :func:`rope_fields` into ``config`` (in place), removing the top-level rope fields of a
+    previous setting that the new one does not write: a stale ``partial_rotary_factor`` would keep the
+    model partial, and a stale ``original_max_position_embeddings`` is read by 4.x's longrope and, in
+    5.x, overrides the rope dict's original length for yarn, llama3 and longrope."""
+    fields = rope_fields(params, head_dim=_head_dim(config))
+    for key in _TOP_LEVEL_ROPE_KEYS:
+        if key not in fields and key in vars(config):
+            delattr(config, key)
+    for key, value in fields.items():
         setattr(config, key, value)
+
+
+#: rope fields :func:`rope_fields` writes at the top level of a config only for some settings
+_TOP_LEVEL_ROPE_KEYS = ("partial_rotary_factor", "original_max_position_embeddings")
