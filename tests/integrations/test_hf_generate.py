@@ -10,6 +10,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 from hopekit import pe  # noqa: E402
 from hopekit.integrations import hf  # noqa: E402
+from hopekit.integrations.hf.generate import CACHE_ARG  # noqa: E402
 
 TRAIN_LEN = 16  # the tiny model's max_position_embeddings: prompts of 12 + 10 new tokens cross it
 
@@ -55,8 +56,8 @@ def test_a_plain_cache_would_drift_at_the_longrope_switch():
     with torch.no_grad():
         full = model(ids).logits[:, -1]
         cache = transformers.DynamicCache()
-        model(ids[:, :-1], past_key_values=cache, use_cache=True)        # length 16: short factors
-        stale = model(ids[:, -1:], past_key_values=cache, use_cache=True).logits[:, -1]  # length 17: long
+        model(ids[:, :-1], use_cache=True, **{CACHE_ARG: cache})        # length 16: short factors
+        stale = model(ids[:, -1:], use_cache=True, **{CACHE_ARG: cache}).logits[:, -1]  # length 17: long
     assert (full - stale).abs().max() > 1e-3
 
 

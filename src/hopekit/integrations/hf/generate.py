@@ -15,8 +15,12 @@ from torch import nn
 
 from ... import pe
 from .patch import encoding_of
+from .rope import TRANSFORMERS_MAJOR
 
-__all__ = ["generate"]
+__all__ = ["generate", "CACHE_ARG"]
+
+#: the forward's KV-cache argument: 5.x renamed ``past_key_values`` to ``cache`` (the old name warns)
+CACHE_ARG = "cache" if TRANSFORMERS_MAJOR >= 5 else "past_key_values"
 
 
 def _spectrum_at(enc: pe.PositionalEncoding | None, length: int):
@@ -60,10 +64,10 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, *, 
                 logits = model(input_ids=ids, use_cache=False).logits
             elif cache is None or not _same(spectrum, cache_spectrum):
                 cache = DynamicCache()
-                logits = model(input_ids=ids, past_key_values=cache, use_cache=True).logits
+                logits = model(input_ids=ids, use_cache=True, **{CACHE_ARG: cache}).logits
                 cache_spectrum = spectrum
             else:
-                logits = model(input_ids=ids[:, -1:], past_key_values=cache, use_cache=True).logits
+                logits = model(input_ids=ids[:, -1:], use_cache=True, **{CACHE_ARG: cache}).logits
             scores.append(logits[:, -1].float())
             nxt = logits[:, -1].argmax(dim=-1)
             if eos_token_id is not None:
