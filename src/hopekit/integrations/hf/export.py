@@ -277,19 +277,11 @@ def export_pretrained(model: nn.Module, out_dir: str | Path, params: pe.Params |
     if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"model_type={getattr(config, 'model_type', None)!r}: hopekit exports "
                          f"{', '.join(SUPPORTED_MODEL_TYPES)} models")
-    head_dim = _head_dim(config)
     if params is None:
         enc = encoding_of(model)
         params = enc.params if enc is not None else native_params(model)
-    params = pe.parse(params, train_len=int(config.max_position_embeddings))
-    enc = pe.build(params, head_dim=head_dim, num_heads=config.num_attention_heads, d_model=config.hidden_size)
-    _check_exportable(params, enc, "it")
-    try:
-        fields, exact = vanilla_expressible(params, head_dim), True
-    except RopeNotExpressible:
-        if strict:
-            raise
-        fields, exact = None, False
+    params, fields = _resolve(config, params, strict)
+    exact = fields is not None
     _check_tokenizer_fits(tokenizer, config.vocab_size)
     out = _prepare_dir(out_dir)
     d = config.to_dict()
@@ -308,6 +300,20 @@ def export_pretrained(model: nn.Module, out_dir: str | Path, params: pe.Params |
     source = f"transformers {config.model_type} model {getattr(config, '_name_or_path', '') or '(in memory)'}"
     _write_note(out, params, exact, source=source, rope=_rope_summary(new_config), tokenizer=saved)
     return Exported(out, params, exact, saved)
+
+
+def _resolve(config: Any, params: pe.Params | dict, strict: bool) -> tuple[pe.Params, dict[str, Any] | None]:
+    """``params`` checked against a transformers ``config``, and its rope fields (None: not expressible)."""
+    params = pe.parse(params, train_len=int(config.max_position_embeddings))
+    head_dim = _head_dim(config)
+    enc = pe.build(params, head_dim=head_dim, num_heads=config.num_attention_heads, d_model=config.hidden_size)
+    _check_exportable(params, enc, "it")
+    try:
+        return params, vanilla_expressible(params, head_dim)
+    except RopeNotExpressible:
+        if strict:
+            raise
+        return params, None
 
 
 def _config_from_dict(cls: type, d: dict[str, Any]) -> Any:
@@ -408,10 +414,14 @@ def export_hf(name: str, out_dir: str | Path, params: pe.Params | dict | None = 
     """Load ``name`` (``smollm2``, a model directory, a ``.gguf`` file, a hub id; as
     :func:`~hopekit.integrations.hf.load_pretrained`) and :func:`export_pretrained` it with ``params``
     (default: its own encoding), together with its transformers tokenizer."""
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
-    from .load import load_pretrained
+    from .load import load_pretrained, resolve_source
 
+    if params is not None:  # refuse before loading the weights
+        source = resolve_source(name)
+        kwargs = {"gguf_file": source["gguf_file"]} if "gguf_file" in source else {}
+        _resolve(AutoConfig.from_pretrained(source["path"], **kwargs), params, strict)
     lm = load_pretrained(name)
     tok = None
     if tokenizer:
