@@ -463,3 +463,19 @@ def test_vanilla_transformers_without_hopekit_gives_hopekits_logits(pretrained_e
     got = torch.load(tmp_path / "out.pt")
     for path, ours in expected.items():
         assert _max_diff(got[path], ours) <= TOL, path
+
+
+@pytest.mark.parametrize("arch", ["mistral", "qwen2"])
+def test_mistral_and_qwen2_export_too(tmp_path, arch):
+    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    config_cls, model_cls = {"mistral": (MistralConfig, MistralForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[arch]
+    config = config_cls(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=ORIGINAL,
+                        rope_theta=100.0, attn_implementation="sdpa")
+    model = model_cls(config).eval()
+    _randomise(model)  # (Qwen2's q/k/v biases too)
+    hf.patch_model(model, {"kind": "yarn", "factor": 2.5})
+    result = hf.export_pretrained(model, tmp_path / arch)
+    assert json.loads((result.path / "config.json").read_text())["model_type"] == arch
+    assert _max_diff(_vanilla_logits(result.path), _logits(model)) <= TOL

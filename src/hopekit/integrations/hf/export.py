@@ -65,7 +65,7 @@ from torch import nn
 
 from ... import pe
 from .patch import SUPPORTED_MODEL_TYPES, encoding_of, native_params
-from .rope import HF_ROPE_TYPES, RopeNotExpressible, rope_fields
+from .rope import RopeNotExpressible, rope_fields
 
 __all__ = ["Exported", "export_pretrained", "export_checkpoint", "export_hf", "DECODER_TO_LLAMA", "NOTE_NAME",
            "vanilla_expressible"]
@@ -108,7 +108,7 @@ class Exported:
 
 def _as_rope_family(params: pe.Params, head_dim: int) -> pe.Params:
     """Static NTK is RoPE with base b·s^(r/(r−2)): the one rewrite needed for vanilla transformers."""
-    if pe.name_of(params) == "ntk":
+    if type(params) is pe.NTKParams:  # (not its subclass DynamicNTKParams, which HF calls "dynamic")
         r = params.rotary_dim(head_dim)
         return pe.RopeParams(base=params.base * params.factor ** (r / (r - 2)), rotary_fraction=params.rotary_fraction)
     return params
@@ -126,11 +126,11 @@ def vanilla_expressible(params: pe.Params, head_dim: int) -> dict[str, Any]:
     return fields
 
 
-def _check_exportable(params: pe.Params, enc: pe.PositionalEncoding, where: str) -> None:
+def _check_exportable(params: pe.Params, enc: pe.PositionalEncoding) -> None:
     kind = pe.name_of(params)
     if enc.uses_embed or enc.uses_tokens:
-        raise ValueError(f"pe.kind={kind!r}: {where} adds position vectors at the input or derives positions from "
-                         f"token ids; a Llama model has no place for that, so it cannot be exported")
+        raise ValueError(f"pe.kind={kind!r}: adds position vectors at the input or derives positions from token "
+                         f"ids; a Llama-family model has no place for either, so it cannot be exported")
     if enc.uses_rotate and enc.rotary_dim != enc.head_dim:
         raise ValueError(f"pe.rotary_fraction={params.rotary_fraction}: partial rotary; Llama-family attention "
                          f"rotates the whole head (head_dim {enc.head_dim}), so it cannot be exported")
@@ -150,11 +150,6 @@ def _prepare_dir(out_dir: str | Path) -> Path:
     return out
 
 
-def _write_config(config: Any, out: Path) -> None:
-    """Save ``config`` (a transformers config) as ``out/config.json``; no rope-validation chatter."""
-    config.save_pretrained(out)
-
-
 def _describe(params: pe.Params) -> str:
     return json.dumps(pe.to_config(params), sort_keys=True)
 
@@ -162,7 +157,7 @@ def _describe(params: pe.Params) -> str:
 def _write_note(out: Path, params: pe.Params, vanilla_exact: bool, *, source: str, rope: str,
                 tokenizer: str | None) -> None:
     kind = pe.name_of(params)
-    lines = [f"# Exported by hopekit", "", f"Source: {source}.", f"Positional encoding: `{kind}` — `{_describe(params)}`.", ""]
+    lines = ["# Exported by hopekit", "", f"Source: {source}.", f"Positional encoding: `{kind}` — `{_describe(params)}`.", ""]
     if vanilla_exact:
         lines += [
             "This is a plain Hugging Face model. Its `config.json` holds the standard rope fields, and",
@@ -286,6 +281,8 @@ def export_pretrained(model: nn.Module, out_dir: str | Path, params: pe.Params |
     out = _prepare_dir(out_dir)
     d = config.to_dict()
     d.pop("hopekit_pe", None)
+    if d.get("head_dim") is None:  # e.g. Mistral's null head_dim, which transformers 4.x's yarn/longrope cannot read
+        d["head_dim"] = _head_dim(config)
     if exact:
         for key in _ROPE_KEYS:
             d.pop(key, None)
@@ -295,7 +292,7 @@ def export_pretrained(model: nn.Module, out_dir: str | Path, params: pe.Params |
     new_config = _config_from_dict(type(config), d)
     state = {k: v for k, v in model.state_dict().items() if ".hopekit_pe." not in f".{k}"}
     model.save_pretrained(out, state_dict=state, safe_serialization=True)
-    _write_config(new_config, out)
+    new_config.save_pretrained(out)  # config.json: the exported fields, not the model's
     saved = _save_tokenizer(tokenizer, out)
     source = f"transformers {config.model_type} model {getattr(config, '_name_or_path', '') or '(in memory)'}"
     _write_note(out, params, exact, source=source, rope=_rope_summary(new_config), tokenizer=saved)
@@ -307,7 +304,7 @@ def _resolve(config: Any, params: pe.Params | dict, strict: bool) -> tuple[pe.Pa
     params = pe.parse(params, train_len=int(config.max_position_embeddings))
     head_dim = _head_dim(config)
     enc = pe.build(params, head_dim=head_dim, num_heads=config.num_attention_heads, d_model=config.hidden_size)
-    _check_exportable(params, enc, "it")
+    _check_exportable(params, enc)
     try:
         return params, vanilla_expressible(params, head_dim)
     except RopeNotExpressible:
@@ -371,7 +368,7 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, *, tokenizer: 
     decoder, config, _ = load_checkpoint(ckpt_path)
     mc = decoder.config
     params = mc.pe
-    _check_exportable(params, decoder.pe, "it")
+    _check_exportable(params, decoder.pe)
     try:
         fields, exact = vanilla_expressible(params, mc.head_dim), True
     except RopeNotExpressible:
@@ -391,7 +388,7 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, *, tokenizer: 
         head_dim=mc.head_dim, hidden_act="silu", max_position_embeddings=config.train.train_len,
         rms_norm_eps=mc.norm_eps, tie_word_embeddings=mc.tie_embeddings, attention_bias=False, mlp_bias=False,
         attention_dropout=0.0, initializer_range=mc.init_std, bos_token_id=bos, eos_token_id=eos, pad_token_id=None,
-        architectures=["LlamaForCausalLM"], torch_dtype="float32",
+        architectures=["LlamaForCausalLM"],
     )
     d.update(fields)
     if not exact:
