@@ -152,6 +152,19 @@ def test_export_of_an_unpatched_model_keeps_its_own_rope(base_llama, tmp_path):
     assert not hasattr(base_llama.config, "hopekit_pe")  # the model is not modified
 
 
+def test_tied_embeddings_are_written_once_and_load_tied(tmp_path):
+    from safetensors import safe_open
+
+    model = hf.patch_model(tiny_llama(tie_word_embeddings=True), {"kind": "linear", "factor": 2.0})
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    result = hf.export_pretrained(model, tmp_path / "out")
+    with safe_open(str(result.path / "model.safetensors"), "pt") as f:
+        assert "model.embed_tokens.weight" in f.keys() and "lm_head.weight" not in f.keys()
+    vanilla = AutoModelForCausalLM.from_pretrained(result.path).eval()
+    assert vanilla.lm_head.weight.data_ptr() == vanilla.model.embed_tokens.weight.data_ptr()
+    assert _max_diff(_logits(vanilla), _logits(model)) <= TOL
+
+
 def test_exported_dir_is_refused_when_not_empty_and_strict_refuses_hopekit_only_methods(base_llama, tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")

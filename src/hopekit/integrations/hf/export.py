@@ -278,8 +278,12 @@ def export_pretrained(model: nn.Module, out_dir: str | Path, params: pe.Params |
     params, fields = _resolve(config, params, strict)
     exact = fields is not None
     _check_tokenizer_fits(tokenizer, config.vocab_size)
-    out = _prepare_dir(out_dir)
     d = config.to_dict()
+    quant = d.pop("quantization_config", None)
+    if quant and str(quant.get("quant_method")) not in ("gguf", "QuantizationMethod.GGUF"):
+        raise ValueError(f"quantization_config.quant_method={quant.get('quant_method')!r}: a quantized model; hopekit "
+                         f"exports float weights (GGUF files are de-quantized on load and export as floats)")
+    out = _prepare_dir(out_dir)
     d.pop("hopekit_pe", None)
     if d.get("head_dim") is None:  # e.g. Mistral's null head_dim, which transformers 4.x's yarn/longrope cannot read
         d["head_dim"] = _head_dim(config)
@@ -290,13 +294,35 @@ def export_pretrained(model: nn.Module, out_dir: str | Path, params: pe.Params |
     else:
         d["hopekit_pe"] = pe.to_config(params)
     new_config = _config_from_dict(type(config), d)
-    state = {k: v for k, v in model.state_dict().items() if ".hopekit_pe." not in f".{k}"}
-    model.save_pretrained(out, state_dict=state, safe_serialization=True)
-    new_config.save_pretrained(out)  # config.json: the exported fields, not the model's
+    _save_weights(model, out)
+    new_config.save_pretrained(out)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(out)
     saved = _save_tokenizer(tokenizer, out)
     source = f"transformers {config.model_type} model {getattr(config, '_name_or_path', '') or '(in memory)'}"
     _write_note(out, params, exact, source=source, rope=_rope_summary(new_config), tokenizer=saved)
     return Exported(out, params, exact, saved)
+
+
+def _save_weights(model: nn.Module, out: Path) -> None:
+    """``out/model.safetensors``: the model's tensors (not the encoding's), each shared tensor once under
+    the name transformers loads it from (the embedding, not a tied ``lm_head``). Written directly, not
+    with ``save_pretrained``, which transformers 5 refuses for a model loaded from GGUF (its weights are
+    de-quantized floats, but the model stays flagged as quantized)."""
+    from safetensors.torch import save_file
+
+    tied = set(getattr(model, "_tied_weights_keys", None) or ())  # a list (4.x) or {tied: source} (5.x)
+    state = {k: v for k, v in model.state_dict().items() if ".hopekit_pe." not in f".{k}"}
+    kept: dict[str, torch.Tensor] = {}
+    seen: set[tuple] = set()
+    for name in sorted(state, key=lambda k: k in tied):  # sources before the names tied to them
+        tensor = state[name]
+        where = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if where in seen:
+            continue
+        seen.add(where)
+        kept[name] = tensor.detach().to("cpu").contiguous()
+    save_file(kept, str(out / "model.safetensors"), metadata={"format": "pt"})
 
 
 def _resolve(config: Any, params: pe.Params | dict, strict: bool) -> tuple[pe.Params, dict[str, Any] | None]:
