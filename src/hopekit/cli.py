@@ -149,6 +149,46 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from hopekit.integrations.hf.export import export_checkpoint, export_hf
+    from hopekit.integrations.hf.rope import RopeNotExpressible
+
+    tokenizer = not args.no_tokenizer
+    try:
+        if args.hf is None:
+            if args.pe is not None:
+                raise ValueError(f"--pe {args.pe}: only with --hf (a checkpoint exports the encoding it was trained with)")
+            if len(args.args) != 2:
+                raise ValueError(f"export: expected CKPT OUT, got {len(args.args)} argument(s) {args.args} "
+                                 f"(pe.KEY=VALUE overrides go with --hf MODEL --pe KIND)")
+            result = export_checkpoint(args.args[0], args.args[1], tokenizer=tokenizer, strict=not args.hopekit_pe)
+        else:
+            *overrides, out = args.args
+            bad = [o for o in overrides if not o.startswith("pe.")]
+            if bad:
+                raise ValueError(f"export --hf: only pe.KEY=VALUE overrides and OUT, got {bad}")
+            if overrides and args.pe is None:
+                raise ValueError(f"{overrides[0]}: pe overrides need --pe KIND (the method they belong to)")
+            pe_config = None
+            if args.pe is not None:
+                from hopekit.config import apply_overrides
+
+                pe_config = apply_overrides({"pe": {"kind": args.pe}}, overrides)["pe"]
+            result = export_hf(args.hf, out, pe_config, tokenizer=tokenizer, strict=not args.hopekit_pe)
+    except RopeNotExpressible as e:
+        raise ValueError(f"{e}; pass --hopekit-pe to export it with a hopekit_pe block that only hopekit's "
+                         f"load_pretrained applies (vanilla transformers would silently run plain RoPE)") from None
+    if result.vanilla_exact:
+        print(f"exported {result.params.kind} to {result.path}: a plain Hugging Face model (vanilla transformers "
+              f"runs the encoding exactly)")
+    else:
+        print(f"exported {result.params.kind} to {result.path} with a hopekit_pe block: vanilla transformers loads it "
+              f"but silently runs plain RoPE; load it with hopekit.integrations.hf.load_pretrained "
+              f"(see {result.path / 'HOPEKIT.md'})")
+    print(f"tokenizer: {result.tokenizer or 'not saved'}")
+    return 0
+
+
 def _method_table() -> dict[str, dict[str, Any]]:
     from hopekit import pe
 
@@ -351,6 +391,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                     help="eval.* overrides, e.g. eval.protocol=sliding eval.multiples=[1,4]")
     ev.set_defaults(func=_eval)
+
+    ex = sub.add_parser("export", parents=[common], help="write a Hugging Face model directory (checkpoint or --hf model)",
+                        description="Write a model directory (safetensors, config.json, tokenizer, HOPEKIT.md): "
+                        "`hopekit export CKPT OUT` turns a checkpoint of `hopekit train` into a LlamaForCausalLM; "
+                        "`hopekit export --hf MODEL --pe KIND [pe.KEY=VALUE ...] OUT` a transformers model with an "
+                        "encoding. Rope-family encodings become standard rope fields that vanilla transformers runs "
+                        "exactly; others need --hopekit-pe.")
+    ex.add_argument("args", nargs="+", metavar="ARG", help="CKPT OUT; with --hf: [pe.KEY=VALUE ...] OUT")
+    ex.add_argument("--hf", default=None, metavar="MODEL",
+                    help="a transformers model: smollm2, a model directory, a .gguf file or a hub id")
+    ex.add_argument("--pe", default=None, metavar="KIND", help="with --hf: the encoding to export (default: the model's own)")
+    ex.add_argument("--hopekit-pe", action="store_true",
+                    help="allow encodings vanilla transformers cannot run (hope_*, alibi, nope): written as a hopekit_pe "
+                    "block that only hopekit's load_pretrained applies")
+    ex.add_argument("--no-tokenizer", action="store_true", help="do not save a tokenizer")
+    ex.set_defaults(func=_export)
 
     report = sub.add_parser("report", parents=[common], help="regenerate report.md and ppl_vs_length.png from records")
     report.add_argument("run_dir")

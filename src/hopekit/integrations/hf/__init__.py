@@ -17,6 +17,7 @@
 * :mod:`.generate` — greedy decoding with a KV cache that is rebuilt when the spectrum changes.
 """
 
+from .export import Exported, export_checkpoint, export_hf, export_pretrained
 from .generate import generate
 from .load import SHORT_NAMES, PretrainedLM, load_pretrained, resolve_source
 from .patch import (ATTENTION_NAME, SUPPORTED_MODEL_TYPES, HopekitRotary, encoding_of, hopekit_attention,
@@ -29,4 +30,5 @@ __all__ = [
     "patch_model", "encoding_of", "native_params", "HopekitRotary", "hopekit_attention", "ATTENTION_NAME",
     "SUPPORTED_MODEL_TYPES", "params_from_config", "rope_fields", "rope_settings", "set_rope_fields",
     "RopeNotExpressible", "HF_ROPE_TYPES", "TRANSFORMERS_MAJOR",
+    "export_pretrained", "export_checkpoint", "export_hf", "Exported",
 ]
