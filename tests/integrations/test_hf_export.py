@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -464,33 +465,52 @@ VANILLA_SCRIPT = textwrap.dedent("""
 """)
 
 
+def _run_vanilla(python: str, expected: dict[str, dict[int, torch.Tensor]], tmp_path: Path) -> dict:
+    jobs = {"dirs": sorted(expected), "ids": _IDS.tolist(), "lengths": list(LENGTHS), "out": str(tmp_path / "out.pt")}
+    subprocess.run([python, "-c", VANILLA_SCRIPT, json.dumps(jobs)], check=True, cwd=tmp_path,
+                   env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}, timeout=300)
+    return torch.load(tmp_path / "out.pt")
+
+
+#: another Python whose transformers has the other major version (CI's 5.x step sets it to the 4.x venv)
+OTHER_PYTHON = os.environ.get("HOPEKIT_OTHER_TRANSFORMERS_PYTHON")
+
+
+@pytest.mark.skipif(not OTHER_PYTHON, reason="set HOPEKIT_OTHER_TRANSFORMERS_PYTHON to a Python with the other "
+                                             "transformers major version")
+def test_an_export_reads_alike_under_the_other_transformers_major(pretrained_exports, tmp_path):
+    """config.json carries both rope layouts: 5.x saves only rope_parameters, which 4.x ignores (it would
+    silently run RoPE with base 10000); 4.x saves only rope_scaling + rope_theta."""
+    expected = {str(path): ours for path, ours, _ in pretrained_exports.values()}
+    got = _run_vanilla(OTHER_PYTHON, expected, tmp_path)
+    for path, ours in expected.items():
+        assert _max_diff(got[path], ours) <= TOL, path
+
+
 @pytest.mark.slow
 def test_vanilla_transformers_without_hopekit_gives_hopekits_logits(pretrained_exports, tmp_path):
     expected = {str(path): ours for path, ours, _ in pretrained_exports.values()}
     for name, config in rope_family(4).items():
         decoder = make_checkpoint(tmp_path / f"{name}.pt", config)
         expected[str(hf.export_checkpoint(tmp_path / f"{name}.pt", tmp_path / name).path)] = _logits(decoder)
-    jobs = {"dirs": sorted(expected), "ids": _IDS.tolist(), "lengths": list(LENGTHS), "out": str(tmp_path / "out.pt")}
-    subprocess.run([sys.executable, "-c", VANILLA_SCRIPT, json.dumps(jobs)], check=True, cwd=tmp_path,
-                   env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}, timeout=300)
-    got = torch.load(tmp_path / "out.pt")
+    got = _run_vanilla(sys.executable, expected, tmp_path)
     for path, ours in expected.items():
         assert _max_diff(got[path], ours) <= TOL, path
 
 
-@pytest.mark.parametrize("arch", ["mistral", "qwen2"])
-def test_mistral_and_qwen2_export_too(tmp_path, arch):
+@pytest.mark.parametrize("model_type", ["mistral", "qwen2"])
+def test_mistral_and_qwen2_export_too(tmp_path, model_type):
     from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    config_cls, model_cls = {"mistral": (MistralConfig, MistralForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[arch]
+    config_cls, model_cls = {"mistral": (MistralConfig, MistralForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[model_type]
     config = config_cls(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=ORIGINAL,
                         rope_theta=100.0, attn_implementation="sdpa")
     model = model_cls(config).eval()
     _randomise(model)  # (Qwen2's q/k/v biases too)
     hf.patch_model(model, {"kind": "yarn", "factor": 2.5})
-    result = hf.export_pretrained(model, tmp_path / arch)
-    assert json.loads((result.path / "config.json").read_text())["model_type"] == arch
+    result = hf.export_pretrained(model, tmp_path / model_type)
+    assert json.loads((result.path / "config.json").read_text())["model_type"] == model_type
     assert _max_diff(_vanilla_logits(result.path), _logits(model)) <= TOL
 
 

@@ -15,8 +15,9 @@ there is one, and ``HOPEKIT.md`` (what the directory holds and what a reader wit
 **Encodings vanilla transformers can express** (``rope``, ``linear``, ``dynamic_ntk``, ``yarn``,
 ``llama3``, ``longrope`` without ``start_tokens``; and static ``ntk``, which is RoPE with the base
 b·s^(r/(r−2)), written as plain RoPE with that base): ``config.json`` carries the standard rope fields
-(:func:`~hopekit.integrations.hf.rope_fields`, the installed transformers' layout) and no hopekit
-block. It is a plain HF model: vanilla transformers, with hopekit never imported, computes the same
+(:func:`~hopekit.integrations.hf.rope.portable_rope_fields`: both the 4.x ``rope_theta`` +
+``rope_scaling`` and the 5.x ``rope_parameters`` layout, so the directory reads the same under either)
+and no hopekit block. It is a plain HF model: vanilla transformers, with hopekit never imported, computes the same
 logits as hopekit (to float32 rounding, tested). The rope dict also carries what vLLM's
 ``get_rope`` needs for the same numbers: for ``longrope`` with an explicit attention factor,
 ``short_mscale`` / ``long_mscale`` (vLLM ignores ``attention_factor`` there; transformers logs
@@ -65,7 +66,7 @@ from torch import nn
 
 from ... import pe
 from .patch import SUPPORTED_MODEL_TYPES, encoding_of, native_params
-from .rope import RopeNotExpressible, rope_fields
+from .rope import RopeNotExpressible, portable_rope_fields
 
 __all__ = ["Exported", "export_pretrained", "export_checkpoint", "export_hf", "DECODER_TO_LLAMA", "NOTE_NAME",
            "vanilla_expressible"]
@@ -115,14 +116,16 @@ def _as_rope_family(params: pe.Params, head_dim: int) -> pe.Params:
 
 
 def vanilla_expressible(params: pe.Params, head_dim: int) -> dict[str, Any]:
-    """The config fields (:func:`rope_fields`, plus vLLM's spelling where it differs) with which vanilla
-    transformers builds ``params``'s rotary embedding; :class:`RopeNotExpressible` if there are none."""
+    """The config fields with which vanilla transformers builds ``params``'s rotary embedding, in both
+    layouts (:func:`~hopekit.integrations.hf.rope.portable_rope_fields`: a directory exported under
+    transformers 4.x loads alike under 5.x and vice versa), plus vLLM's spelling where it differs;
+    :class:`RopeNotExpressible` if there are none."""
     params = _as_rope_family(params, head_dim)
-    fields = rope_fields(params, head_dim=head_dim)
-    rope = fields.get("rope_parameters") or fields.get("rope_scaling")
-    if rope and rope.get("rope_type") == "longrope" and "attention_factor" in rope:
-        # vLLM's get_rope reads short_mscale / long_mscale for longrope, never attention_factor
-        rope["short_mscale"] = rope["long_mscale"] = rope["attention_factor"]
+    fields = portable_rope_fields(params, head_dim=head_dim)
+    for rope in (fields.get("rope_parameters"), fields.get("rope_scaling")):
+        if rope and rope.get("rope_type") == "longrope" and "attention_factor" in rope:
+            # vLLM's get_rope reads short_mscale / long_mscale for longrope, never attention_factor
+            rope["short_mscale"] = rope["long_mscale"] = rope["attention_factor"]
     return fields
 
 
@@ -296,6 +299,13 @@ def export_pretrained(model: nn.Module, out_dir: str | Path, params: pe.Params |
     new_config = _config_from_dict(type(config), d)
     _save_weights(model, out)
     new_config.save_pretrained(out)
+    if not exact:  # the model's own rope fields, in both layouts too
+        try:
+            fields = vanilla_expressible(native_params(model), _head_dim(config))
+        except RopeNotExpressible:
+            fields = None
+    if fields is not None:
+        _write_portable_rope(out, fields)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(out)
     saved = _save_tokenizer(tokenizer, out)
@@ -337,6 +347,18 @@ def _resolve(config: Any, params: pe.Params | dict, strict: bool) -> tuple[pe.Pa
         if strict:
             raise
         return params, None
+
+
+def _write_portable_rope(out: Path, fields: dict[str, Any]) -> None:
+    """Rewrite ``config.json``'s rope fields as ``fields`` (both layouts). Needed after saving: 5.x
+    serialises only ``rope_parameters`` (its ``rope_scaling`` is an alias), which 4.x ignores — it would
+    silently run RoPE with base 10000."""
+    path = out / "config.json"
+    d = json.loads(path.read_text())
+    for key in _ROPE_KEYS:
+        d.pop(key, None)
+    d.update(fields)
+    path.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
 
 
 def _config_from_dict(cls: type, d: dict[str, Any]) -> Any:
@@ -401,7 +423,7 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, *, tokenizer: 
         if strict:
             raise
         base = float(getattr(params, "base", 10000.0))
-        fields, exact = rope_fields(pe.RopeParams(base=base), head_dim=mc.head_dim), False
+        fields, exact = portable_rope_fields(pe.RopeParams(base=base), head_dim=mc.head_dim), False
     tok = _checkpoint_tokenizer(config) if tokenizer else None
     if tok is not None and tok.vocab_size != mc.vocab_size:
         raise ValueError(f"data.tokenizer={config.data.tokenizer!r}: gives {tok.vocab_size} ids but the checkpoint's "
@@ -426,6 +448,7 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, *, tokenizer: 
     model.load_state_dict(state, strict=True)
     model.generation_config = GenerationConfig(bos_token_id=bos, eos_token_id=eos)
     model.save_pretrained(out, safe_serialization=True)
+    _write_portable_rope(out, fields)
     saved = _save_tokenizer(tok, out)
     _write_note(out, params, exact, source=f"hopekit checkpoint {Path(ckpt_path)}", rope=_rope_summary(hf_config),
                 tokenizer=saved)

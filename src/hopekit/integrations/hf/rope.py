@@ -47,6 +47,7 @@ import transformers
 from ... import pe
 
 __all__ = ["TRANSFORMERS_MAJOR", "RopeNotExpressible", "rope_settings", "params_from_config", "rope_fields",
+           "portable_rope_fields",
            "set_rope_fields", "HF_ROPE_TYPES"]
 
 TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
@@ -66,9 +67,11 @@ def _head_dim(config: Any) -> int:
 
 
 def rope_settings(config: Any) -> dict[str, Any]:
-    """The rotary settings of ``config`` as one flat dict with ``rope_type`` and ``rope_theta``, whichever
-    layout (4.x ``rope_scaling`` + ``rope_theta``, 5.x ``rope_parameters``) the config uses."""
-    params = getattr(config, "rope_parameters", None)
+    """The rotary settings of ``config`` as one flat dict with ``rope_type`` and ``rope_theta``, read from
+    the layout the installed transformers reads: 5.x ``rope_parameters``; 4.x ``rope_scaling`` +
+    ``rope_theta`` (4.x ignores a ``rope_parameters`` key a 5.x-saved config may carry, and so do we:
+    the model transformers builds is the one described)."""
+    params = getattr(config, "rope_parameters", None) if TRANSFORMERS_MAJOR >= 5 else None
     if isinstance(params, dict) and params:
         if all(isinstance(v, dict) for v in params.values()):
             raise ValueError(f"rope_parameters: one dict per layer type ({sorted(params)}); hopekit handles models "
@@ -158,10 +161,11 @@ def params_from_config(config: Any) -> pe.Params:
     return params
 
 
-def rope_fields(params: pe.Params, *, head_dim: int) -> dict[str, Any]:
+def rope_fields(params: pe.Params, *, head_dim: int, major: int = TRANSFORMERS_MAJOR) -> dict[str, Any]:
     """The config attributes that make vanilla transformers (and vLLM) build exactly ``params``'s
-    rotary embedding, in the installed version's layout; :class:`RopeNotExpressible` for a method
-    transformers has no rope type for (and for LongRoPE's ``start_tokens``, which HF lacks)."""
+    rotary embedding, in the layout of transformers ``major`` (default: the installed one);
+    :class:`RopeNotExpressible` for a method transformers has no rope type for (and for LongRoPE's
+    ``start_tokens``, which HF lacks). :func:`portable_rope_fields` gives both layouts at once."""
     kind = pe.name_of(params)
     if kind not in HF_ROPE_TYPES:
         raise RopeNotExpressible(f"pe.kind={kind!r}: vanilla transformers has no rope type for it; rope types it "
@@ -174,7 +178,7 @@ def rope_fields(params: pe.Params, *, head_dim: int) -> dict[str, Any]:
     rope: dict[str, Any] = {"rope_type": rope_type}
     top: dict[str, Any] = {}
     if params.rotary_fraction != 1.0:  # 5.x reads it from the rope dict only (a top-level one is moved there)
-        (rope if TRANSFORMERS_MAJOR >= 5 else top)["partial_rotary_factor"] = params.rotary_fraction
+        (rope if major >= 5 else top)["partial_rotary_factor"] = params.rotary_fraction
     if rope_type in ("linear", "dynamic", "yarn", "llama3", "longrope"):
         rope["factor"] = float(params.factor)
     if rope_type == "dynamic":
@@ -205,9 +209,17 @@ def rope_fields(params: pe.Params, *, head_dim: int) -> dict[str, Any]:
         elif params.attention_factor != "su":
             rope["attention_factor"] = pe.schedules.longrope_attention_factor(params)
         top.update(max_position_embeddings=int(max_pos), original_max_position_embeddings=params.train_len)
-    if TRANSFORMERS_MAJOR >= 5:
+    if major >= 5:
         return {**top, "rope_parameters": {**rope, "rope_theta": float(params.base)}}
     return {**top, "rope_theta": float(params.base), "rope_scaling": None if rope_type == "default" else rope}
+
+
+def portable_rope_fields(params: pe.Params, *, head_dim: int) -> dict[str, Any]:
+    """Both layouts in one dict, for a ``config.json`` that 4.x and 5.x (and so vLLM with either) read
+    alike: 4.x reads ``rope_theta`` + ``rope_scaling`` and ignores ``rope_parameters``; 5.x reads
+    ``rope_scaling`` when both are present and converts it (to the same values). The top-level fields
+    agree between the two (5.x moves a top-level ``partial_rotary_factor`` into its dict)."""
+    return {**rope_fields(params, head_dim=head_dim, major=5), **rope_fields(params, head_dim=head_dim, major=4)}
 
 
 def set_rope_fields(config: Any, params: pe.Params) -> None:
