@@ -62,6 +62,14 @@ def test_a_saved_hopekit_block_is_reapplied_on_load(tmp_path):
     assert lm.tokenizer.eos_id == lm.tokenizer.bos_id == 0  # <|endoftext|>, the document separator
 
 
+def test_a_directory_without_a_tokenizer_is_refused_in_one_line(tmp_path):
+    cfg = transformers.LlamaConfig(vocab_size=61, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16)
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="no tokenizer in"):
+        hf.load_pretrained(str(tmp_path))
+
+
 def _save_tiny_tokenizer(path):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast

