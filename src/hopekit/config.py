@@ -16,10 +16,12 @@ and record.
 ``finetune`` preset): the model brings its shape (``model`` stays empty) and its tokenizer
 (``data.tokenizer: model``), and it owns the training length of the encoding: a method's
 ``train_len`` left unset becomes the model's pre-training window, not ``train.train_len`` (the
-fine-tuning window). That window is known only once the model's config is read, so until then
-``pe`` is kept as the mapping given (checked against the method's parameters), or ``None`` for the
-model's own encoding; training resolves it (:mod:`hopekit.integrations.hf.train`) and records the
-typed parameters in ``config.yaml`` and the checkpoint. ``hf`` appears in ``resolved()`` only when set.
+fine-tuning window), and a rotary method's ``base`` left unset becomes the model's own. Those are
+known only once the model's config is read, so until then ``pe`` is kept as the mapping given
+(checked against the method's parameters), or ``None`` for the model's own encoding; training
+resolves it (:mod:`hopekit.integrations.hf.train`) and records every field in ``config.yaml`` and
+the checkpoint. A mapping that gives every field of its method (such a record) is parsed at once.
+``hf`` appears in ``resolved()`` only when set.
 """
 
 from __future__ import annotations
@@ -196,10 +198,12 @@ class ExperimentConfig:
             raise ValueError(f"train.positions={self.train.positions!r}: a pretrained model (hf={self.hf!r}) "
                              f"trains on contiguous positions only")
         if isinstance(self.pe, Mapping):
-            # the parameters are checked now (a stand-in training length for a train_len left unset);
-            # the model's window replaces it when training resolves them
-            pe_lib.parse(self.pe, train_len=self.train.train_len)
-            object.__setattr__(self, "pe", json.loads(json.dumps(dict(self.pe), default=list)))
+            # checked now (a stand-in for a train_len left unset: the model's window replaces it later)
+            params = pe_lib.parse(self.pe, train_len=self.train.train_len)
+            if {f.name for f in dataclasses.fields(params)} <= set(self.pe) - {"kind"}:
+                object.__setattr__(self, "pe", pe_lib.parse(self.pe))  # every field given: already resolved
+            else:
+                object.__setattr__(self, "pe", json.loads(json.dumps(dict(self.pe), default=list)))
 
     def model_config(self, vocab_size: int):
         from .model import ModelConfig

@@ -325,7 +325,7 @@ def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
 
 @dataclasses.dataclass
 class TrainResult:
-    model: nn.Module          # the trained decoder, unwrapped (under FSDP: the sharded module), eval mode
+    model: nn.Module          # the trained model, unwrapped (under FSDP: the sharded module), eval mode
     config: ExperimentConfig
     losses: list[float]       # mean training loss of every step 0 … step−1 (over ranks; incl. before a resume)
     tokens_per_s: float       # global training throughput of this call
@@ -348,9 +348,12 @@ def train(config: ExperimentConfig, out_dir: str | Path, *, resume: bool = False
           vocab_size: int | None = None, progress: bool = True,
           log: Callable[[str], None] | None = _log_default) -> TrainResult:
     """Train ``config.model`` with ``config.pe`` for ``config.train.steps`` steps; checkpoints in ``out_dir``.
+    With ``config.hf`` set, fine-tune that pretrained model with ``config.pe`` put in instead
+    (``TrainResult.config`` then holds the encoding resolved against the model).
 
     ``batches``: ``step -> (inputs, targets)`` global batches (default: :func:`corpus_batches`, which
-    also gives the vocabulary size; with your own ``batches`` pass ``vocab_size``). ``resume``: continue
+    also gives the vocabulary size; with your own ``batches`` pass ``vocab_size``, except for a
+    pretrained model, which has its own). ``resume``: continue
     from ``out_dir/checkpoint.pt`` if there is one (else start afresh); without it an existing
     checkpoint is an error rather than something to overwrite. ``progress``: a tqdm bar on rank 0 when
     stderr is a terminal. ``log``: where rank 0's log lines go (``None``: nowhere; with
