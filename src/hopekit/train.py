@@ -30,9 +30,10 @@ cuBLAS/SDPA kernels may be non-deterministic.
 the token embedding, which the LM head shares). Norm gains, biases and every parameter of the
 positional encoding (``pe.*`` in the decoder, ``model.hopekit_pe.*`` in a pretrained model: learned
 position tables, hope_hyperbolic's learnable penalty) are not decayed: pulling a position table or a
-decay rate towards zero changes *what* the encoding is, not just its scale. Learning rate: linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to
-``min_lr`` at the last step (:func:`lr_at`, a pure function of the step; no scheduler object to
-save). Gradients are clipped to global norm ``grad_clip`` (0 = off).
+decay rate towards zero changes *what* the encoding is, not just its scale. Learning rate: linear
+warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr`` at the last step
+(:func:`lr_at`, a pure function of the step; no scheduler object to save). Gradients are clipped to
+global norm ``grad_clip`` (0 = off).
 
 **Precision.** ``precision="auto"`` is bf16 autocast on CUDA and fp32 on CPU; ``"bf16"`` forces bf16
 autocast (also on CPU); ``"fp32"`` disables autocast. Parameters and optimiser state stay fp32.
@@ -510,9 +511,8 @@ def _model_and_data(config: ExperimentConfig, batches: Batches | None, vocab_siz
 
         seed_everything(config.train.seed)
         ft = load_for_training(config.hf, config.pe, device)
-        vocab = ft.model.get_input_embeddings().weight.shape[0]
-        if vocab_size is not None and vocab_size != vocab:
-            raise ValueError(f"vocab_size={vocab_size}: hf={config.hf!r} embeds {vocab} token ids")
+        if vocab_size is not None and vocab_size != ft.vocab_size:
+            raise ValueError(f"vocab_size={vocab_size}: hf={config.hf!r} embeds {ft.vocab_size} token ids")
         config = dataclasses.replace(config, pe=ft.pe)
         if batches is None:
             batches, _ = corpus_batches(config, ft.tokenizer)

@@ -52,6 +52,7 @@ class FineTuneModel:
     model: nn.Module               # the model with the encoding patched in, on the device, train mode
     tokenizer: HFTokenizer         # its own; ``eos_id`` is the document separator
     pe: pe.Params                  # the encoding it runs with, every default filled in
+    vocab_size: int                # rows of its token embedding (>= the tokenizer's ids)
     model_config: dict[str, Any]   # {"hf_config": the base architecture}: the checkpoint's model_config
     pretrained: dict[str, Any]     # {"name", "source", "digest"}: the base a resume must find again
     summary: str                   # one line for the training log
@@ -101,7 +102,8 @@ def load_for_training(name: str, pe_config: pe.Params | Mapping[str, Any] | None
     n = sum(p.numel() for p in model.parameters())
     summary = (f"{name} ({model.config.model_type}, {n:,} parameters, {len(model.model.layers)} layers), "
                f"pe {params.kind}, tokenizer {lm.tokenizer.name} (separator id {lm.tokenizer.eos_id})")
-    return FineTuneModel(model=model, tokenizer=lm.tokenizer, pe=params, model_config={"hf_config": hf_config},
+    return FineTuneModel(model=model, tokenizer=lm.tokenizer, pe=params, vocab_size=vocab,
+                         model_config={"hf_config": hf_config},
                          pretrained={"name": lm.name, "source": dict(lm.source), "digest": base_digest},
                          summary=summary)
 
