@@ -121,7 +121,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device | str = "cp
 
     hf_config = dict(ckpt["model_config"]["hf_config"])
     config = AutoConfig.for_model(hf_config.pop("model_type"), **hf_config)
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
     patch_model(model, ckpt["config"]["pe"])
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval()
