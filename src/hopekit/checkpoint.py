@@ -8,7 +8,10 @@ It holds only tensors and plain containers, so it loads with ``torch.load(weight
 =================  ==============================================================================
 ``format``         ``"hopekit.checkpoint"``; ``version``: :data:`FORMAT_VERSION`
 ``step``           optimiser steps completed (the next step to run)
-``config``         ``ExperimentConfig.resolved()``; ``model_config``: the ``ModelConfig`` fields
+``config``         ``ExperimentConfig.resolved()``; ``model_config``: the ``ModelConfig`` fields, or for a
+                   fine-tuned pretrained model ``{"hf_config": its architecture}``
+``pretrained``     fine-tuning: the base model ``{"name", "source", "digest"}`` (digest: sha256 of its
+                   weights before fine-tuning); ``None`` or absent for the reference decoder
 ``model``          full (unsharded) state dict, FQN keys, on CPU
 ``optimizer``      full AdamW state dict keyed by parameter FQN (the same for plain, DDP and FSDP)
 ``rng``            one entry per rank: torch CPU state, CUDA states, Python ``random`` state
@@ -27,7 +30,9 @@ Resuming (:func:`check_resumable`) refuses a checkpoint written by a different c
 for the fields in :data:`RESUME_MAY_DIFFER` — those that do not change what the steps already taken
 mean (bookkeeping, the device, DDP ↔ FSDP, evaluation settings) and ``train.steps`` (to lengthen or
 shorten a run; the cosine schedule then changes from the resume point on) — and one written on other
-training data.
+training data. A fine-tuning run must also find the same base model: the weight digest decides, not
+``hf`` (the name or path it is reached by may change), so a different base is refused in one line,
+and so is a decoder checkpoint resumed as a fine-tuning run and vice versa.
 
 **The run directory.** :func:`prepare_run_dir` creates it, checks that it is writable (before any work
 is done), takes an exclusive lock on ``<out_dir>/.lock`` (so a second run on the same directory is
@@ -71,7 +76,7 @@ FORMAT = "hopekit.checkpoint"
 FORMAT_VERSION = 2           # 2: content_hash and data_hash
 READABLE_VERSIONS = (1, 2)   # 1: no hashes (read without verification)
 #: resolved-config fields (dotted prefixes) that may differ between a checkpoint and the run resuming it
-RESUME_MAY_DIFFER = ("name", "eval", "train.steps", "train.checkpoint_every", "train.log_every",
+RESUME_MAY_DIFFER = ("name", "hf", "eval", "train.steps", "train.checkpoint_every", "train.log_every",
                      "train.device", "train.fsdp")
 
 _REQUIRED = ("step", "config", "model_config", "model", "optimizer", "rng", "data", "losses", "tokens",
@@ -184,11 +189,20 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
-                    ) -> tuple[Decoder, ExperimentConfig, dict[str, Any]]:
-    """``(model, config, state)`` from a checkpoint, for evaluation: the decoder in eval mode on
-    ``device``, the experiment config, and the whole checkpoint dict (``step``, ``losses`` ...)."""
+                    ) -> tuple[nn.Module, ExperimentConfig, dict[str, Any]]:
+    """``(model, config, state)`` from a checkpoint, for evaluation: the model in eval mode on
+    ``device`` (the :class:`Decoder`, or for a fine-tuning run the transformers model with its encoding,
+    built from the architecture the checkpoint stores: :mod:`hopekit.integrations.hf.train`), the
+    experiment config, and the whole checkpoint dict (``step``, ``losses`` ...)."""
     ckpt = read_checkpoint(path)
     config = ExperimentConfig.from_dict(ckpt["config"])
+    if ckpt.get("pretrained") is not None:
+        from .integrations.hf.train import model_from_checkpoint
+
+        try:
+            return model_from_checkpoint(ckpt, device), config, ckpt
+        except RuntimeError as e:
+            raise CheckpointError(f"checkpoint {path}: model weights do not fit its model_config: {e}") from None
     model = Decoder(ModelConfig(**ckpt["model_config"]))
     try:
         model.load_state_dict(ckpt["model"])
@@ -204,12 +218,29 @@ def model_config_dict(model_cfg: ModelConfig) -> dict[str, Any]:
     return json.loads(json.dumps(model_cfg.to_dict()))
 
 
-def check_resumable(ckpt: dict[str, Any], config: ExperimentConfig, model_cfg: ModelConfig, path: Path,
-                    data_hash: dict[str, str | None] | None = None) -> None:
-    """Refuse (:class:`CheckpointError`) a checkpoint of another configuration (beyond
-    :data:`RESUME_MAY_DIFFER`), one past ``train.steps``, or one written on other training data."""
+def _base(pretrained: dict[str, Any] | None) -> str:
+    if pretrained is None:
+        return "the reference decoder"
+    return f"hf={pretrained['name']!r} (weights {pretrained['digest'][:19]}…)"
+
+
+def check_resumable(ckpt: dict[str, Any], config: ExperimentConfig, model_cfg: ModelConfig | dict[str, Any],
+                    path: Path, data_hash: dict[str, str | None] | None = None, *,
+                    pretrained: dict[str, Any] | None = None) -> None:
+    """Refuse (:class:`CheckpointError`) a checkpoint of another base model (``pretrained``: this run's
+    ``{"name", "source", "digest"}``, None for the reference decoder), of another configuration
+    (beyond :data:`RESUME_MAY_DIFFER`), one past ``train.steps``, or one written on other training
+    data. ``model_cfg``: the decoder's ``ModelConfig``, or the plain dict a checkpoint stores."""
+    saved_base = ckpt.get("pretrained")
+    if (saved_base is None) != (pretrained is None) or (
+            pretrained is not None and saved_base["digest"] != pretrained["digest"]):
+        raise CheckpointError(f"checkpoint {path}: trained from {_base(saved_base)}, this run from "
+                              f"{_base(pretrained)}; refusing to resume on another base model (use another "
+                              "out_dir to start a new run)")
+    if isinstance(model_cfg, ModelConfig):
+        model_cfg = model_config_dict(model_cfg)
     diffs = config_differences(ckpt["config"], config.resolved(), RESUME_MAY_DIFFER, saved_as="checkpoint")
-    diffs += config_differences({"model_config": ckpt["model_config"]}, {"model_config": model_config_dict(model_cfg)},
+    diffs += config_differences({"model_config": ckpt["model_config"]}, {"model_config": model_cfg},
                                 saved_as="checkpoint")
     if diffs:
         raise CheckpointError(

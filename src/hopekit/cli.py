@@ -94,10 +94,13 @@ def _train(args: argparse.Namespace) -> int:
     from hopekit.config import load_config
     from hopekit.train import train
 
-    config = load_config(args.config, args.overrides)
+    sugar = [f"hf={json.dumps(args.hf)}"] if args.hf else []  # --hf / --pe: overrides, applied first
+    sugar += [f"pe.kind={json.dumps(args.pe)}"] if args.pe else []
+    config = load_config(args.config or ("finetune" if args.hf else "tiny"), sugar + args.overrides)
     if args.print_config:
         return _print_yaml(config.resolved())
-    out = args.out or f"checkpoints/{config.name}-{config.pe.kind}"
+    kind = (config.resolved()["pe"] or {"kind": "native"})["kind"]  # None: a pretrained model's own
+    out = args.out or f"checkpoints/{config.name}-{kind}"
     result = train(config, out, resume=args.resume, progress=not (args.no_progress or args.quiet), log=_log(args))
     print(f"trained {result.step} steps; final loss {result.losses[-1]:.4f}; checkpoint {result.checkpoint}")
     return 0
@@ -367,9 +370,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", parents=[common, running], help="train one model (resumable; torchrun for DDP/FSDP)",
                         description="Train a decoder from a preset or YAML config with dotted overrides, e.g. "
-                        "`hopekit train --config tiny pe.kind=alibi train.steps=200`. Under torchrun "
+                        "`hopekit train --config tiny pe.kind=alibi train.steps=200`, or fine-tune a pretrained "
+                        "model with another encoding: `hopekit train --hf smollm2 --pe hope_highfreq`. Under torchrun "
                         "(`torchrun --nproc_per_node 2 -m hopekit train ...`) it runs DDP, or FSDP with train.fsdp=true.")
-    tr.add_argument("--config", default="tiny", help="preset name (tiny; see `hopekit presets`) or path to a YAML file")
+    tr.add_argument("--config", default=None, help="preset name (default: tiny, or finetune with --hf; see "
+                    "`hopekit presets`) or path to a YAML file")
+    tr.add_argument("--hf", default=None, metavar="NAME", help="fine-tune a pretrained model: smollm2, a model "
+                    "directory or a hub id (the override hf=NAME)")
+    tr.add_argument("--pe", default=None, metavar="KIND", help="the positional encoding (sets pe.kind; its fields "
+                    "as pe.FIELD=VALUE; with --hf, unset keeps the model's own)")
     tr.add_argument("--out", default=None, help="checkpoint directory (default: checkpoints/<name>-<pe kind>)")
     tr.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")

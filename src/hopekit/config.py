@@ -1,7 +1,7 @@
 """Experiment configuration: frozen dataclasses, a YAML loader and dotted command-line overrides.
 
 An experiment is ``ExperimentConfig(model, pe, data, train, eval)``. It is built from a preset (a
-YAML file in ``configs/`` or a path), then ``key.sub=value`` overrides, e.g.::
+YAML file in ``src/hopekit/presets/`` or a path), then ``key.sub=value`` overrides, e.g.::
 
     hopekit train --config tiny train.steps=200 pe.kind=alibi pe='{"kind": "yarn", "factor": 4, "train_len": 128}'
 
@@ -11,6 +11,17 @@ the training length is owned by ``train.train_len`` and handed to every method t
 ``train_len`` parameter the config leaves unset. Inside hopekit ``config.pe`` is that typed object;
 ``resolved()`` gives the plain-dict form that is printed at start-up and stored in every checkpoint
 and record.
+
+**Fine-tuning a pretrained model** (``hf``: ``smollm2``, a model directory or a hub id; the
+``finetune`` preset): the model brings its shape (``model`` stays empty) and its tokenizer
+(``data.tokenizer: model``), and it owns the training length of the encoding: a method's
+``train_len`` left unset becomes the model's pre-training window, not ``train.train_len`` (the
+fine-tuning window), and a rotary method's ``base`` left unset becomes the model's own. Those are
+known only once the model's config is read, so until then ``pe`` is kept as the mapping given
+(checked against the method's parameters), or ``None`` for the model's own encoding; training
+resolves it (:mod:`hopekit.integrations.hf.train`) and records every field in ``config.yaml`` and
+the checkpoint. A mapping that gives every field of its method (such a record) is parsed at once.
+``hf`` appears in ``resolved()`` only when set.
 """
 
 from __future__ import annotations
@@ -26,10 +37,12 @@ from .pe.base import Params, check_bool, check_choice, check_int, check_real
 
 __all__ = [
     "DataConfig", "TrainConfig", "EvalConfig", "ExperimentConfig", "load_config", "apply_overrides",
-    "CONFIG_DIR", "preset_path", "load_yaml", "parse_yaml", "dump_yaml", "config_differences",
+    "CONFIG_DIR", "PRETRAINED_TOKENIZER", "preset_path", "load_yaml", "parse_yaml", "dump_yaml", "config_differences",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "presets"
+#: ``data.tokenizer`` of a fine-tuning run: the pretrained model's own tokenizer
+PRETRAINED_TOKENIZER = "model"
 
 
 def _fail(obj: Any, name: str, why: str, exc: type[Exception] = ValueError) -> None:
@@ -41,7 +54,7 @@ class DataConfig:
     """Where tokens come from. ``corpus``: "shakespeare" (embedded), a local path, or "hf:<dataset>"."""
 
     corpus: str = "shakespeare"
-    tokenizer: str = "byte"          # "byte", "bpe", or a path to a tokenizer.json
+    tokenizer: str = "byte"          # "byte", "bpe", a path to a tokenizer.json, or "model" (with hf)
     vocab_size: int = 4096           # for "bpe"
     text_column: str = "text"
 
@@ -134,8 +147,9 @@ class ExperimentConfig:
     length (``hopekit.pe.parse``)."""
 
     name: str = "experiment"
+    hf: str | None = None            # a pretrained model to fine-tune (module docstring); None: the reference decoder
     model: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    pe: Params = dataclasses.field(default_factory=RopeParams)
+    pe: Params | Mapping[str, Any] | None = None   # None: RopeParams(), or with hf the model's own encoding
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
@@ -143,9 +157,18 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         from . import pe as pe_lib
 
-        if not isinstance(self.pe, (Params, Mapping)):
+        if self.pe is not None and not isinstance(self.pe, (Params, Mapping)):
             _fail(self, "pe", 'expected a mapping that names its method, e.g. {"kind": "rope"}', TypeError)
-        object.__setattr__(self, "pe", pe_lib.parse(self.pe, train_len=self.train.train_len))
+        if not isinstance(self.model, Mapping):
+            _fail(self, "model", "expected a mapping of ModelConfig fields", TypeError)
+        if self.hf is not None:
+            self._check_pretrained()
+            return
+        if self.data.tokenizer == PRETRAINED_TOKENIZER:
+            raise ValueError(f"data.tokenizer={PRETRAINED_TOKENIZER!r}: names a pretrained model's own tokenizer; "
+                             f"set hf (the model to fine-tune) or another tokenizer")
+        object.__setattr__(self, "pe", pe_lib.parse(RopeParams() if self.pe is None else self.pe,
+                                                    train_len=self.train.train_len))
         for where, value in _train_lens(pe_lib.to_config(self.pe), "pe"):
             if value != self.train.train_len and value != float("inf"):
                 raise ValueError(f"{where}={value!r}: differs from train.train_len={self.train.train_len}; the "
@@ -153,25 +176,54 @@ class ExperimentConfig:
         if self.train.positions == "randomized" and pe_lib.method_of(self.pe).encoding.uses_tokens:
             raise ValueError(f"pe.kind={self.pe.kind!r}: derives its positions from the token ids; "
                              f"train.positions='randomized' cannot apply to it")
-        if not isinstance(self.model, Mapping):
-            _fail(self, "model", "expected a mapping of ModelConfig fields", TypeError)
         for name in ("vocab_size", "pe"):
             if name in self.model:
                 _fail(self, "model", f"must not contain {name!r} (set it through {'data.tokenizer' if name == 'vocab_size' else 'pe'})")
 
+    def _check_pretrained(self) -> None:
+        """The fields a fine-tuning config (``hf`` set) must hold; ``pe`` checked but not yet resolved."""
+        from . import pe as pe_lib
+
+        if not isinstance(self.hf, str) or not self.hf:
+            _fail(self, "hf", "expected a model name (e.g. smollm2), a model directory or a hub id", TypeError)
+        if self.model:
+            key = next(iter(self.model))
+            raise ValueError(f"model.{key}={self.model[key]!r}: the pretrained model (hf={self.hf!r}) has its own "
+                             f"shape; leave model empty")
+        if self.data.tokenizer != PRETRAINED_TOKENIZER:
+            raise ValueError(f"data.tokenizer={self.data.tokenizer!r}: the pretrained model (hf={self.hf!r}) reads "
+                             f"its own tokenizer; set data.tokenizer={PRETRAINED_TOKENIZER} (as the finetune "
+                             "preset does)")
+        if self.train.positions != "contiguous":
+            raise ValueError(f"train.positions={self.train.positions!r}: a pretrained model (hf={self.hf!r}) "
+                             f"trains on contiguous positions only")
+        if isinstance(self.pe, Mapping):
+            # checked now (a stand-in for a train_len left unset: the model's window replaces it later)
+            params = pe_lib.parse(self.pe, train_len=self.train.train_len)
+            if {f.name for f in dataclasses.fields(params)} <= set(self.pe) - {"kind"}:
+                object.__setattr__(self, "pe", pe_lib.parse(self.pe))  # every field given: already resolved
+            else:
+                object.__setattr__(self, "pe", json.loads(json.dumps(dict(self.pe), default=list)))
+
     def model_config(self, vocab_size: int):
         from .model import ModelConfig
 
+        if self.hf is not None:
+            raise ValueError(f"hf={self.hf!r}: a pretrained model has no reference-decoder ModelConfig")
         return ModelConfig(vocab_size=vocab_size, pe=self.pe, **dict(self.model))
 
     def resolved(self) -> dict[str, Any]:
         """Plain JSON-able dict (what is printed, checkpointed and recorded), with every pe default
-        filled in (``hopekit.pe.to_config``)."""
+        filled in (``hopekit.pe.to_config``). ``hf`` only when set; with ``hf``, ``pe`` is the mapping
+        given (or None) until training resolves it against the model."""
         from . import pe as pe_lib
 
         sections = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "pe"}
+        if self.hf is None:
+            del sections["hf"]
         plain = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in sections.items()}
-        return json.loads(json.dumps({**plain, "pe": pe_lib.to_config(self.pe)}, default=list))
+        pe = pe_lib.to_config(self.pe) if isinstance(self.pe, Params) else self.pe
+        return json.loads(json.dumps({**plain, "pe": pe}, default=list))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ExperimentConfig":

@@ -8,6 +8,15 @@ Read it top to bottom::
 
     torchrun --nproc_per_node=4 script.py    # a script calling train(): DDP, or FSDP with train.fsdp=true
 
+**Fine-tuning a pretrained model** (``config.hf``, e.g. ``hopekit train --hf smollm2 --pe
+hope_highfreq``) runs this same loop: the model is a Llama-family transformers model with the
+encoding patched in (:mod:`hopekit.integrations.hf.train`, the only place that touches transformers),
+the corpus is tokenised by the model's own tokenizer (documents joined by its end-of-text token), and
+the loss is :func:`next_token_loss` of the logits it returns, the formula the reference decoder uses.
+Its checkpoints add the base model's identity (name, source, weight digest; a resume on another base
+is refused) and its architecture; the resolved encoding is in ``config``. Everything below holds for
+both (FSDP shards the decoder layers of either).
+
 **Determinism.** Every random draw of step ``s`` is a function of ``(train.seed, s)``: the batch comes
 from ``batches(s)`` (:class:`hopekit.data.TrainBatches` keys its generator by ``(seed, step)``), the
 randomized positions from a generator seeded by :func:`stream_seed` ``("positions", seed, s)``. The
@@ -19,11 +28,12 @@ cuBLAS/SDPA kernels may be non-deterministic.
 
 **Optimiser.** AdamW with decoupled weight decay on the 2-D+ weights of the network (linear layers and
 the token embedding, which the LM head shares). Norm gains, biases and every parameter of the
-positional encoding (``pe.*``: learned position tables, hope_hyperbolic's learnable penalty) are not
-decayed: pulling a position table or a decay rate towards zero changes *what* the encoding is, not
-just its scale. Learning rate: linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to
-``min_lr`` at the last step (:func:`lr_at`, a pure function of the step; no scheduler object to
-save). Gradients are clipped to global norm ``grad_clip`` (0 = off).
+positional encoding (``pe.*`` in the decoder, ``model.hopekit_pe.*`` in a pretrained model: learned
+position tables, hope_hyperbolic's learnable penalty) are not decayed: pulling a position table or a
+decay rate towards zero changes *what* the encoding is, not just its scale. Learning rate: linear
+warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr`` at the last step
+(:func:`lr_at`, a pure function of the step; no scheduler object to save). Gradients are clipped to
+global norm ``grad_clip`` (0 = off).
 
 **Precision.** ``precision="auto"`` is bf16 autocast on CUDA and fp32 on CPU; ``"bf16"`` forces bf16
 autocast (also on CPU); ``"fp32"`` disables autocast. Parameters and optimiser state stay fp32.
@@ -68,10 +78,11 @@ import random
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -93,13 +104,14 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import ExperimentConfig, TrainConfig, dump_yaml
-from .model import Decoder, ModelConfig
+from .model import Decoder
+from .pe.base import PositionalEncoding
 from .pe.randomized import RandomizedPositions
 
 __all__ = [
     "train", "TrainResult", "TrainingDivergedError", "load_checkpoint", "read_checkpoint", "save_checkpoint",
     "CheckpointError", "lr_at", "param_groups", "build_optimizer", "stream_seed", "seed_everything",
-    "sample_positions", "corpus_batches", "Batches", "CHECKPOINT_NAME", "FORMAT", "FORMAT_VERSION",
+    "sample_positions", "corpus_batches", "next_token_loss", "Batches", "CHECKPOINT_NAME", "FORMAT", "FORMAT_VERSION",
     "RESUME_MAY_DIFFER", "CONFIG_NAME", "LOG_NAME", "TENSORBOARD_DIR",
 ]
 
@@ -133,13 +145,15 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW groups: 2-D+ network weights decayed; norms, biases and ``pe.*`` parameters not.
-    Tied weights appear once (``named_parameters`` de-duplicates them)."""
+    """Two AdamW groups: 2-D+ network weights decayed; norms, biases and the positional encoding's
+    parameters (``pe.*``, or any :class:`~hopekit.pe.PositionalEncoding` module's, such as a pretrained
+    model's ``model.hopekit_pe``) not. Tied weights appear once (``named_parameters`` de-duplicates them)."""
+    positional = {id(p) for m in model.modules() if isinstance(m, PositionalEncoding) for p in m.parameters()}
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.dim() >= 2 and not name.startswith("pe.") else no_decay).append(p)
+        (decay if p.dim() >= 2 and not name.startswith("pe.") and id(p) not in positional else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 
@@ -256,7 +270,8 @@ def _wrap(model: nn.Module, cfg: TrainConfig, d: _Dist) -> nn.Module:
         from torch.distributed.device_mesh import init_device_mesh
 
         mesh = init_device_mesh(d.device.type, (d.world,))
-        for block in model.blocks:
+        blocks = model.blocks if isinstance(model, Decoder) else model.model.layers  # a transformers model
+        for block in blocks:
             fully_shard(block, mesh=mesh)
         return fully_shard(model, mesh=mesh)
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -282,26 +297,36 @@ def _mean_over_ranks(values: torch.Tensor, d: _Dist) -> torch.Tensor:
 
 # --- data ----------------------------------------------------------------------------------------
 
-def corpus_batches(config: ExperimentConfig) -> tuple[Batches, int]:
+def corpus_batches(config: ExperimentConfig, tokenizer: Any = None) -> tuple[Batches, int]:
     """``(batches, vocab_size)`` for ``config.data``: the train split of the corpus, tokenised and
-    joined (``doc SEP doc SEP …``), sampled by :class:`hopekit.data.TrainBatches` keyed by
-    ``(train.seed, step)``."""
+    joined (``doc SEP doc SEP …``, SEP the tokenizer's ``eos_id``), sampled by
+    :class:`hopekit.data.TrainBatches` keyed by ``(train.seed, step)``. ``tokenizer``: a pretrained
+    model's own (needed when ``config.hf`` is set), instead of ``data.tokenizer``."""
     from .data import TrainBatches, load_corpus, load_tokenizer, token_stream
 
     data, t = config.data, config.train
-    spec = f"bpe:{data.vocab_size}" if data.tokenizer == "bpe" else data.tokenizer
-    tokenizer = load_tokenizer(spec, corpus=data.corpus)
+    if tokenizer is None:
+        if config.hf is not None:
+            raise ValueError(f"hf={config.hf!r}: corpus_batches needs the pretrained model's tokenizer")
+        spec = f"bpe:{data.vocab_size}" if data.tokenizer == "bpe" else data.tokenizer
+        tokenizer = load_tokenizer(spec, corpus=data.corpus)
     config.pe.check_tokenizer(tokenizer)  # e.g. bipe's boundary ids against this tokenizer
     documents = load_corpus(data.corpus, "train", text_field=data.text_column)
     sampler = TrainBatches(token_stream(documents, tokenizer), t.batch_size, t.train_len, seed=t.seed)
     return sampler.batch, tokenizer.vocab_size
 
 
+def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``logits`` ``(B, T, vocab)`` against ``targets`` ``(B, T)`` (``-1``
+    ignored), in float32: the reference decoder's own loss, applied to a pretrained model's logits."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
+
+
 # --- the loop ------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
 class TrainResult:
-    model: nn.Module          # the trained decoder, unwrapped (under FSDP: the sharded module), eval mode
+    model: nn.Module          # the trained model, unwrapped (under FSDP: the sharded module), eval mode
     config: ExperimentConfig
     losses: list[float]       # mean training loss of every step 0 … step−1 (over ranks; incl. before a resume)
     tokens_per_s: float       # global training throughput of this call
@@ -324,9 +349,12 @@ def train(config: ExperimentConfig, out_dir: str | Path, *, resume: bool = False
           vocab_size: int | None = None, progress: bool = True,
           log: Callable[[str], None] | None = _log_default) -> TrainResult:
     """Train ``config.model`` with ``config.pe`` for ``config.train.steps`` steps; checkpoints in ``out_dir``.
+    With ``config.hf`` set, fine-tune that pretrained model with ``config.pe`` put in instead
+    (``TrainResult.config`` then holds the encoding resolved against the model).
 
     ``batches``: ``step -> (inputs, targets)`` global batches (default: :func:`corpus_batches`, which
-    also gives the vocabulary size; with your own ``batches`` pass ``vocab_size``). ``resume``: continue
+    also gives the vocabulary size; with your own ``batches`` pass ``vocab_size``, except for a
+    pretrained model, which has its own). ``resume``: continue
     from ``out_dir/checkpoint.pt`` if there is one (else start afresh); without it an existing
     checkpoint is an error rather than something to overwrite. ``progress``: a tqdm bar on rank 0 when
     stderr is a terminal. ``log``: where rank 0's log lines go (``None``: nowhere; with
@@ -381,32 +409,29 @@ def _train(config: ExperimentConfig, out_dir: Path, d: _Dist, *, resume: bool, b
            vocab_size: int | None, progress: bool, log: Callable[[str], None]) -> TrainResult:
     cfg = config.train
     path = out_dir / CHECKPOINT_NAME
-    if batches is None:
-        batches, vocab_size = corpus_batches(config)
-    elif vocab_size is None:
-        raise TypeError("train(batches=...): pass vocab_size as well (it is the tokenizer's, not the config's)")
-    data_hash = data_fingerprint(batches)
-    model_cfg = config.model_config(vocab_size)
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and d.device.type == "cuda")
     autocast = torch.autocast(d.device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
-    # Model and optimiser, from the seed (a resume then overwrites every tensor from the checkpoint).
-    seed_everything(cfg.seed)
-    raw = Decoder(model_cfg).to(d.device)
+    # Model (from the seed; a resume then overwrites every tensor from the checkpoint), data, optimiser.
+    net = _model_and_data(config, batches, vocab_size, d.device)
+    config, raw, batches = net.config, net.model, net.batches  # with hf: config.pe resolved against the model
+    data_hash = data_fingerprint(batches)
     model = _wrap(raw, cfg, d)
     sharded = cfg.fsdp and d.world > 1
     optimizer = build_optimizer(raw, cfg, fused=d.device.type == "cuda" and not sharded)
     log(f"config: {json.dumps(config.resolved(), sort_keys=True)}")
-    log(f"model: {raw.num_parameters():,} parameters ({raw.num_parameters(non_embedding=True):,} non-embedding); "
-        f"device {d.device}, {d.world} process(es){', FSDP' if sharded else ''}, "
+    log(f"model: {net.summary}; device {d.device}, {d.world} process(es){', FSDP' if sharded else ''}, "
         f"{'bf16 autocast' if use_bf16 else 'fp32'}")
     if cfg.fsdp and d.world == 1:
         log("note: train.fsdp has no effect in a single process (launch with torchrun to shard)")
+    if net.pretrained is not None and cfg.lr > 1e-3:
+        log(f"note: train.lr={cfg.lr} is a from-scratch rate; fine-tuning usually wants 1e-4 or less "
+            "(the finetune preset)")
 
     # Where to start: step 0, or the checkpoint's step with its losses and totals.
     start, losses, tokens_before, time_before = 0, [], 0, 0.0
     if resume and path.exists():
-        ckpt = _resume(path, config, model_cfg, model, raw, optimizer, sharded, d, data_hash, log)
+        ckpt = _resume(path, config, net, model, optimizer, sharded, d, data_hash, log)
         start, losses = ckpt["step"], list(ckpt["losses"])
         tokens_before, time_before = ckpt["tokens"], ckpt["train_time"]
         del ckpt
@@ -430,7 +455,7 @@ def _train(config: ExperimentConfig, out_dir: Path, d: _Dist, *, resume: bool, b
                 group["lr"] = lr
             x, y, positions = _device_batch(batches, cfg, step, d)
             with autocast:
-                _, loss = model(x, positions=positions, targets=y)
+                loss = _loss(model, x, y, positions, pretrained=net.pretrained is not None)
             loss.backward()
             if cfg.grad_clip > 0:  # returns the norm before clipping
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -450,7 +475,7 @@ def _train(config: ExperimentConfig, out_dir: Path, d: _Dist, *, resume: bool, b
                 t_log, step_log = now, done
             if done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
                 _flush_losses(pending, losses, d, cfg.steps)
-                _write_checkpoint(path, config, model_cfg, model, raw, optimizer, sharded, d, step=done,
+                _write_checkpoint(path, config, net, model, optimizer, sharded, d, step=done,
                                   losses=losses, tokens=tokens_before + (done - start) * tokens_per_step,
                                   train_time=time_before + time.perf_counter() - t0, data_hash=data_hash)
 
@@ -465,14 +490,61 @@ def _train(config: ExperimentConfig, out_dir: Path, d: _Dist, *, resume: bool, b
 
 # --- what the loop calls -------------------------------------------------------------------------
 
-def _resume(path: Path, config: ExperimentConfig, model_cfg: ModelConfig, model: nn.Module, raw: nn.Module,
-            optimizer: torch.optim.Optimizer, sharded: bool, d: _Dist, data_hash: dict[str, str | None],
-            log: Callable[[str], None]) -> dict[str, Any]:
-    """Check the checkpoint against this run (config and data), then restore weights, optimiser and
-    this rank's RNG state."""
+class _Net(NamedTuple):
+    """What :func:`_model_and_data` sets up."""
+
+    config: ExperimentConfig        # the run's config (with hf: pe resolved against the model)
+    model: nn.Module                # the reference Decoder, or a patched transformers model (unwrapped)
+    batches: Batches
+    model_config: dict[str, Any]    # what checkpoints store as model_config (and a resume compares)
+    pretrained: dict[str, Any] | None  # the base model's identity (name, source, digest); None: the decoder
+    summary: str                    # the "model:" log line
+
+
+def _model_and_data(config: ExperimentConfig, batches: Batches | None, vocab_size: int | None,
+                    device: torch.device) -> _Net:
+    """The model, initialised after :func:`seed_everything`, and the training batches: the reference
+    decoder of ``config.model`` (vocabulary from the tokenizer or ``vocab_size``), or the pretrained
+    model ``config.hf`` with ``config.pe`` put in and the corpus tokenised by its own tokenizer."""
+    if config.hf is not None:
+        from .integrations.hf.train import load_for_training
+
+        seed_everything(config.train.seed)
+        ft = load_for_training(config.hf, config.pe, device)
+        if vocab_size is not None and vocab_size != ft.vocab_size:
+            raise ValueError(f"vocab_size={vocab_size}: hf={config.hf!r} embeds {ft.vocab_size} token ids")
+        config = dataclasses.replace(config, pe=ft.pe)
+        if batches is None:
+            batches, _ = corpus_batches(config, ft.tokenizer)
+        return _Net(config, ft.model, batches, ft.model_config, ft.pretrained, ft.summary)
+    if batches is None:
+        batches, vocab_size = corpus_batches(config)
+    elif vocab_size is None:
+        raise TypeError("train(batches=...): pass vocab_size as well (it is the tokenizer's, not the config's)")
+    model_cfg = config.model_config(vocab_size)
+    seed_everything(config.train.seed)
+    raw = Decoder(model_cfg).to(device)
+    summary = f"{raw.num_parameters():,} parameters ({raw.num_parameters(non_embedding=True):,} non-embedding)"
+    return _Net(config, raw, batches, model_config_dict(model_cfg), None, summary)
+
+
+def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, positions: torch.Tensor | None, *,
+          pretrained: bool) -> torch.Tensor:
+    """The step's mean next-token loss: the decoder computes it; a transformers model gives logits."""
+    if pretrained:
+        from .integrations.hf.train import causal_lm_logits
+
+        return next_token_loss(causal_lm_logits(model, x), y)
+    return model(x, positions=positions, targets=y)[1]
+
+
+def _resume(path: Path, config: ExperimentConfig, net: _Net, model: nn.Module, optimizer: torch.optim.Optimizer,
+            sharded: bool, d: _Dist, data_hash: dict[str, str | None], log: Callable[[str], None]) -> dict[str, Any]:
+    """Check the checkpoint against this run (config, base model and data), then restore weights,
+    optimiser and this rank's RNG state."""
     ckpt = read_checkpoint(path)
-    check_resumable(ckpt, config, model_cfg, path, data_hash)
-    load_full_state(model, raw, optimizer, sharded, ckpt, path)
+    check_resumable(ckpt, config, net.model_config, path, data_hash, pretrained=net.pretrained)
+    load_full_state(model, net.model, optimizer, sharded, ckpt, path)
     rng = ckpt["rng"]
     if len(rng) == d.world:
         _set_rng_state(rng[d.rank])
@@ -547,12 +619,12 @@ def _first_non_finite(state: Mapping[str, Any], prefix: str = "") -> str | None:
     return None
 
 
-def _write_checkpoint(path: Path, config: ExperimentConfig, model_cfg: ModelConfig, model: nn.Module, raw: nn.Module,
+def _write_checkpoint(path: Path, config: ExperimentConfig, net: _Net, model: nn.Module,
                       optimizer: torch.optim.Optimizer, sharded: bool, d: _Dist, *, step: int, losses: list[float],
                       tokens: int, train_time: float, data_hash: dict[str, str | None]) -> None:
     """Collective: gather full states and every rank's RNG state; refuse non-finite weights or optimiser
     state (:class:`TrainingDivergedError`, the previous checkpoint stays); rank 0 writes."""
-    model_state, optim_state = full_state(model, raw, optimizer, sharded)
+    model_state, optim_state = full_state(model, net.model, optimizer, sharded)
     rng = [_rng_state()]
     if d.world > 1:
         rng = [None] * d.world
@@ -568,7 +640,7 @@ def _write_checkpoint(path: Path, config: ExperimentConfig, model_cfg: ModelConf
     if d.main:
         save_checkpoint(path, {
             "format": FORMAT, "version": FORMAT_VERSION, "step": step,
-            "config": config.resolved(), "model_config": model_config_dict(model_cfg),
+            "config": config.resolved(), "model_config": net.model_config, "pretrained": net.pretrained,
             "model": model_state, "optimizer": optim_state, "rng": rng,
             "data": {"seed": config.train.seed, "step": step}, "data_hash": data_hash, "losses": list(losses),
             "tokens": tokens, "train_time": train_time,
