@@ -229,7 +229,7 @@ def _vllm_rope_parameters(config: dict) -> dict:
 
 
 @pytest.mark.parametrize("name", list(rope_family(HEAD_DIM // 2)))
-def test_exported_rope_fields_are_the_ones_vllm_get_rope_reads(pretrained_exports, name):
+def test_exported_rope_fields_are_the_ones_vllm_get_rope_reads(pretrained_exports, base_llama, name):
     path, _, _ = pretrained_exports[name]
     config = json.loads((path / "config.json").read_text())
     rope = _vllm_rope_parameters(config)
@@ -239,7 +239,7 @@ def test_exported_rope_fields_are_the_ones_vllm_get_rope_reads(pretrained_export
     assert required <= keys, f"vLLM needs {sorted(required - keys)}"
     assert keys <= required | optional | VLLM_COMMON | VLLM_DERIVES.get(rope_type, set()), \
         f"vLLM ignores {sorted(keys - required - optional - VLLM_COMMON)}"
-    params = pe.parse(rope_family(HEAD_DIM // 2)[name], train_len=ORIGINAL)
+    params = hf.resolve_pe(rope_family(HEAD_DIM // 2)[name], base_llama)  # the model's base where unset
     if rope_type == "longrope":
         scale = config["max_position_embeddings"] / rope["original_max_position_embeddings"]
         assert scale == rope["factor"] == params.factor

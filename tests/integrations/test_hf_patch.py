@@ -100,6 +100,20 @@ def test_patch_records_the_encoding(tiny):
     assert model.config.hopekit_pe == pe.to_config(params)
 
 
+def test_an_unset_base_and_train_len_come_from_the_model(tiny):
+    """SmolLM2's base is 1e5: ``--pe yarn`` must extend that spectrum, not the registry's 1e4."""
+    model = tiny.model("llama", {"rope_type": "default", "rope_theta": 500.0}, max_pos=24)
+    assert hf.encoding_of(hf.patch_model(model, {"kind": "yarn", "factor": 2.0})).params == \
+        pe.parse({"kind": "yarn", "factor": 2.0, "base": 500.0, "train_len": 24})
+    assert hf.patch_model(model, {"kind": "hope_highfreq"}).model.hopekit_pe.params == \
+        pe.parse({"kind": "hope_highfreq", "base": 500.0, "train_len": 24})
+    given = {"kind": "linear", "factor": 2.0, "base": 7.0}
+    assert hf.encoding_of(hf.patch_model(model, given)).params == pe.parse(given)
+    assert hf.resolve_pe(None, model) == hf.native_params(model)
+    with pytest.raises(ValueError, match="names its method"):
+        hf.resolve_pe({"factor": 2.0}, model)
+
+
 # --------------------------------------------------------------------------------------------------
 # Bias and score methods: the registered attention function against a naive reference
 # --------------------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ import torch
 from torch import nn
 
 from ... import pe
-from .patch import SUPPORTED_MODEL_TYPES, encoding_of, native_params
+from .patch import SUPPORTED_MODEL_TYPES, encoding_of, native_params, resolve_pe
 from .rope import RopeNotExpressible, portable_rope_fields
 
 __all__ = ["Exported", "export_pretrained", "export_checkpoint", "export_hf", "DECODER_TO_LLAMA", "NOTE_NAME",
@@ -336,8 +336,9 @@ def _save_weights(model: nn.Module, out: Path) -> None:
 
 
 def _resolve(config: Any, params: pe.Params | dict, strict: bool) -> tuple[pe.Params, dict[str, Any] | None]:
-    """``params`` checked against a transformers ``config``, and its rope fields (None: not expressible)."""
-    params = pe.parse(params, train_len=int(config.max_position_embeddings))
+    """``params`` read against a transformers ``config`` (:func:`resolve_pe`: its window and base fill
+    what is unset) and checked, and its rope fields (None: not expressible)."""
+    params = resolve_pe(params, config)
     head_dim = _head_dim(config)
     enc = pe.build(params, head_dim=head_dim, num_heads=config.num_attention_heads, d_model=config.hidden_size)
     _check_exportable(params, enc)

@@ -29,7 +29,8 @@ that changes the spectrum.
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -44,7 +45,7 @@ from ... import pe
 from ...model import chunked_attention
 from .rope import params_from_config
 
-__all__ = ["SUPPORTED_MODEL_TYPES", "ATTENTION_NAME", "HopekitRotary", "patch_model", "encoding_of",
+__all__ = ["SUPPORTED_MODEL_TYPES", "ATTENTION_NAME", "HopekitRotary", "patch_model", "resolve_pe", "encoding_of",
            "hopekit_attention", "native_params"]
 
 #: model types whose decoder has the seams patch_model relies on (one rotary module called once per
@@ -160,15 +161,38 @@ def encoding_of(model: nn.Module) -> pe.PositionalEncoding | None:
     return getattr(_decoder(model), "hopekit_pe", None)
 
 
+def resolve_pe(pe_config: pe.Params | Mapping[str, Any] | None, model: nn.Module | Any) -> pe.Params:
+    """``pe_config`` as typed parameters for ``model`` (a transformers model or its config), which owns
+    two facts: a method's ``train_len``
+    left unset becomes the model's pre-training window (``max_position_embeddings``), and a rotary
+    method's ``base`` left unset becomes the model's own (SmolLM2: 1e5, not the registry's 1e4, so
+    ``--pe yarn`` extends the spectrum the model was trained with). ``None`` → the model's own encoding;
+    parameters pass through (they are already resolved, e.g. read back from a checkpoint)."""
+    if isinstance(pe_config, pe.Params):
+        return pe_config
+    config = getattr(model, "config", model)
+    native = params_from_config(config)
+    if pe_config is None:
+        return native
+    if not isinstance(pe_config, Mapping) or "kind" not in pe_config:
+        raise ValueError(f"pe={pe_config!r}: expected parameters or a mapping that names its method, "
+                         f'e.g. {{"kind": "yarn", "factor": 2}}')
+    method = pe.method_of(pe_config["kind"])
+    if method.encoding.uses_rotate is True and "base" in {f.name for f in dataclasses.fields(method.params)}:
+        pe_config = {"base": native.base, **pe_config}
+    return pe.parse(pe_config, train_len=int(config.max_position_embeddings))
+
+
 def patch_model(model: nn.Module, params: pe.Params | dict | None = None) -> nn.Module:
     """Make ``model`` (Llama, Mistral or Qwen2 from transformers) run with ``params`` (typed parameters
     or a ``{"kind": ...}`` mapping; None: the model's own rope settings, through hopekit). In place;
     returns the model. Patching again replaces the previous encoding; a rotary method after a bias or
     score one restores the attention implementation the model had before (e.g. ``eager``).
 
-    Methods with a ``train_len`` take the model's ``max_position_embeddings`` unless given (its
-    pre-training window). Refused, with the reason: other architectures, partial rotary, absolute and
-    token-derived encodings.
+    A mapping is read against the model (:func:`resolve_pe`): an unset ``train_len`` is the model's
+    ``max_position_embeddings`` (its pre-training window), an unset rotary ``base`` the model's own.
+    Refused, with the reason: other architectures, partial rotary, absolute and token-derived
+    encodings.
     """
     _check_supported(model)
     config = model.config
@@ -178,9 +202,7 @@ def patch_model(model: nn.Module, params: pe.Params | dict | None = None) -> nn.
     if native.rotary_dim(head_dim) != head_dim:
         raise ValueError(f"partial_rotary_factor={native.rotary_fraction}: {config.model_type} rotates the "
                          f"whole head; a partial-rotary config is not a {config.model_type} hopekit can patch")
-    if params is None:
-        params = native
-    params = pe.parse(params, train_len=int(config.max_position_embeddings))
+    params = resolve_pe(params, model)
     enc = pe.build(params, head_dim=head_dim, num_heads=config.num_attention_heads, d_model=config.hidden_size)
     if enc.uses_embed or enc.uses_tokens:
         raise ValueError(f"pe.kind={params.kind!r}: adds absolute position vectors at the input (or derives "

@@ -6,7 +6,7 @@ specific to transformers lives here:
 
 * :func:`load_for_training`: the base model and its tokenizer (:func:`load_pretrained`), a digest of
   its weights taken before anything changes them, and the encoding put in (:func:`patch_model`).
-  :func:`resolve_pe` reads the encoding against the model, which owns two facts: a method's
+  :func:`~hopekit.integrations.hf.patch.resolve_pe` reads the encoding against the model, which owns two facts: a method's
   ``train_len`` left unset becomes the model's pre-training window (``max_position_embeddings``),
   and a rotary method's ``base`` left unset becomes the model's own (SmolLM2: 1e5, not the
   registry's 1e4; ``hope_highfreq`` then keeps the high-frequency pairs of the spectrum the model
@@ -36,9 +36,9 @@ from ... import pe
 from ...data.tokenizer import HFTokenizer
 from ...hashing import digest
 from .load import load_pretrained
-from .patch import native_params, patch_model
+from .patch import patch_model, resolve_pe
 
-__all__ = ["FineTuneModel", "load_for_training", "resolve_pe", "causal_lm_logits", "model_from_checkpoint",
+__all__ = ["FineTuneModel", "load_for_training", "causal_lm_logits", "model_from_checkpoint",
            "plain_config"]
 
 #: config keys that say where or by which version a config was written, not what the model is
@@ -63,22 +63,6 @@ def plain_config(config: Any) -> dict[str, Any]:
     version it was written (nor a hopekit encoding block)."""
     d = json.loads(config.to_json_string(use_diff=False))
     return {k: v for k, v in d.items() if k not in _NOT_ARCHITECTURE}
-
-
-def resolve_pe(pe_config: pe.Params | Mapping[str, Any] | None, model: nn.Module) -> pe.Params:
-    """``pe_config`` as typed parameters for ``model``: ``None`` → its own encoding; a mapping → parsed
-    with the model's window as ``train_len`` and, for a rotary method, its ``base`` where unset;
-    parameters pass through (they are already resolved, e.g. read back from a checkpoint)."""
-    if isinstance(pe_config, pe.Params):
-        return pe_config
-    native = native_params(model)
-    if pe_config is None:
-        return native
-    kind = pe_config.get("kind")
-    method = pe.method_of(kind)
-    if method.encoding.uses_rotate and "base" in {f.name for f in dataclasses.fields(method.params)}:
-        pe_config = {"base": native.base, **pe_config}
-    return pe.parse(pe_config, train_len=int(model.config.max_position_embeddings))
 
 
 def load_for_training(name: str, pe_config: pe.Params | Mapping[str, Any] | None,
