@@ -24,6 +24,15 @@ def build_example(name: str, head_dim: int = HEAD_DIM, num_heads: int = NUM_HEAD
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a whole module, whatever an earlier fixture set (e.g. ``smollm2``)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

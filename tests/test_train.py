@@ -49,12 +49,7 @@ WORKER = Path(__file__).with_name("_train_worker.py")
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # bit-identical comparisons within one thread count
 
 
 def assert_same_tensors(a: dict, b: dict, what: str) -> None:

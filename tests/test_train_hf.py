@@ -48,12 +48,7 @@ TEXT = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # bit-identical comparisons within one thread count
 
 
 @pytest.fixture(scope="module")
