@@ -5,6 +5,7 @@ real SmolLM2 (marked pretrained) is checked the same way."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -14,35 +15,11 @@ import torch.nn.functional as F
 transformers = pytest.importorskip("transformers")
 from hopekit import pe  # noqa: E402
 from hopekit.eval.perplexity import perplexity  # noqa: E402
-from hopekit.eval.pretrained import (HFLogits, RowChunkedLogits, default_lengths, evaluate_pretrained,  # noqa: E402
-                                     method_name, pretrained_pe, pretrained_text)
+from hopekit.eval.pretrained import (HFLogits, default_lengths, evaluate_pretrained, method_name,  # noqa: E402
+                                     pretrained_pe, pretrained_text)
 from hopekit.eval.records import model_descriptor, read_records  # noqa: E402
 from hopekit.integrations import hf  # noqa: E402
-
-WINDOW = 32          # the tiny model's max_position_embeddings
-BASE = 500.0         # not a default base: a patched method must inherit it
-
-
-def save_tiny_model(path, *, seed: int = 0) -> None:
-    """A random 2-layer Llama (vocab 257, GQA 4/2 heads) and a byte-level tokenizer whose
-    ``<|endoftext|>`` (id 256) is the document separator, saved as a model directory."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
-    vocab["<|endoftext|>"] = len(vocab)
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tk.add_special_tokens(["<|endoftext|>"])
-    PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>",
-                            eos_token="<|endoftext|>").save_pretrained(path)
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=WINDOW,
-                                   rope_theta=BASE, tie_word_embeddings=False)
-    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
+from tests.eval._tiny_hf import BASE, WINDOW, save_tiny_model, words  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -57,18 +34,9 @@ def lm(tiny_dir):
     return hf.load_pretrained(str(tiny_dir))
 
 
-def words(n_docs: int = 3, n_words: int = 60, seed: int = 0) -> list[str]:
-    g = torch.Generator().manual_seed(seed)
-    vocab = ["the", "king", "doth", "speak", "and", "queen", "is", "fair", "so", "foul", "a", "day"]
-    return [" ".join(vocab[int(i)] for i in torch.randint(0, len(vocab), (n_words,), generator=g)) + "."
-            for _ in range(n_docs)]
-
-
 @pytest.fixture
 def text_file(tmp_path):
     path = tmp_path / "docs.jsonl"
-    import json
-
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in words()))
     return path
 
