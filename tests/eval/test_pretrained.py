@@ -167,6 +167,9 @@ def test_refused_before_anything_is_recorded(lm, text_file, tmp_path):
     with pytest.raises(TypeError, match="pe.factors: not a parameter of yarn"):
         run(lm, text, path, pe={"kind": "yarn", "factors": 2})
     assert not path.exists() and hf.encoding_of(lm.model) is None
+    with pytest.raises(ValueError, match="pe.kind='sinusoidal': adds absolute position vectors"):
+        run(lm, text, path, pe={"kind": "sinusoidal"})                    # patch_model's refusal
+    assert not path.exists()
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ measurement), ``model_digest`` (the weights), ``tokens_digest`` (the scored text
 from __future__ import annotations
 
 import dataclasses
-import time
+import json
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -199,10 +199,11 @@ def _check_lengths(lengths: Sequence[int]) -> list[int]:
     return list(dict.fromkeys(lengths))
 
 
-def _check_scorable(text: PretrainedText, eval_len: int, kwargs: Mapping[str, Any], bos: int | None) -> None:
+def _check_scorable(text: PretrainedText, eval_len: int, kwargs: Mapping[str, Any], separator: int | None,
+                    bos: int | None) -> None:
     """Refuse a text that gives no window at the longest length, saying how many tokens it has."""
-    if has_window(text.documents, eval_len, kwargs["protocol"], stride=kwargs.get("stride"),
-                  separator=text.separator if bos is None or bos != text.separator else None, bos=bos):
+    if has_window(text.documents, eval_len, kwargs["protocol"], stride=kwargs.get("stride"), separator=separator,
+                  bos=bos):
         return
     where = text.corpus + (f" ({text.split} split)" if text.split else "")
     longest = max((d.numel() for d in text.documents), default=0)
@@ -213,8 +214,7 @@ def _check_scorable(text: PretrainedText, eval_len: int, kwargs: Mapping[str, An
 
 
 def _key(fields: Mapping[str, Any]) -> str:
-    import json
-
+    """The :data:`KEY_FIELDS` of a record (or of a planned one) as one comparable string."""
     return json.dumps({f: fields.get(f) for f in KEY_FIELDS}, sort_keys=True, default=list)
 
 
@@ -244,16 +244,15 @@ def evaluate_pretrained(lm: Any, text: PretrainedText, records_path: str | Path,
         if text.bos_id is None:
             raise ValueError(f"bos=True: the tokenizer {text.tokenizer} has no BOS token")
         bos_id = text.bos_id
-    separator = None if bos_id is not None and bos_id == text.separator else text.separator
+    separator = None if bos_id is not None and bos_id == text.separator else text.separator  # BOS doc0 BOS doc1
     window = int(model.config.max_position_embeddings)
     kwargs_at = {L: eval_kwargs(eval_config, window, L) for L in lengths}
-    _check_scorable(text, max(lengths), kwargs_at[max(lengths)], bos_id)
-    records_path = Path(records_path)
-    _check_writable(records_path)
-
+    _check_scorable(text, max(lengths), kwargs_at[max(lengths)], separator, bos_id)
     digest = model_digest(model)                      # the pretrained weights, before any patching
     if params is not None:
-        patch_model(model, params)
+        patch_model(model, params)                    # refuses an encoding it cannot put in, saying why
+    records_path = Path(records_path)
+    _check_writable(records_path)
     enc = encoding_of(model)
     used = enc.params if enc is not None else native
     name = method or method_name(native, used)
