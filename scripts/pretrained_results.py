@@ -184,7 +184,7 @@ Mean loss by position inside the {max(lengths)}-token window (binned; dotted: th
 ## Reproduce
 
 ```
-python scripts/pretrained_results.py measure     # resumable; ~1.5-2 h on 2 CPU cores
+python scripts/pretrained_results.py measure     # resumable; ~50 min on 2 shared CPU cores
 python scripts/pretrained_results.py page
 # one encoding from the command line (the same measurement, the same records):
 hopekit eval --hf smollm2 --pe yarn pe.factor=2 --lengths 2048,4096,8192,16384 eval.max_tokens=16384 \\
