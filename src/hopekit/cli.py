@@ -108,6 +108,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval_config(config: Any, args: argparse.Namespace) -> Any:
     """The checkpoint's config with the eval overrides (``eval.*`` and ``--extensions``) applied."""
+    from hopekit import pe as pe_lib
     from hopekit.config import ExperimentConfig, apply_overrides
 
     bad = [o for o in args.overrides if not o.startswith("eval.")]
@@ -124,6 +125,12 @@ def _eval(args: argparse.Namespace) -> int:
     from hopekit.eval.report import markdown_table
     from hopekit.train import load_checkpoint
 
+    if args.hf is not None:
+        return _eval_hf(args)
+    hf_only = [f"--{k.replace('_', '-')}" for k in ("pe", "text", "bos", "dtype", "lengths") if getattr(args, k)]
+    if args.checkpoint is None or hf_only:
+        raise ValueError(f"{', '.join(hf_only)}: only with --hf NAME" if hf_only
+                         else "give a checkpoint or --hf NAME (a pretrained model)")
     model, config, _ = load_checkpoint(args.checkpoint)
     config = _eval_config(config, args)
     if args.print_config:
@@ -141,6 +148,70 @@ def _eval(args: argparse.Namespace) -> int:
                             longrope=longrope, progress=not args.quiet, log=log)
     print(markdown_table(rows, baseline=method, protocol=config.eval.protocol))  # this checkpoint's rows only
     return 0
+
+
+def _eval_hf(args: argparse.Namespace) -> int:
+    """``hopekit eval --hf NAME``: a pretrained model, its own or a patched encoding, at ``--lengths``."""
+    from hopekit import pe as pe_lib
+    from hopekit.config import ExperimentConfig, apply_overrides
+    from hopekit.eval.pretrained import default_lengths, evaluate_pretrained, pretrained_pe, pretrained_text
+    from hopekit.eval.report import markdown_table
+    from hopekit.integrations.hf import load_pretrained
+
+    if args.extensions is not None or args.longrope:
+        raise ValueError("--extensions / --longrope: for checkpoints; with --hf, one encoding per run: --pe KIND")
+    overrides = list(args.overrides)
+    if args.checkpoint is not None:   # the first KEY=VALUE lands in the optional checkpoint slot
+        if "=" not in args.checkpoint:
+            raise ValueError(f"{args.checkpoint}: give a checkpoint or --hf {args.hf}, not both")
+        overrides.insert(0, args.checkpoint)
+    bad = [o for o in overrides if not o.startswith(("pe.", "eval."))]
+    bad += [o for o in overrides if o.startswith(("eval.multiples=", "eval.extensions=", "pe.kind="))]
+    if bad:
+        raise ValueError(f"{bad[0]}: with --hf only pe.* (with --pe KIND) and eval.* overrides are allowed "
+                         f"(lengths: --lengths; method: --pe)")
+    pe_overrides = [o for o in overrides if o.startswith("pe.")]
+    if pe_overrides and args.pe is None:
+        raise ValueError(f"{pe_overrides[0]}: pe.* overrides need --pe KIND")
+    pe = apply_overrides({"pe": {"kind": args.pe}}, pe_overrides)["pe"] if args.pe else None
+    eval_config = ExperimentConfig.from_dict(apply_overrides({}, [o for o in overrides if o.startswith("eval.")])).eval
+    lengths = _lengths(args.lengths)
+    dtype = getattr(torch, args.dtype or "float32")
+    log = _log(args)
+    try:
+        lm = load_pretrained(args.hf, dtype=dtype)
+    except OSError as e:  # a hub id that cannot be fetched (offline, no such repository)
+        raise ValueError(f"--hf {args.hf}: not a short name, model directory, .gguf file or reachable hub id "
+                         f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+    if args.print_config:
+        return _print_yaml(json.loads(json.dumps({
+            "hf": args.hf, "pe": None if pe is None else pe_lib.to_config(pretrained_pe(lm.model, pe)),
+            "lengths": lengths or default_lengths(lm.model), "dtype": args.dtype or "float32", "bos": args.bos,
+            "text": args.text, "eval": dataclasses.asdict(eval_config)}, default=list)))
+    text = pretrained_text(lm.tokenizer, text=args.text, split=eval_config.split)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(args.hf).name or args.hf)
+    records = Path(args.records or f"results/hf-{slug}/records.jsonl")
+    log(f"{args.hf}: {text.corpus}{f' ({text.split})' if text.split else ''}, {text.tokens} tokens; records {records}")
+    rows = evaluate_pretrained(lm, text, records, lengths=lengths or default_lengths(lm.model), pe=pe,
+                               method=args.method, eval_config=eval_config, bos=args.bos,
+                               progress=not args.quiet, log=log)
+    method = rows[0]["method"]
+    print(markdown_table(rows, baseline=method, protocol=eval_config.protocol))
+    log(f"report and plot of every measurement in the file: hopekit report {records.parent}")
+    return 0
+
+
+def _lengths(text: str | None) -> list[int] | None:
+    """``--lengths 2048,4096`` as ints (None: the default)."""
+    if text is None:
+        return None
+    try:
+        lengths = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        lengths = []
+    if not lengths or any(L < 1 for L in lengths):
+        raise ValueError(f"--lengths {text}: expected comma-separated ints >= 1, e.g. 2048,4096,8192")
+    return lengths
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -387,12 +458,26 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=_train)
 
     ev = sub.add_parser("eval", parents=[common, running],
-                        help="perplexity of a checkpoint at multiples of its training length",
+                        help="perplexity of a checkpoint (or a pretrained model, --hf) at multiples of its training length",
                         description="Evaluate a checkpoint at eval.multiples × train_len under eval.protocol; "
                         "for rope models also the eval-time extensions (linear, ntk, dynamic_ntk, yarn, "
-                        "longrope with --longrope factors) without fine-tuning. Appends records.")
-    ev.add_argument("checkpoint")
-    ev.add_argument("--records", default=None, help="records file (default: next to the checkpoint)")
+                        "longrope with --longrope factors) without fine-tuning. Appends records. With --hf NAME: a "
+                        "pretrained transformers model (its own encoding, or --pe KIND pe.field=value patched in) "
+                        "at --lengths, e.g. `hopekit eval --hf smollm2 --pe yarn pe.factor=2 --lengths 8192,16384`.")
+    ev.add_argument("checkpoint", nargs="?", default=None, help="a checkpoint (or --hf NAME)")
+    ev.add_argument("--hf", default=None, metavar="NAME", help="a pretrained transformers model instead: smollm2, "
+                    "a model directory, a .gguf file or a hub id; at --lengths, records in results/hf-NAME/")
+    ev.add_argument("--pe", default=None, metavar="KIND", help="with --hf: patch this encoding in (pe.field=value "
+                    "overrides; base and train_len default to the model's); default: the model's own")
+    ev.add_argument("--text", default=None, metavar="FILE", help="with --hf: score this .txt/.jsonl file (or "
+                    "directory) instead of the embedded corpus' test split")
+    ev.add_argument("--bos", action="store_true", help="with --hf: start every document with the BOS token")
+    ev.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                    help="with --hf: the model's dtype (default float32)")
+    ev.add_argument("--lengths", default=None, help="with --hf: comma-separated evaluation lengths "
+                    "(default: 1/4, 1/2, 1 and 2 × the model's window)")
+    ev.add_argument("--records", default=None, help="records file (default: next to the checkpoint; "
+                    "results/hf-NAME/records.jsonl with --hf)")
     ev.add_argument("--method", default=None, help="method name in records (default: the pe kind)")
     ev.add_argument("--extensions", default=None,
                     help="comma-separated eval-time extensions, '' for none (default: eval.extensions)")

@@ -204,10 +204,16 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def model_descriptor(model: nn.Module) -> str:
-    """A short model descriptor for records, e.g. ``"decoder-d256-l4-h4-kv4-v257-2.1M"``."""
+    """A short model descriptor for records, e.g. ``"decoder-d256-l4-h4-kv4-v257-2.1M"``; for a
+    transformers model its ``model_type`` and config shape, e.g. ``"llama-d576-l30-h9-kv3-v49152-134.52M"``."""
     cfg = getattr(model, "config", None)
     n = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     size = f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
+    if cfg is not None and all(hasattr(cfg, k) for k in ("model_type", "hidden_size", "num_hidden_layers")):
+        heads = cfg.num_attention_heads
+        kv = getattr(cfg, "num_key_value_heads", None) or heads
+        return (f"{cfg.model_type}-d{cfg.hidden_size}-l{cfg.num_hidden_layers}-h{heads}-kv{kv}"
+                f"-v{cfg.vocab_size}-{size}")
     if cfg is None or not hasattr(cfg, "d_model"):
         return f"{type(model).__name__.lower()}-{size}"
     return (f"{type(model).__name__.lower()}-d{cfg.d_model}-l{cfg.n_layers}-h{cfg.n_heads}"

@@ -124,6 +124,12 @@ def plot_loss_by_position(records: list[dict[str, Any]], path: str | Path, *,
     return _finish(fig, ax, path)
 
 
+_PRETRAINED = ("Rows are one pretrained model (`hopekit eval --hf`): its own encoding, and rows named "
+               "`<own>+<method>` with that encoding patched in at evaluation time, without fine-tuning. Lengths "
+               "are shown as multiples of the model's window; the last column is the perplexity at the window "
+               "minus the model's own.\n")
+
+
 def write_report(run_dir: str | Path, *, baseline: str = "rope") -> tuple[Path, Path]:
     """Regenerate ``report.md`` and ``ppl_vs_length.png`` in ``run_dir`` from its ``records.jsonl``
     (a malformed row is refused by :func:`~hopekit.eval.records.read_records`, naming file and line)."""
@@ -140,6 +146,7 @@ def write_report(run_dir: str | Path, *, baseline: str = "rope") -> tuple[Path, 
     parts = [f"# {run_dir.name}: perplexity vs evaluation length\n",
              f"Corpus: {', '.join(corpora)}; protocol: {', '.join(protocols)}; seeds: {', '.join(seeds)}; "
              f"commit(s): {', '.join(commits)}.\n",
+             _PRETRAINED if any("hf" in r for r in ppl) else
              "Rows are methods trained from scratch with the same data, seed and budget; rows named "
              "`rope+<method>` are the rope model evaluated with that encoding swapped in at evaluation "
              "time, without fine-tuning. The last column is the in-distribution (1×) perplexity minus "
