@@ -154,9 +154,9 @@ def _eval_hf(args: argparse.Namespace) -> int:
     """``hopekit eval --hf NAME``: a pretrained model, its own or a patched encoding, at ``--lengths``."""
     from hopekit import pe as pe_lib
     from hopekit.config import ExperimentConfig, apply_overrides
-    from hopekit.eval.pretrained import default_lengths, evaluate_pretrained, pretrained_pe, pretrained_text
+    from hopekit.eval.pretrained import default_lengths, evaluate_pretrained, pretrained_text
     from hopekit.eval.report import markdown_table
-    from hopekit.integrations.hf import load_pretrained
+    from hopekit.integrations.hf import load_pretrained, resolve_pe
 
     if args.extensions is not None or args.longrope:
         raise ValueError("--extensions / --longrope: for checkpoints; with --hf, one encoding per run: --pe KIND")
@@ -185,7 +185,7 @@ def _eval_hf(args: argparse.Namespace) -> int:
                          f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
     if args.print_config:
         return _print_yaml(json.loads(json.dumps({
-            "hf": args.hf, "pe": None if pe is None else pe_lib.to_config(pretrained_pe(lm.model, pe)),
+            "hf": args.hf, "pe": None if pe is None else pe_lib.to_config(resolve_pe(pe, lm.model)),
             "lengths": lengths or default_lengths(lm.model), "dtype": args.dtype or "float32", "bos": args.bos,
             "text": args.text, "eval": dataclasses.asdict(eval_config)}, default=list)))
     text = pretrained_text(lm.tokenizer, text=args.text, split=eval_config.split)

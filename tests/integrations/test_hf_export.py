@@ -515,21 +515,19 @@ def test_mistral_and_qwen2_export_too(tmp_path, model_type):
 
 
 @pytest.mark.pretrained
-def test_smollm2_with_yarn_exports_to_a_directory_vanilla_transformers_runs_exactly(tmp_path):
-    pytest.importorskip("gguf")
-    lm = hf.load_pretrained("smollm2")
-    source = lm.source
+def test_smollm2_with_yarn_exports_to_a_directory_vanilla_transformers_runs_exactly(smollm2, tmp_path):
+    source = smollm2.source
     gguf_tokenizer = AutoTokenizer.from_pretrained(source["path"], gguf_file=source["gguf_file"])
-    hf.patch_model(lm.model, {"kind": "yarn", "factor": 2.0})
-    result = hf.export_pretrained(lm.model, tmp_path / "smol", tokenizer=gguf_tokenizer)
+    model = hf.patch_model(copy.deepcopy(smollm2.model), {"kind": "yarn", "factor": 2.0})  # the fixture is shared
+    result = hf.export_pretrained(model, tmp_path / "smol", tokenizer=gguf_tokenizer)
     assert result.vanilla_exact
     text = "The quick brown fox jumps over the lazy dog. " * 3
     ids = torch.tensor([gguf_tokenizer(text)["input_ids"]])
     exported_tokenizer = AutoTokenizer.from_pretrained(result.path)
     assert exported_tokenizer(text)["input_ids"] == ids[0].tolist()
     with torch.no_grad():
-        ours = lm.model(ids).logits
-        del lm
+        ours = model(ids).logits
+        del model
         theirs = AutoModelForCausalLM.from_pretrained(result.path).eval()(ids).logits
     scale = ours.abs().max().item()
     print(f"smollm2 yarn export: max |Δlogit| = {(ours - theirs).abs().max().item():.3g} "

@@ -58,7 +58,7 @@ from .lengths import _check_writable
 from .perplexity import eval_kwargs, has_window, perplexity
 from .records import append_records, model_descriptor, model_digest, ppl_records, read_records
 
-__all__ = ["KEY_FIELDS", "HFLogits", "RowChunkedLogits", "PretrainedText", "pretrained_text", "pretrained_pe",
+__all__ = ["KEY_FIELDS", "HFLogits", "RowChunkedLogits", "PretrainedText", "pretrained_text",
            "method_name", "default_lengths", "evaluate_pretrained"]
 
 #: the record fields that decide a pretrained model's perplexity number (resume skips a "ppl" row
@@ -156,22 +156,6 @@ def pretrained_text(tokenizer: Any, *, text: str | Path | None = None, corpus: s
                           digest=digest([tokenizer.eos_id, docs]))
 
 
-def pretrained_pe(model: nn.Module, config: Mapping[str, Any] | pe_lib.Params) -> pe_lib.Params:
-    """Typed parameters for patching ``config`` (``{"kind": ..., field: value}``) into ``model``: the
-    model's own ``base`` and ``rotary_fraction`` unless the config sets them, the model's window as
-    ``train_len`` (for methods that have one) unless set."""
-    from ..integrations.hf import native_params
-
-    if isinstance(config, pe_lib.Params):
-        return config
-    native = native_params(model)
-    kind, fields = config.get("kind"), {k: v for k, v in config.items() if k != "kind"}
-    method = pe_lib.method_of(kind)  # an unknown kind is refused here, naming it
-    accepted = {f.name for f in dataclasses.fields(method.params)}
-    inherited = {k: getattr(native, k) for k in ("base", "rotary_fraction") if k in accepted and hasattr(native, k)}
-    return pe_lib.parse({"kind": kind, **inherited, **fields}, train_len=int(model.config.max_position_embeddings))
-
-
 def method_name(native: pe_lib.Params, params: pe_lib.Params) -> str:
     """How records name an encoding in a pretrained model: the model's own method (``"rope"``) when
     the parameters are its own, else ``"<own>+<kind>"`` with ``×factor`` when the method has one
@@ -233,12 +217,12 @@ def evaluate_pretrained(lm: Any, text: PretrainedText, records_path: str | Path,
     with the tokenizer's BOS token. Refused before anything is measured: bad lengths, a bad encoding,
     a text too short for the longest length, an unwritable records file.
     """
-    from ..integrations.hf import encoding_of, native_params, patch_model
+    from ..integrations.hf import encoding_of, native_params, patch_model, resolve_pe
 
     lengths = _check_lengths(lengths)
     model = lm.model
     native = native_params(model)
-    params = pretrained_pe(model, pe) if pe is not None else None
+    params = resolve_pe(pe, model) if pe is not None else None
     bos_id = None
     if bos:
         if text.bos_id is None:
