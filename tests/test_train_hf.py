@@ -231,7 +231,7 @@ def test_hopekit_train_hf_pe_end_to_end(tmp_path, base, corpus, capsys):
     assert main(["eval", str(out / CHECKPOINT_NAME), "eval.multiples=[1,2]", "eval.max_tokens=64", "eval.split=train",
                  "-q"]) == 0
     rows = [r for r in read_records(out / "records.jsonl") if r["metric"] == "ppl"]
-    assert [r["eval_len"] for r in rows] == [32, 64] and {r["method"] for r in rows} == {"rope+hope_highfreq"}
+    assert [r["eval_len"] for r in rows] == [32, 64] and {r["method"] for r in rows} == {"finetuned:hope_highfreq"}
     tuned, _, _ = load_checkpoint(out / CHECKPOINT_NAME)
     assert {r["model_digest"] for r in rows} == {model_digest(tuned)}  # the fine-tuned weights, not the base's
     capsys.readouterr()

@@ -197,7 +197,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
     ckpt = read_checkpoint(path)
     config = ExperimentConfig.from_dict(ckpt["config"])
     if ckpt.get("pretrained") is not None:
-        from .integrations.hf.train import model_from_checkpoint
+        try:
+            from .integrations.hf.train import model_from_checkpoint
+        except ImportError as e:
+            raise CheckpointError(f"checkpoint {path}: a fine-tuned {ckpt['pretrained']['name']!r} needs transformers "
+                                  f"(pip install 'hopekit[hf]'): {e}") from None
 
         try:
             return model_from_checkpoint(ckpt, device), config, ckpt

@@ -214,11 +214,12 @@ def _eval_finetuned(args: argparse.Namespace, model: Any, config: Any, ckpt: dic
         raise ValueError("--extensions / --longrope: not for a fine-tuned pretrained model; it is evaluated with "
                          "the encoding it was trained with (the base model: hopekit eval --hf NAME --pe KIND)")
     base = ckpt["pretrained"]
-    lm = PretrainedLM(model, load_tokenizer(base["name"]), base["name"], base["source"])
+    lm = PretrainedLM(model, load_tokenizer(base["name"], base["source"]), base["name"], base["source"])
     text = pretrained_text(lm.tokenizer, corpus=config.data.corpus, split=config.eval.split)
     records = Path(args.records or Path(args.checkpoint).parent / "records.jsonl")
     lengths = sorted({int(round(m * config.train.train_len)) for m in config.eval.multiples})
-    rows = evaluate_pretrained(lm, text, records, lengths=lengths, method=args.method, eval_config=config.eval,
+    method = args.method or f"finetuned:{config.pe.kind}"  # not an eval-time swap: the weights were trained with it
+    rows = evaluate_pretrained(lm, text, records, lengths=lengths, method=method, eval_config=config.eval,
                                progress=not args.quiet, log=_log(args))
     print(markdown_table(rows, baseline=rows[0]["method"], protocol=config.eval.protocol))
     return 0

@@ -5,6 +5,8 @@ real SmolLM2 (marked pretrained) is checked the same way."""
 
 from __future__ import annotations
 
+import copy
+
 import json
 import math
 
@@ -182,3 +184,17 @@ def test_smollm2_perplexity_equals_its_own_labels_loss(smollm2):
     assert res.tokens == n * L
     assert res.nll == pytest.approx(sum(means) / n, rel=1e-5)
     torch.testing.assert_close(res.loss_by_position(), torch.stack(curves).mean(0), rtol=1e-4, atol=1e-5)
+
+
+def test_the_forward_passes_no_quadratic_mask(lm, monkeypatch):
+    """Without an attention_mask, transformers 4.x looks for packed documents and hands the attention a
+    (B, 1, T, T) boolean mask; the wrapper passes an all-ones mask, so a causal forward gets None."""
+    from hopekit.integrations.hf import patch as patch_module
+
+    seen = []
+    real = patch_module.chunked_attention
+    monkeypatch.setattr(patch_module, "chunked_attention", lambda *a, **k: seen.append(k["mask"]) or real(*a, **k))
+    model = hf.patch_model(copy.deepcopy(lm.model), {"kind": "alibi"})
+    with torch.no_grad():
+        HFLogits(model)(torch.randint(0, model.config.vocab_size, (2, 40)))
+    assert seen and all(m is None for m in seen)

@@ -70,6 +70,18 @@ def test_a_directory_without_a_tokenizer_is_refused_in_one_line(tmp_path):
         hf.load_pretrained(str(tmp_path))
 
 
+def test_a_real_bos_token_is_kept_apart_from_the_separator(tmp_path):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "a": 3}
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")),
+                            bos_token="<s>", eos_token="</s>").save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    tok = hf.load_tokenizer(str(tmp_path))
+    assert (tok.bos_id, tok.eos_id) == (1, 2)  # Llama-2 style: BOS <s>, documents end with </s>
+
+
 def _save_tiny_tokenizer(path):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast

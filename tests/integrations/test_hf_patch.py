@@ -109,9 +109,15 @@ def test_an_unset_base_and_train_len_come_from_the_model(tiny):
         pe.parse({"kind": "hope_highfreq", "base": 500.0, "train_len": 24})
     given = {"kind": "linear", "factor": 2.0, "base": 7.0}
     assert hf.encoding_of(hf.patch_model(model, given)).params == pe.parse(given)
-    assert hf.resolve_pe(None, model) == hf.native_params(model)
+    assert hf.resolve_pe(None, model) == pe.parse(given)  # the encoding it runs now
     with pytest.raises(ValueError, match="names its method"):
         hf.resolve_pe({"factor": 2.0}, model)
+    # an already-scaled model: an unset train_len is its original length, not the extended window
+    scaled = tiny.model("llama", {"rope_type": "llama3", "rope_theta": 500.0, "factor": 4.0, "low_freq_factor": 1.0,
+                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 16}, max_pos=64)
+    assert hf.resolve_pe(None, scaled) == hf.native_params(scaled)
+    assert hf.resolve_pe({"kind": "yarn", "factor": 8.0}, scaled) == \
+        pe.parse({"kind": "yarn", "factor": 8.0, "base": 500.0, "train_len": 16})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -373,3 +379,18 @@ def test_patching_again_equals_a_fresh_patch(tiny, implementation):
     assert hf.encoding_of(twice).params == hf.encoding_of(fresh).params
     ids = tiny.ids(40)
     assert torch.equal(tiny.logits(twice, ids), tiny.logits(fresh, ids))
+
+
+@pytest.mark.parametrize("config", [{"kind": "alibi"}, {"kind": "hope_hyperbolic", "omega_scale": 0.05, "penalty": 0.06}],
+                         ids=["alibi", "hope_hyperbolic"])
+def test_without_a_cache_keys_take_the_queries_positions(tiny, config):
+    """Packed documents restart their positions; without a cache the keys are the same tokens, so the
+    first document of a packed row equals that document alone (keys were once placed relative to the
+    last query: 0.37 off for hope_hyperbolic)."""
+    model = hf.patch_model(tiny.model("llama"), config)
+    ids = tiny.ids(16)
+    packed_positions = torch.cat([torch.arange(8), torch.arange(8)])[None].expand(ids.shape[0], -1)
+    with torch.no_grad():
+        alone = model(ids[:, :8]).logits
+        packed = model(ids, position_ids=packed_positions).logits[:, :8]
+    torch.testing.assert_close(packed, alone, rtol=0, atol=1e-5)

@@ -112,7 +112,10 @@ class HFLogits(nn.Module):
         if seq_len is not None:
             raise ValueError(f"seq_len={seq_len!r}: a transformers model derives the length from its positions "
                              f"(max position + 1); evaluate without seq_len")
-        hidden = self.model.get_decoder()(input_ids=x, use_cache=False).last_hidden_state
+        from ..integrations.hf.patch import full_attention_mask
+
+        hidden = self.model.get_decoder()(input_ids=x, attention_mask=full_attention_mask(x),
+                                          use_cache=False).last_hidden_state
         return RowChunkedLogits(hidden, self.model.get_output_embeddings(), int(self.config.vocab_size))
 
 

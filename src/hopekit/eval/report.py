@@ -125,7 +125,8 @@ def plot_loss_by_position(records: list[dict[str, Any]], path: str | Path, *,
 
 
 _PRETRAINED = ("Rows are one pretrained model (`hopekit eval --hf`): its own encoding, and rows named "
-               "`<own>+<method>` with that encoding patched in at evaluation time, without fine-tuning. Lengths "
+               "`<own>+<method>` with that encoding patched in at evaluation time, without fine-tuning (rows "
+               "named `finetuned:<method>` are a model fine-tuned with it, `hopekit train --hf`). Lengths "
                "are shown as multiples of the model's window; the last column is the perplexity at the window "
                "minus the model's own.\n")
 

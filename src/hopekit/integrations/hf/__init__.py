@@ -1,6 +1,6 @@
 """hopekit ↔ Hugging Face transformers: the only package that imports transformers.
 
-``pip install 'hopekit[hf]'``. Supports transformers 4.53+ and 5.x (the ``rope_scaling`` and
+``pip install 'hopekit[hf]'``. Supports transformers 4.56+ and 5.x (the ``rope_scaling`` and
 ``rope_parameters`` config layouts).
 
 ::

@@ -65,7 +65,7 @@ import torch
 from torch import nn
 
 from ... import pe
-from .patch import SUPPORTED_MODEL_TYPES, encoding_of, native_params, resolve_pe
+from .patch import SUPPORTED_MODEL_TYPES, native_params, resolve_pe
 from .rope import RopeNotExpressible, portable_rope_fields
 
 __all__ = ["Exported", "export_pretrained", "export_checkpoint", "export_hf", "DECODER_TO_LLAMA", "NOTE_NAME",
@@ -166,6 +166,9 @@ def _write_note(out: Path, params: pe.Params, vanilla_exact: bool, *, source: st
             "This is a plain Hugging Face model. Its `config.json` holds the standard rope fields, and",
             "vanilla transformers (`AutoModelForCausalLM.from_pretrained`), without hopekit, computes the",
             f"same logits as hopekit (to float32 rounding). Rope fields: `{rope}`.",
+            "For `dynamic` and `longrope` that holds per forward of a freshly loaded model: transformers'",
+            "dynamic NTK keeps the longest spectrum it has seen, and its `generate` keeps cached keys rotated",
+            "before a spectrum change (hopekit's `hf.generate` rebuilds the cache when the spectrum changes).",
         ]
     else:
         lines += [
@@ -276,8 +279,7 @@ def export_pretrained(model: nn.Module, out_dir: str | Path, params: pe.Params |
         raise ValueError(f"model_type={getattr(config, 'model_type', None)!r}: hopekit exports "
                          f"{', '.join(SUPPORTED_MODEL_TYPES)} models")
     if params is None:
-        enc = encoding_of(model)
-        params = enc.params if enc is not None else native_params(model)
+        params = resolve_pe(None, model)  # the encoding it runs: patched in, else its own
     params, fields = _resolve(config, params, strict)
     exact = fields is not None
     _check_tokenizer_fits(tokenizer, config.vocab_size)

@@ -9,10 +9,12 @@
 * anything else is passed to ``from_pretrained`` as a hub id (needs the network).
 
 The tokenizer is wrapped in hopekit's protocol (:class:`hopekit.data.tokenizer.HFTokenizer`: ``encode``
-adds no special tokens). Its ``eos_id`` is the **document separator** and ``bos_id`` the token an
-evaluation may prepend: ``<|endoftext|>`` when the vocabulary has it (SmolLM2's pre-training corpus
-joins documents with it), else the tokenizer's own BOS/EOS. This is deliberate: the GGUF conversion
-marks the chat token ``<|im_start|>`` as both BOS and EOS, which is not a document boundary.
+adds no special tokens). Its ``eos_id`` is the **document separator**: ``<|endoftext|>`` when the
+vocabulary has it (SmolLM2's pre-training corpus joins documents with it), else ``</s>`` or another
+common end-of-text token, else the tokenizer's EOS. ``bos_id``, the token an evaluation may prepend,
+is the tokenizer's own BOS unless it is a chat marker, then the separator. This is deliberate: the
+GGUF conversion marks the chat token ``<|im_start|>`` as both BOS and EOS, which is not a document
+boundary, so SmolLM2 gets ``<|endoftext|>`` for both.
 
 A directory whose ``config.json`` carries a ``hopekit_pe`` block (written by :func:`patch_model` and
 the exports) is patched with that encoding on load.
@@ -88,6 +90,13 @@ def resolve_source(name: str) -> dict[str, Any]:
     return {"path": name}  # a hub id
 
 
+def _bos(tok: Any, separator: str | None) -> str | None:
+    """The tokenizer's own BOS (``<s>``, ``<|begin_of_text|>``), unless it has none or it is a chat
+    marker (SmolLM2's GGUF tokenizer calls ``<|im_start|>`` its BOS): then the document separator."""
+    bos = tok.bos_token
+    return separator if bos is None or bos.startswith("<|im_") else bos
+
+
 def _separator(tok: Any) -> str | None:
     vocab = tok.get_vocab()
     for token in _SEPARATOR_GUESSES:
@@ -98,13 +107,20 @@ def _separator(tok: Any) -> str | None:
 
 @contextlib.contextmanager
 def _quiet_transformers():
+    """transformers' warnings and its own progress bars ("Loading weights", 5.x) off while loading: a
+    command's output is its own log lines and one-line errors."""
+    from transformers.utils import logging as hf_logging
+
     logger = logging.getLogger("transformers")
-    previous = logger.level
+    previous, bars = logger.level, hf_logging.is_progress_bar_enabled()
     logger.setLevel(logging.ERROR)
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         logger.setLevel(previous)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _tokenizer(name: str, source: dict[str, Any]) -> HFTokenizer:
@@ -117,12 +133,15 @@ def _tokenizer(name: str, source: dict[str, Any]) -> HFTokenizer:
                          f"save the model's tokenizer beside it")
     tok = AutoTokenizer.from_pretrained(source["path"], **kwargs)
     separator = _separator(tok)
-    return HFTokenizer(tok.backend_tokenizer, name=f"hf:{name}", bos_token=separator, eos_token=separator)
+    return HFTokenizer(tok.backend_tokenizer, name=f"hf:{name}", bos_token=_bos(tok, separator), eos_token=separator)
 
 
-def load_tokenizer(name: str) -> HFTokenizer:
-    """The tokenizer of ``name`` alone (no weights loaded), as :func:`load_pretrained` gives it."""
+def load_tokenizer(name: str, source: dict[str, Any] | None = None) -> HFTokenizer:
+    """The tokenizer of ``name`` alone (no weights loaded), as :func:`load_pretrained` gives it.
+    ``source``: where ``name`` resolved to when it was loaded (a checkpoint stores it), tried first."""
     with _quiet_transformers():
+        if source is not None and Path(source.get("path", "")).exists():
+            return _tokenizer(name, source)
         return _tokenizer(name, resolve_source(name))
 
 

@@ -21,8 +21,10 @@ configuration is written into ``model.config.hopekit_pe``, so ``save_pretrained`
 :func:`hopekit.integrations.hf.load_pretrained` re-applies it.
 
 Positions: the queries' positions are the ``position_ids`` transformers passes (default ``past, …,
-past + T − 1``); keys are taken as contiguous and ending at the last query (a KV cache of one
-unpadded sequence). Length-dependent spectra (dynamic NTK, LongRoPE) use HF's rule, length =
+past + T − 1``). Without a cache the keys are the same tokens (so packed documents, whose positions
+restart, work too); with a KV cache, keys are taken as contiguous and ending at the last query —
+transformers' dynamic cache, as in generation. A static cache (``cache_implementation="static"``,
+longer than the tokens seen) breaks that assumption and is not supported for bias / score methods. Length-dependent spectra (dynamic NTK, LongRoPE) use HF's rule, length =
 max(position) + 1 per forward; :func:`hopekit.integrations.hf.generate` rebuilds the KV cache when
 that changes the spectrum.
 """
@@ -36,16 +38,17 @@ import torch
 from torch import nn
 from transformers import AttentionInterface
 
-try:  # transformers >= 4.53
+try:  # transformers >= 4.53 (AttentionMaskInterface); the package needs 4.56 (from_pretrained's dtype=)
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 except ImportError as err:  # pragma: no cover - version guard
-    raise ImportError("hopekit.integrations.hf needs transformers >= 4.53 (AttentionMaskInterface)") from err
+    raise ImportError("hopekit.integrations.hf needs transformers >= 4.56 (pip install 'hopekit[hf]')") from err
 
 from ... import pe
 from ...model import chunked_attention
 from .rope import params_from_config
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "ATTENTION_NAME", "HopekitRotary", "patch_model", "resolve_pe", "encoding_of",
+           "full_attention_mask",
            "hopekit_attention", "native_params"]
 
 #: model types whose decoder has the seams patch_model relies on (one rotary module called once per
@@ -82,6 +85,13 @@ class HopekitRotary(nn.Module):
         return cos.to(device=x.device, dtype=x.dtype), sin.to(device=x.device, dtype=x.dtype)
 
 
+def full_attention_mask(input_ids: torch.Tensor) -> torch.Tensor:
+    """An all-ones ``attention_mask`` for ``input_ids``: with it, transformers knows the batch is unpadded
+    and passes no mask for a causal forward (None). Without one, 4.x looks for packed documents in the
+    positions and builds a ``(B, 1, T, T)`` boolean mask: quadratic memory (256 MiB a row at 16k)."""
+    return torch.ones_like(input_ids)
+
+
 def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)  # KV head j serves query heads j·g … j·g+g−1
 
@@ -106,7 +116,10 @@ def hopekit_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     if position_ids is None:
         position_ids = torch.arange(Tk - Tq, Tk, device=query.device)[None]
     q_pos = position_ids.to(query.device).expand(B, Tq)                          # (B, Tq)
-    k_pos = q_pos[:, -1:] - (Tk - 1) + torch.arange(Tk, device=query.device)    # (B, Tk), contiguous
+    if Tk == Tq:   # no cache: the keys are these tokens (also packed documents: positions restart, masks split)
+        k_pos = q_pos
+    else:          # a dynamic KV cache: keys contiguous, ending at the last query
+        k_pos = q_pos[:, -1:] - (Tk - 1) + torch.arange(Tk, device=query.device)  # (B, Tk)
     mask = None
     if attention_mask is not None:
         mask = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
@@ -163,24 +176,30 @@ def encoding_of(model: nn.Module) -> pe.PositionalEncoding | None:
 
 def resolve_pe(pe_config: pe.Params | Mapping[str, Any] | None, model: nn.Module | Any) -> pe.Params:
     """``pe_config`` as typed parameters for ``model`` (a transformers model or its config), which owns
-    two facts: a method's ``train_len``
-    left unset becomes the model's pre-training window (``max_position_embeddings``), and a rotary
-    method's ``base`` left unset becomes the model's own (SmolLM2: 1e5, not the registry's 1e4, so
-    ``--pe yarn`` extends the spectrum the model was trained with). ``None`` → the model's own encoding;
-    parameters pass through (they are already resolved, e.g. read back from a checkpoint)."""
+    two facts: a method's ``train_len`` left unset becomes the model's pre-training length (its own
+    encoding's ``train_len`` when that has one — e.g. the original 8192 of a llama3-scaled model —
+    else ``max_position_embeddings``), and a rotary method's ``base`` left unset becomes the model's
+    own (SmolLM2: 1e5, not the registry's 1e4, so ``--pe yarn`` extends the spectrum the model was
+    trained with); both are read from the config's rope fields. ``None`` → the encoding the model runs:
+    one patched in earlier (e.g. by ``load_pretrained`` from a ``hopekit_pe`` block), else its config's
+    rope. Parameters pass through (they are already resolved, e.g. read back from a checkpoint)."""
     if isinstance(pe_config, pe.Params):
         return pe_config
     config = getattr(model, "config", model)
-    native = params_from_config(config)
+    native = params_from_config(config)                                   # what the weights were trained with
     if pe_config is None:
-        return native
+        running = getattr(getattr(model, "model", None), "hopekit_pe", None)  # a model patched before
+        return running.params if running is not None else native
     if not isinstance(pe_config, Mapping) or "kind" not in pe_config:
         raise ValueError(f"pe={pe_config!r}: expected parameters or a mapping that names its method, "
                          f'e.g. {{"kind": "yarn", "factor": 2}}')
     method = pe.method_of(pe_config["kind"])
     if method.encoding.uses_rotate is True and "base" in {f.name for f in dataclasses.fields(method.params)}:
         pe_config = {"base": native.base, **pe_config}
-    return pe.parse(pe_config, train_len=int(config.max_position_embeddings))
+    train_len = getattr(native, "train_len", None)  # an already-scaled model: its original length
+    if not isinstance(train_len, int) or isinstance(train_len, bool):
+        train_len = int(config.max_position_embeddings)
+    return pe.parse(pe_config, train_len=train_len)
 
 
 def patch_model(model: nn.Module, params: pe.Params | dict | None = None) -> nn.Module:

@@ -36,7 +36,7 @@ from ... import pe
 from ...data.tokenizer import HFTokenizer
 from ...hashing import digest
 from .load import load_pretrained
-from .patch import patch_model, resolve_pe
+from .patch import full_attention_mask, patch_model, resolve_pe
 
 __all__ = ["FineTuneModel", "load_for_training", "causal_lm_logits", "model_from_checkpoint",
            "plain_config"]
@@ -95,7 +95,7 @@ def load_for_training(name: str, pe_config: pe.Params | Mapping[str, Any] | None
 def causal_lm_logits(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     """Logits ``(B, T, vocab)`` of a transformers causal LM for ``input_ids`` ``(B, T)``, positions
     ``0 … T − 1``, no KV cache."""
-    return model(input_ids=input_ids, use_cache=False).logits
+    return model(input_ids=input_ids, attention_mask=full_attention_mask(input_ids), use_cache=False).logits
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device | str = "cpu") -> nn.Module:
