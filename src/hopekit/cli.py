@@ -108,7 +108,6 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval_config(config: Any, args: argparse.Namespace) -> Any:
     """The checkpoint's config with the eval overrides (``eval.*`` and ``--extensions``) applied."""
-    from hopekit import pe as pe_lib
     from hopekit.config import ExperimentConfig, apply_overrides
 
     bad = [o for o in args.overrides if not o.startswith("eval.")]

@@ -535,3 +535,11 @@ def test_smollm2_with_yarn_exports_to_a_directory_vanilla_transformers_runs_exac
     # transformers rotates with float32 angles, hopekit with float64 ones; through 30 layers that is
     # ~1e-4 on logits of ~20 (measured 8.9e-5 on 31 tokens): TOL relative to the logit scale
     assert (ours - theirs).abs().max() <= TOL * max(1.0, scale)
+    # transformers against transformers, to the absolute 1e-5: the original weights with yarn set
+    # through rope fields in memory give exactly the exported directory's logits (weights and fields exact)
+    config = copy.deepcopy(smollm2.model.config)
+    hf.set_rope_fields(config, hf.resolve_pe({"kind": "yarn", "factor": 2.0}, smollm2.model))
+    reference = AutoModelForCausalLM.from_config(config).eval()
+    reference.load_state_dict(smollm2.model.state_dict())
+    with torch.no_grad():
+        assert (reference(ids).logits - theirs).abs().max() <= TOL

@@ -15,11 +15,14 @@ from hopekit.integrations.hf.generate import CACHE_ARG  # noqa: E402
 TRAIN_LEN = 16  # the tiny model's max_position_embeddings: prompts of 12 + 10 new tokens cross it
 
 
-def tiny_llama(seed: int = 0):
+CONFIGS = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig, "qwen2": transformers.Qwen2Config}
+
+
+def tiny_llama(seed: int = 0, model_type: str = "llama", **extra):
     torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=61, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=TRAIN_LEN, attn_implementation="sdpa")
+    cfg = CONFIGS[model_type](vocab_size=61, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                              max_position_embeddings=TRAIN_LEN, attn_implementation="sdpa", **extra)
     model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
     with torch.no_grad():  # larger logits than the 0.02 init, so greedy choices are not near-ties
         model.lm_head.weight.mul_(20)
@@ -44,6 +47,21 @@ def test_cached_greedy_decoding_equals_recomputing(config):
     assert cached.shape == (2, 22)
     assert torch.equal(cached, recomputed)
     # same logits up to float32 summation order (a stale rotation in the cache moves them by > 1e-3)
+    torch.testing.assert_close(cached_scores, scores, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["longrope", "dynamic_ntk", "alibi", "hope_hyperbolic"])
+@pytest.mark.parametrize("model_type", ["mistral", "qwen2"])
+def test_cached_decoding_equals_recomputing_on_mistral_and_qwen2(model_type, kind):
+    extra = {"sliding_window": 8} if model_type == "mistral" else {}  # the window must hold under caching too
+    config = {**pe.example_config(kind, head_dim=16)}
+    if "train_len" in config:
+        config["train_len"] = TRAIN_LEN
+    model = hf.patch_model(tiny_llama(model_type=model_type, **extra), config)
+    prompt = torch.randint(0, 61, (2, 12), generator=torch.Generator().manual_seed(1))
+    cached, cached_scores = hf.generate(model, prompt, 8, return_scores=True)
+    recomputed, scores = hf.generate(model, prompt, 8, use_cache=False, return_scores=True)
+    assert torch.equal(cached, recomputed)
     torch.testing.assert_close(cached_scores, scores, rtol=0, atol=1e-4)
 
 

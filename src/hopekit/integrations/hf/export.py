@@ -66,7 +66,7 @@ from torch import nn
 
 from ... import pe
 from .patch import SUPPORTED_MODEL_TYPES, native_params, resolve_pe
-from .rope import RopeNotExpressible, portable_rope_fields
+from .rope import RopeNotExpressible, head_dim_of, portable_rope_fields
 
 __all__ = ["Exported", "export_pretrained", "export_checkpoint", "export_hf", "DECODER_TO_LLAMA", "NOTE_NAME",
            "vanilla_expressible"]
@@ -259,10 +259,6 @@ def _save_tokenizer(tokenizer: Any, out: Path) -> str | None:
 
 # --- a transformers model -------------------------------------------------------------------------
 
-def _head_dim(config: Any) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-
-
 def export_pretrained(model: nn.Module, out_dir: str | Path, params: pe.Params | dict | None = None, *,
                       tokenizer: Any = None, strict: bool = False) -> Exported:
     """Save ``model`` (Llama, Mistral or Qwen2 from transformers) as a model directory that runs
@@ -291,7 +287,7 @@ def export_pretrained(model: nn.Module, out_dir: str | Path, params: pe.Params |
     out = _prepare_dir(out_dir)
     d.pop("hopekit_pe", None)
     if d.get("head_dim") is None:  # e.g. Mistral's null head_dim, which transformers 4.x's yarn/longrope cannot read
-        d["head_dim"] = _head_dim(config)
+        d["head_dim"] = head_dim_of(config)
     if exact:
         for key in _ROPE_KEYS:
             d.pop(key, None)
@@ -303,7 +299,7 @@ def export_pretrained(model: nn.Module, out_dir: str | Path, params: pe.Params |
     new_config.save_pretrained(out)
     if not exact:  # the model's own rope fields, in both layouts too
         try:
-            fields = vanilla_expressible(native_params(model), _head_dim(config))
+            fields = vanilla_expressible(native_params(model), head_dim_of(config))
         except RopeNotExpressible:
             fields = None
     if fields is not None:
@@ -341,7 +337,7 @@ def _resolve(config: Any, params: pe.Params | dict, strict: bool) -> tuple[pe.Pa
     """``params`` read against a transformers ``config`` (:func:`resolve_pe`: its window and base fill
     what is unset) and checked, and its rope fields (None: not expressible)."""
     params = resolve_pe(params, config)
-    head_dim = _head_dim(config)
+    head_dim = head_dim_of(config)
     enc = pe.build(params, head_dim=head_dim, num_heads=config.num_attention_heads, d_model=config.hidden_size)
     _check_exportable(params, enc)
     try:

@@ -45,7 +45,7 @@ except ImportError as err:  # pragma: no cover - version guard
 
 from ... import pe
 from ...model import chunked_attention
-from .rope import params_from_config
+from .rope import head_dim_of, params_from_config
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "ATTENTION_NAME", "HopekitRotary", "patch_model", "resolve_pe", "encoding_of",
            "full_attention_mask",
@@ -216,7 +216,7 @@ def patch_model(model: nn.Module, params: pe.Params | dict | None = None) -> nn.
     _check_supported(model)
     config = model.config
     inner = _decoder(model)
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    head_dim = head_dim_of(config)
     native = params_from_config(config)
     if native.rotary_dim(head_dim) != head_dim:
         raise ValueError(f"partial_rotary_factor={native.rotary_fraction}: {config.model_type} rotates the "

@@ -47,7 +47,7 @@ import transformers
 from ... import pe
 
 __all__ = ["TRANSFORMERS_MAJOR", "RopeNotExpressible", "rope_settings", "params_from_config", "rope_fields",
-           "portable_rope_fields",
+           "portable_rope_fields", "head_dim_of",
            "set_rope_fields", "HF_ROPE_TYPES"]
 
 TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
@@ -62,7 +62,8 @@ class RopeNotExpressible(ValueError):
     """The encoding has no rope type in vanilla transformers (a hopekit-only method)."""
 
 
-def _head_dim(config: Any) -> int:
+def head_dim_of(config: Any) -> int:
+    """The attention head width of a transformers config (``head_dim``, else hidden_size / heads)."""
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
@@ -157,7 +158,7 @@ def params_from_config(config: Any) -> pe.Params:
         if s.get("attention_factor") is not None:
             fields["attention_factor"] = float(s["attention_factor"])
     params = pe.make_params(kind, **fields)
-    params.validate_dims(_head_dim(config), config.num_attention_heads)
+    params.validate_dims(head_dim_of(config), config.num_attention_heads)
     return params
 
 
@@ -227,7 +228,7 @@ def set_rope_fields(config: Any, params: pe.Params) -> None:
     previous setting that the new one does not write: a stale ``partial_rotary_factor`` would keep the
     model partial, and a stale ``original_max_position_embeddings`` is read by 4.x's longrope and, in
     5.x, overrides the rope dict's original length for yarn, llama3 and longrope."""
-    fields = rope_fields(params, head_dim=_head_dim(config))
+    fields = rope_fields(params, head_dim=head_dim_of(config))
     for key in _TOP_LEVEL_ROPE_KEYS:
         if key not in fields and key in vars(config):
             delattr(config, key)
