@@ -80,6 +80,21 @@ def test_original_length_conventions_follow_the_installed_version(tiny):
     assert params.train_len == (32 if hf.TRANSFORMERS_MAJOR >= 5 else 64)
 
 
+@pytest.mark.skipif(hf.TRANSFORMERS_MAJOR < 5, reason="4.x requires yarn's factor")
+def test_a_null_yarn_factor_is_the_ratio_of_lengths_in_5x(tiny):
+    """5.x (DeepSeek-V3 configs): ``"factor": null`` means max_position_embeddings / original length."""
+    config = tiny.config("llama", max_pos=96)
+    config.rope_parameters = {"rope_type": "yarn", "rope_theta": tiny.BASE, "factor": None,
+                              "original_max_position_embeddings": 32}
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    params = hf.params_from_config(model.config)
+    assert (params.factor, params.train_len) == (3.0, 32)
+    positions = torch.arange(40)[None].expand(2, 40)
+    cos_hf, _ = native_tables(model, positions)
+    cos, _ = hopekit_tables(params, positions, tiny.HEAD_DIM)
+    assert (cos - cos_hf).abs().max().item() <= tiny.angle_error_bound(params, 39, seq_len=40)
+
+
 @pytest.mark.parametrize("rope_type", UNMAPPED)
 def test_unmapped_rope_types_are_refused(tiny, rope_type):
     config = tiny.config("llama")

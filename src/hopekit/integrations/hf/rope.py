@@ -130,7 +130,10 @@ def params_from_config(config: Any) -> pe.Params:
     fraction = s.get("partial_rotary_factor", 1.0)
     if fraction != 1.0:
         fields["rotary_fraction"] = float(fraction)
-    if rope_type in ("linear", "dynamic", "yarn", "llama3"):
+    if rope_type == "yarn" and TRANSFORMERS_MAJOR >= 5 and "factor" in s and s["factor"] is None:
+        # 5.x (DeepSeek-V3 style): an explicit null factor is max_position_embeddings / original length
+        fields["factor"] = max_pos / _original_length(s, rope_type, max_pos)
+    elif rope_type in ("linear", "dynamic", "yarn", "llama3"):
         fields["factor"] = float(_get(s, "factor", rope_type))
     if rope_type == "dynamic":
         fields["train_len"] = max_pos
