@@ -232,6 +232,7 @@ def test_hopekit_train_hf_pe_end_to_end(tmp_path, base, corpus, capsys):
                  "-q"]) == 0
     rows = [r for r in read_records(out / "records.jsonl") if r["metric"] == "ppl"]
     assert [r["eval_len"] for r in rows] == [32, 64] and {r["method"] for r in rows} == {"finetuned:hope_highfreq"}
+    assert {r["train_len"] for r in rows} == {32}  # multiples of the fine-tuning length, not the base's window
     tuned, _, _ = load_checkpoint(out / CHECKPOINT_NAME)
     assert {r["model_digest"] for r in rows} == {model_digest(tuned)}  # the fine-tuned weights, not the base's
     capsys.readouterr()

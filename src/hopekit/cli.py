@@ -219,7 +219,7 @@ def _eval_finetuned(args: argparse.Namespace, model: Any, config: Any, ckpt: dic
     lengths = sorted({int(round(m * config.train.train_len)) for m in config.eval.multiples})
     method = args.method or f"finetuned:{config.pe.kind}"  # not an eval-time swap: the weights were trained with it
     rows = evaluate_pretrained(lm, text, records, lengths=lengths, method=method, eval_config=config.eval,
-                               progress=not args.quiet, log=_log(args))
+                               progress=not args.quiet, train_len=config.train.train_len, log=_log(args))
     print(markdown_table(rows, baseline=rows[0]["method"], protocol=config.eval.protocol))
     return 0
 

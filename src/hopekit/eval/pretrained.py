@@ -208,7 +208,7 @@ def _key(fields: Mapping[str, Any]) -> str:
 def evaluate_pretrained(lm: Any, text: PretrainedText, records_path: str | Path, *, lengths: Sequence[int],
                         pe: Mapping[str, Any] | pe_lib.Params | None = None, method: str | None = None,
                         eval_config: EvalConfig = EvalConfig(), bos: bool = False, progress: bool = True,
-                        log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+                        train_len: int | None = None, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Perplexity of ``lm`` (a :class:`hopekit.integrations.hf.PretrainedLM`) on ``text`` at each of
     ``lengths``, appended to ``records_path``; returns this evaluation's rows (recorded ones for a
     measurement already there, see :data:`KEY_FIELDS`).
@@ -217,7 +217,9 @@ def evaluate_pretrained(lm: Any, text: PretrainedText, records_path: str | Path,
     for the model as it is. ``method``: the name in records (default :func:`method_name`).
     ``eval_config``: protocol, stride (0: the model's window), ``max_tokens`` (scored tokens per
     length: the same prefix of the stream at every length), batch size. ``bos``: start each document
-    with the tokenizer's BOS token. Refused before anything is measured: bad lengths, a bad encoding,
+    with the tokenizer's BOS token. ``train_len``: the length the records and the report measure
+    multiples of (default: the encoding's ``train_len``, else the model's window; a fine-tuned model:
+    its fine-tuning length). Refused before anything is measured: bad lengths, a bad encoding,
     a text too short for the longest length, an unwritable records file.
     """
     from ..integrations.hf import encoding_of, native_params, patch_model, resolve_pe
@@ -232,7 +234,7 @@ def evaluate_pretrained(lm: Any, text: PretrainedText, records_path: str | Path,
             raise ValueError(f"bos=True: the tokenizer {text.tokenizer} has no BOS token")
         bos_id = text.bos_id
     separator = None if bos_id is not None and bos_id == text.separator else text.separator  # BOS doc0 BOS doc1
-    window = int(model.config.max_position_embeddings)
+    window = int(train_len or model.config.max_position_embeddings)
     kwargs_at = {L: eval_kwargs(eval_config, window, L) for L in lengths}
     _check_scorable(text, max(lengths), kwargs_at[max(lengths)], separator, bos_id)
     digest = model_digest(model)                      # the pretrained weights, before any patching
@@ -243,8 +245,9 @@ def evaluate_pretrained(lm: Any, text: PretrainedText, records_path: str | Path,
     enc = encoding_of(model)
     used = enc.params if enc is not None else native
     name = method or method_name(native, used)
-    train_len = getattr(used, "train_len", None)
-    train_len = int(train_len) if isinstance(train_len, int) and not isinstance(train_len, bool) else window
+    if train_len is None:
+        train_len = getattr(used, "train_len", None)
+        train_len = int(train_len) if isinstance(train_len, int) and not isinstance(train_len, bool) else window
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     common = dict(method=name, params=pe_lib.to_config(used), train_len=train_len, seed=None,
                   model=model_descriptor(model), corpus=text.corpus, model_digest=digest, split=text.split,
