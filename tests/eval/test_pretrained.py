@@ -21,14 +21,7 @@ from hopekit.eval.pretrained import (HFLogits, default_lengths, evaluate_pretrai
                                      pretrained_text)
 from hopekit.eval.records import model_descriptor, read_records  # noqa: E402
 from hopekit.integrations import hf  # noqa: E402
-from tests.eval._tiny_hf import BASE, WINDOW, save_tiny_model, words  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    save_tiny_model(path)
-    return path
+from tests.eval._tiny_hf import BASE, WINDOW, words  # noqa: E402
 
 
 @pytest.fixture

@@ -106,11 +106,14 @@ def tiny_config(arch: str = "llama", rope: dict | None = None, *, max_pos: int =
     return CONFIG_CLASSES[arch](**{**kwargs, **rope_kwargs(rope), **extra})
 
 
-def tiny_model(arch: str = "llama", rope: dict | None = None, **kwargs):
-    """A seeded tiny ``*ForCausalLM`` in eval mode (same weights for the same arguments)."""
-    config = tiny_config(arch, rope, **kwargs)
+def _seeded_model(config):
     torch.manual_seed(0)
     return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+def tiny_model(arch: str = "llama", rope: dict | None = None, **kwargs):
+    """A seeded tiny ``*ForCausalLM`` in eval mode (same weights for the same arguments)."""
+    return _seeded_model(tiny_config(arch, rope, **kwargs))
 
 
 def native_config(arch: str, case: str):
@@ -121,9 +124,7 @@ def native_config(arch: str, case: str):
 
 def native_model(arch: str, case: str):
     """The seeded tiny model of ``NATIVE[case]`` (its own rotary module: HF's reference)."""
-    config = native_config(arch, case)
-    torch.manual_seed(0)
-    return transformers.AutoModelForCausalLM.from_config(config).eval()
+    return _seeded_model(native_config(arch, case))
 
 
 def logits(model, ids: torch.Tensor, **kwargs) -> torch.Tensor:

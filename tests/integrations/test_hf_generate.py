@@ -15,16 +15,10 @@ from hopekit.integrations.hf.generate import CACHE_ARG  # noqa: E402
 TRAIN_LEN = 16  # the tiny model's max_position_embeddings: prompts of 12 + 10 new tokens cross it
 
 
-CONFIGS = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig, "qwen2": transformers.Qwen2Config}
-
-
-def tiny_llama(seed: int = 0, model_type: str = "llama", **extra):
-    torch.manual_seed(seed)
-    cfg = CONFIGS[model_type](vocab_size=61, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                              max_position_embeddings=TRAIN_LEN, attn_implementation="sdpa", **extra)
-    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
-    with torch.no_grad():  # larger logits than the 0.02 init, so greedy choices are not near-ties
+def tiny_llama(tiny, model_type: str = "llama", **extra):
+    """conftest's seeded tiny model (head dim 16) with a window of TRAIN_LEN and a sharpened LM head."""
+    model = tiny.model(model_type, max_pos=TRAIN_LEN, **extra)
+    with torch.no_grad():  # larger logits, so greedy choices are not near-ties
         model.lm_head.weight.mul_(20)
     return model
 
@@ -39,8 +33,8 @@ def _configs():
 
 
 @pytest.mark.parametrize("config", list(_configs()))
-def test_cached_greedy_decoding_equals_recomputing(config):
-    model = hf.patch_model(tiny_llama(), config)
+def test_cached_greedy_decoding_equals_recomputing(config, tiny):
+    model = hf.patch_model(tiny_llama(tiny), config)
     prompt = torch.randint(0, 61, (2, 12), generator=torch.Generator().manual_seed(1))
     cached, cached_scores = hf.generate(model, prompt, 10, return_scores=True)
     recomputed, scores = hf.generate(model, prompt, 10, use_cache=False, return_scores=True)
@@ -52,12 +46,12 @@ def test_cached_greedy_decoding_equals_recomputing(config):
 
 @pytest.mark.parametrize("kind", ["longrope", "dynamic_ntk", "alibi", "hope_hyperbolic"])
 @pytest.mark.parametrize("model_type", ["mistral", "qwen2"])
-def test_cached_decoding_equals_recomputing_on_mistral_and_qwen2(model_type, kind):
+def test_cached_decoding_equals_recomputing_on_mistral_and_qwen2(model_type, kind, tiny):
     extra = {"sliding_window": 8} if model_type == "mistral" else {}  # the window must hold under caching too
     config = {**pe.example_config(kind, head_dim=16)}
     if "train_len" in config:
         config["train_len"] = TRAIN_LEN
-    model = hf.patch_model(tiny_llama(model_type=model_type, **extra), config)
+    model = hf.patch_model(tiny_llama(tiny, model_type, **extra), config)
     prompt = torch.randint(0, 61, (2, 12), generator=torch.Generator().manual_seed(1))
     cached, cached_scores = hf.generate(model, prompt, 8, return_scores=True)
     recomputed, scores = hf.generate(model, prompt, 8, use_cache=False, return_scores=True)
@@ -65,11 +59,11 @@ def test_cached_decoding_equals_recomputing_on_mistral_and_qwen2(model_type, kin
     torch.testing.assert_close(cached_scores, scores, rtol=0, atol=1e-4)
 
 
-def test_a_plain_cache_would_drift_at_the_longrope_switch():
+def test_a_plain_cache_would_drift_at_the_longrope_switch(tiny):
     """Why generate rebuilds the cache: keys cached before the switch were rotated with the short
     factors; reusing them after it gives logits that differ from a full forward (the test above would
     then fail). This checks the premise on the logits directly."""
-    model = hf.patch_model(tiny_llama(), {**pe.example_config("longrope", 16), "train_len": TRAIN_LEN})
+    model = hf.patch_model(tiny_llama(tiny), {**pe.example_config("longrope", 16), "train_len": TRAIN_LEN})
     ids = torch.randint(0, 61, (1, TRAIN_LEN + 1), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         full = model(ids).logits[:, -1]
@@ -79,16 +73,16 @@ def test_a_plain_cache_would_drift_at_the_longrope_switch():
     assert (full - stale).abs().max() > 1e-3
 
 
-def test_generate_refuses_bad_arguments():
-    model = tiny_llama()
+def test_generate_refuses_bad_arguments(tiny):
+    model = tiny_llama(tiny)
     with pytest.raises(ValueError, match="input_ids"):
         hf.generate(model, torch.zeros(3, dtype=torch.long), 2)
     with pytest.raises(ValueError, match="max_new_tokens"):
         hf.generate(model, torch.zeros(1, 3, dtype=torch.long), -1)
 
 
-def test_generate_stops_at_eos():
-    model = tiny_llama()
+def test_generate_stops_at_eos(tiny):
+    model = tiny_llama(tiny)
     prompt = torch.randint(0, 61, (1, 5), generator=torch.Generator().manual_seed(3))
     free = hf.generate(model, prompt, 6)
     eos = int(free[0, 7])  # the third generated token

@@ -14,18 +14,10 @@ from hopekit import pe  # noqa: E402
 from hopekit.integrations import hf  # noqa: E402
 
 
-def tiny_llama(seed: int = 0):
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=61, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
-                                   attn_implementation="sdpa")
-    return transformers.AutoModelForCausalLM.from_config(cfg).eval()
-
-
-def test_rotary_tables_come_from_exact_integer_positions():
+def test_rotary_tables_come_from_exact_integer_positions(tiny):
     """float32 holds integers exactly only to 2^24 (bf16 to 256): positions 2^24 and 2^24 + 1 must
     still get different angles. The tables are made in float64 and only then cast."""
-    rotary = hf.patch_model(tiny_llama(), {"kind": "rope", "base": 10000.0}).model.rotary_emb
+    rotary = hf.patch_model(tiny.model(max_pos=16), {"kind": "rope", "base": 10000.0}).model.rotary_emb
     positions = torch.tensor([[2 ** 24, 2 ** 24 + 1]])
     cos, sin = rotary(torch.zeros(1, dtype=torch.float32), positions)
     assert cos.shape == (1, 2, 16) and cos.dtype == torch.float32
@@ -36,8 +28,8 @@ def test_rotary_tables_come_from_exact_integer_positions():
     assert not torch.equal(cos[0, 0], cos[0, 1])
 
 
-def test_bf16_tables_are_float64_values_rounded_once():
-    model = hf.patch_model(tiny_llama(), {"kind": "yarn", "factor": 4.0}).to(torch.bfloat16)
+def test_bf16_tables_are_float64_values_rounded_once(tiny):
+    model = hf.patch_model(tiny.model(max_pos=16), {"kind": "yarn", "factor": 4.0}).to(torch.bfloat16)
     positions = torch.tensor([[255, 256, 257, 1001]])
     cos, sin = model.model.rotary_emb(torch.zeros(1, dtype=torch.bfloat16), positions)
     assert cos.dtype == torch.bfloat16
@@ -48,9 +40,9 @@ def test_bf16_tables_are_float64_values_rounded_once():
     torch.testing.assert_close(sin[0, :, :8], (torch.sin(angle) * spec.attn_scale).to(torch.bfloat16), rtol=0, atol=0)
 
 
-def test_patching_one_model_leaves_another_untouched():
+def test_patching_one_model_leaves_another_untouched(tiny):
     """The attention function is registered globally by name, but only a patched model selects it."""
-    patched, plain = tiny_llama(0), tiny_llama(0)
+    patched, plain = tiny.model(max_pos=16), tiny.model(max_pos=16)
     ids = torch.randint(0, 61, (1, 20), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         before = plain(ids).logits
@@ -61,17 +53,17 @@ def test_patching_one_model_leaves_another_untouched():
     assert torch.equal(before, after)
 
 
-def test_the_attention_function_refuses_an_unpatched_model():
-    model = tiny_llama()
+def test_the_attention_function_refuses_an_unpatched_model(tiny):
+    model = tiny.model(max_pos=16)
     model.set_attn_implementation(hf.ATTENTION_NAME)
     with pytest.raises(RuntimeError, match="patch_model"):
         model(torch.zeros(1, 4, dtype=torch.long))
 
 
-def test_a_patched_model_has_no_position_buffers_to_corrupt():
+def test_a_patched_model_has_no_position_buffers_to_corrupt(tiny):
     """Non-persistent inv_freq buffers are missing from checkpoints and garbage after ``to_empty``; the
     patched rotary module has none (its tables come from the frozen parameters)."""
-    model = hf.patch_model(tiny_llama(), {"kind": "llama3", "factor": 4.0, "low_freq_factor": 1.0,
+    model = hf.patch_model(tiny.model(max_pos=16), {"kind": "llama3", "factor": 4.0, "low_freq_factor": 1.0,
                                           "high_freq_factor": 4.0})
     assert dict(model.model.rotary_emb.named_buffers()) == {}
     assert pe.name_of(hf.encoding_of(model).params) == "llama3"

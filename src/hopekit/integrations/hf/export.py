@@ -459,18 +459,13 @@ def export_hf(name: str, out_dir: str | Path, params: pe.Params | dict | None = 
     """Load ``name`` (``smollm2``, a model directory, a ``.gguf`` file, a hub id; as
     :func:`~hopekit.integrations.hf.load_pretrained`) and :func:`export_pretrained` it with ``params``
     (default: its own encoding), together with its transformers tokenizer."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
-    from .load import load_pretrained, resolve_source
+    from .load import load_pretrained, resolve_source, source_kwargs
 
     if params is not None:  # refuse before loading the weights
         source = resolve_source(name)
-        kwargs = {"gguf_file": source["gguf_file"]} if "gguf_file" in source else {}
-        _resolve(AutoConfig.from_pretrained(source["path"], **kwargs), params, strict)
+        _resolve(AutoConfig.from_pretrained(source["path"], **source_kwargs(source)), params, strict)
     lm = load_pretrained(name)
-    tok = None
-    if tokenizer:
-        source = lm.source
-        kwargs = {"gguf_file": source["gguf_file"]} if "gguf_file" in source else {}
-        tok = AutoTokenizer.from_pretrained(source["path"], **kwargs)
-    return export_pretrained(lm.model, out_dir, params, tokenizer=tok, strict=strict)
+    return export_pretrained(lm.model, out_dir, params, tokenizer=lm.hf_tokenizer if tokenizer else None,
+                             strict=strict)

@@ -58,6 +58,12 @@ class PretrainedLM:
     tokenizer: HFTokenizer
     name: str                   # what the user asked for ("smollm2", a path, a hub id)
     source: dict[str, Any]      # {"path": ..., "gguf_file": ...} as passed to from_pretrained
+    hf_tokenizer: Any = None    # the transformers tokenizer ``tokenizer`` wraps (what an export saves)
+
+
+def source_kwargs(source: dict[str, Any]) -> dict[str, Any]:
+    """The ``from_pretrained`` keyword arguments of a resolved source besides its path (a GGUF file)."""
+    return {"gguf_file": source["gguf_file"]} if "gguf_file" in source else {}
 
 
 def resolve_source(name: str) -> dict[str, Any]:
@@ -126,17 +132,19 @@ def _quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def _tokenizer(name: str, source: dict[str, Any]) -> HFTokenizer:
+def _tokenizer(name: str, source: dict[str, Any]) -> tuple[HFTokenizer, Any]:
+    """hopekit's view of the tokenizer of ``source``, and the transformers tokenizer it wraps."""
     from transformers import AutoTokenizer
 
-    kwargs = {"gguf_file": source["gguf_file"]} if "gguf_file" in source else {}
+    kwargs = source_kwargs(source)
     folder = Path(source["path"])
     if not kwargs and folder.is_dir() and not any((folder / f).is_file() for f in _TOKENIZER_FILES):
         raise ValueError(f"hf={name!r}: no tokenizer in {folder} (none of {', '.join(_TOKENIZER_FILES)}); "
                          f"save the model's tokenizer beside it")
     tok = AutoTokenizer.from_pretrained(source["path"], **kwargs)
     separator = _separator(tok)
-    return HFTokenizer(tok.backend_tokenizer, name=f"hf:{name}", bos_token=_bos(tok, separator), eos_token=separator)
+    return HFTokenizer(tok.backend_tokenizer, name=f"hf:{name}", bos_token=_bos(tok, separator),
+                       eos_token=separator), tok
 
 
 #: seconds to wait for the hub's host before calling it unreachable
@@ -173,11 +181,10 @@ def load_tokenizer(name: str, source: dict[str, Any] | None = None) -> HFTokeniz
     """The tokenizer of ``name`` alone (no weights loaded), as :func:`load_pretrained` gives it.
     ``source``: where ``name`` resolved to when it was loaded (a checkpoint stores it), tried first."""
     with _quiet_transformers():
-        if source is not None and Path(source.get("path", "")).exists():
-            return _tokenizer(name, source)
-        source = resolve_source(name)
-        check_hub(name, source)
-        return _tokenizer(name, source)
+        if source is None or not Path(source.get("path", "")).exists():
+            source = resolve_source(name)
+            check_hub(name, source)
+        return _tokenizer(name, source)[0]
 
 
 def load_pretrained(name: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
@@ -192,14 +199,13 @@ def load_pretrained(name: str, *, dtype: torch.dtype = torch.float32, device: st
 
     source = resolve_source(name)
     check_hub(name, source)
-    kwargs = {"gguf_file": source["gguf_file"]} if "gguf_file" in source else {}
     with _quiet_transformers():  # GGUF conversion chatter
-        tokenizer = _tokenizer(name, source)
+        tokenizer, hf_tokenizer = _tokenizer(name, source)
         model = AutoModelForCausalLM.from_pretrained(source["path"], dtype=dtype,
-                                                     attn_implementation=attn_implementation, **kwargs)
+                                                     attn_implementation=attn_implementation, **source_kwargs(source))
     model.to(device).eval()
     if pe_config is None:
         pe_config = getattr(model.config, "hopekit_pe", None)
     if pe_config is not None:
         patch_model(model, pe_config)
-    return PretrainedLM(model=model, tokenizer=tokenizer, name=name, source=source)
+    return PretrainedLM(model=model, tokenizer=tokenizer, name=name, source=source, hf_tokenizer=hf_tokenizer)
