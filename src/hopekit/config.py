@@ -119,7 +119,8 @@ class EvalConfig:
     multiples: tuple[int, ...] = (1, 2, 4, 8, 16)
     protocol: str = "nonoverlapping"   # or "sliding", "truncate"
     stride: int = 0                    # sliding-window stride; 0 = train_len
-    max_tokens: int = 65536            # scored tokens per length (windows are taken in order)
+    max_tokens: int = 65536            # scored tokens per length
+    sampling: str = "spread"           # windows evenly across every document, or "prefix": in order from the start
     batch_size: int = 4
     split: str = "test"
     extensions: tuple[str, ...] = ("linear", "ntk", "dynamic_ntk", "yarn")  # eval-time, for rope models
@@ -130,6 +131,7 @@ class EvalConfig:
         if not self.multiples or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.multiples):
             _fail(self, "multiples", "expected a non-empty list of ints >= 1")
         check_choice(self, "protocol", ("nonoverlapping", "sliding", "truncate"))
+        check_choice(self, "sampling", ("spread", "prefix"))
         check_choice(self, "split", ("train", "validation", "test"))
         check_int(self, "stride", low=0)
         check_int(self, "max_tokens", low=1)

@@ -108,7 +108,7 @@ def test_a_split_where_no_window_fits_the_longest_length_is_refused_before_recor
     docs = [torch.randint(1, VOCAB, (12,)), torch.randint(1, VOCAB, (7,))]   # ~20 joined tokens: 1× fits, 2× not
     monkeypatch.setattr(lengths, "test_documents", lambda cfg: (types.SimpleNamespace(name="toy", eos_id=0), docs))
     path = tmp_path / "records.jsonl"
-    with pytest.raises(ValueError, match=r"no window at eval_len=32.*33 tokens in the joined stream"):
+    with pytest.raises(ValueError, match=r"no window at eval_len=32.*33 tokens in one document"):
         run(make(), config(), path)
     with pytest.raises(ValueError, match=r"no window at eval_len=16.*17 tokens in one document"):
         run(make(), config(multiples=(1,), protocol="truncate"), path)

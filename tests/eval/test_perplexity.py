@@ -180,7 +180,9 @@ def test_argument_errors_and_training_flag_restored(rope_model):
     finally:
         rope_model.eval()
     assert eval_kwargs(EvalConfig(protocol="sliding"), 16, 64) == \
-        {"protocol": "sliding", "max_tokens": 65536, "batch_size": 4, "stride": 16}
+        {"protocol": "sliding", "sampling": "spread", "max_tokens": 65536, "batch_size": 4, "stride": 16}
+    with pytest.raises(ValueError, match="sampling='even'"):
+        perplexity(rope_model, s, 16, sampling="even")
 
 
 class _Terminal(io.StringIO):
@@ -209,7 +211,14 @@ def test_has_window_matches_what_perplexity_scores(rope_model):
                             ("truncate", 11, {}), ("truncate", 12, {})):
         fits = has_window(docs, L, protocol, separator=0, **kw)
         assert fits == (perplexity(rope_model, docs, L, protocol, separator=0, **kw).tokens > 0)
-    assert has_window(docs, 20, separator=0) and not has_window(docs, 21, separator=0)
+    for sampling in ("prefix", "spread"):   # the joined stream, or each document on its own
+        for protocol, L, kw in (("nonoverlapping", 20, {}), ("nonoverlapping", 11, {}), ("sliding", 11, {"stride": 5})):
+            fits = has_window(docs, L, protocol, separator=0, sampling=sampling, **kw)
+            scored = perplexity(rope_model, docs, L, protocol, separator=0, sampling=sampling, **kw).tokens
+            assert fits == (scored > 0)
+    assert has_window(docs, 20, separator=0, sampling="prefix") and not has_window(docs, 21, separator=0,
+                                                                                    sampling="prefix")
+    assert has_window(docs, 11) and not has_window(docs, 12)   # spread: the longest document has 12 tokens
     assert not has_window([], 4) and not has_window(docs, 12, "truncate")
 
 
@@ -239,3 +248,63 @@ def test_learned_absolute_refuses_beyond_its_table_and_is_recorded_as_a_skip(tmp
     assert [r["metric"] for r in rows] == ["ppl", "nll"] and all(r["value"] is None for r in rows)
     append_records(tmp_path / "r.jsonl", rows)
     assert read_records(tmp_path / "r.jsonl")[0]["skipped"] == "beyond the learned table"
+
+
+# --- window sampling ---------------------------------------------------------------------------------
+
+def _naive_window_nll(model, window):
+    """Summed NLL of one window, scored alone (the reference for the batched, sampled path)."""
+    with torch.no_grad():
+        logits, _ = model(window.input_ids[None])
+    nll = torch.nn.functional.cross_entropy(logits[0].double(), window.target_ids, reduction="none")
+    return float(nll[window.loss_mask].sum()), int(window.loss_mask.sum())
+
+
+@pytest.mark.parametrize("protocol,kw,budget", [("nonoverlapping", {}, 200), ("sliding", {"stride": 6}, 200),
+                                                ("truncate", {}, 40)])
+def test_spread_scores_evenly_spaced_windows_of_every_document(rope_model, protocol, kw, budget):
+    from hopekit.data import eval_windows
+
+    docs = [stream(n, seed=i) for i, n in enumerate((150, 17, 90, 300, 44))]
+    L = 16
+    res = perplexity(rope_model, docs, L, protocol, max_tokens=budget, batch_size=3, separator=0, **kw)
+    # reference: every document windowed on its own, in order; k windows at floor((j + 1/2) n / k)
+    every = [(i, w) for i, d in enumerate(docs) for w in eval_windows(protocol, [d], L, per_document=True, **kw)]
+    n, total = len(every), sum(int(w.loss_mask.sum()) for _, w in every)
+    k = -(-budget * n // total)
+    assert k < n                                             # the budget binds
+    chosen = [every[(2 * j + 1) * n // (2 * k)] for j in range(k)]
+    sums = [_naive_window_nll(rope_model, w) for _, w in chosen]
+    assert res.windows == k and res.budget_reached and res.sampling == "spread"
+    assert res.tokens == sum(c for _, c in sums)
+    assert res.nll == pytest.approx(sum(s for s, _ in sums) / res.tokens, abs=1e-5)
+    assert res.documents == len({i for i, _ in chosen})
+    assert [round(x, 4) for x in res.window_nll] == [round(s, 4) for s, _ in sums]
+    # later documents are reached, not only the first: the chosen windows span the whole list
+    assert chosen[0][0] == 0 and chosen[-1][0] == len(docs) - 1
+
+
+def test_spread_without_a_budget_is_every_document_on_its_own(rope_model):
+    docs = [stream(70, seed=3), stream(5, seed=4), stream(41, seed=5)]
+    spread = perplexity(rope_model, docs, 8, max_tokens=None, separator=0)
+    alone = perplexity(rope_model, docs, 8, max_tokens=None, separator=0, per_document=True, sampling="prefix")
+    joined = perplexity(rope_model, docs, 8, max_tokens=None, separator=0, sampling="prefix")
+    assert spread.tokens == alone.tokens and spread.nll == pytest.approx(alone.nll, abs=1e-6)
+    assert not spread.budget_reached and spread.documents == 2   # the 5-token one holds no window
+    assert joined.tokens != spread.tokens            # the joined stream windows across the separators
+
+
+def test_prefix_sampling_takes_windows_in_order_from_the_start(rope_model):
+    docs = [stream(200, seed=6), stream(200, seed=7)]
+    res = perplexity(rope_model, docs, 10, max_tokens=30, separator=0, sampling="prefix")
+    assert res.tokens == 30 and res.documents == 1 and res.budget_reached
+
+
+def test_bootstrap_interval_brackets_the_estimate_and_matches_the_normal_approximation(rope_model):
+    res = perplexity(rope_model, stream(4000, seed=8), 8, max_tokens=None)
+    low, high = res.bootstrap_ppl(resamples=2000)
+    assert low < res.ppl < high and res.bootstrap_ppl(resamples=2000) == (low, high)   # seeded
+    # delta method: se(mean nll) over equal-size windows; the interval is about exp(nll ± 1.96 se)
+    per = torch.tensor(res.window_nll, dtype=torch.float64) / torch.tensor(res.window_tokens, dtype=torch.float64)
+    se = float(per.std() / per.numel() ** 0.5)
+    assert math.log(high / low) == pytest.approx(2 * 1.96 * se, rel=0.15)

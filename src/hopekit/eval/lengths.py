@@ -5,7 +5,7 @@ docs/results/).
 A measurement already in the records file is skipped, so a killed evaluation resumes where it
 stopped. "Already there" means a ``"ppl"`` row with the same :data:`KEY_FIELDS`, everything that
 decides the number: the model's weights (``model_digest``), the method and its resolved parameters,
-corpus, split, tokenizer, protocol, stride, ``max_tokens`` and ``eval_len``. Another checkpoint,
+corpus, split, tokenizer, protocol, stride, window sampling, ``max_tokens`` and ``eval_len``. Another checkpoint,
 split or budget is measured anew.
 """
 
@@ -32,7 +32,7 @@ __all__ = ["KEY_FIELDS", "test_documents", "evaluate_lengths"]
 #: the record fields that decide a perplexity number: a measurement is skipped when a "ppl" row
 #: with the same values is already recorded
 KEY_FIELDS = ("method", "params", "model_digest", "corpus", "split", "tokenizer", "protocol", "stride",
-              "max_tokens", "eval_len")
+              "sampling", "max_tokens", "eval_len")
 
 
 @functools.lru_cache(maxsize=4)
@@ -90,7 +90,7 @@ def evaluate_lengths(model: nn.Module, config: ExperimentConfig, records_path: s
         counter = f"  [{i}/{len(jobs)}] "   # measurement i of this evaluation
         kwargs = eval_kwargs(config.eval, config.train.train_len, job.eval_len)
         key = _key(dict(common, method=job.method, params=job.params, eval_len=job.eval_len,
-                        protocol=kwargs["protocol"], stride=kwargs.get("stride")))
+                        protocol=kwargs["protocol"], stride=kwargs.get("stride"), sampling=kwargs["sampling"]))
         if any(r["metric"] == "ppl" for r in recorded.get(key, ())):
             log(f"{counter}{job.method:<20} eval_len {job.eval_len:>6}: already recorded")
             out.extend(recorded[key])
@@ -153,8 +153,10 @@ def _check_scorable(docs: Sequence[torch.Tensor], config: ExperimentConfig, sepa
         raise ValueError(f"{where} holds no tokens ({len(docs)} documents): nothing to evaluate "
                          f"(a corpus needs several works to fill a test split)")
     kwargs = eval_kwargs(config.eval, config.train.train_len, eval_len)
-    if not has_window(docs, eval_len, kwargs["protocol"], stride=kwargs.get("stride"), separator=separator):
-        need = "one document" if kwargs["protocol"] == "truncate" else "the joined stream"
+    if not has_window(docs, eval_len, kwargs["protocol"], stride=kwargs.get("stride"), separator=separator,
+                      sampling=kwargs["sampling"]):
+        need = "the joined stream" if kwargs["sampling"] == "prefix" and kwargs["protocol"] != "truncate" \
+            else "one document"
         raise ValueError(f"{where} ({len(docs)} documents, {tokens} tokens) gives no window at eval_len={eval_len}: "
                          f"protocol {kwargs['protocol']!r} needs {eval_len + 1} tokens in {need}; "
                          f"lower eval.multiples or use a larger corpus")
@@ -175,7 +177,7 @@ def _measure(job: _Job, docs: Sequence[torch.Tensor], separator: int | None, kwa
     except LengthLimitError as e:
         log(f"{job.method:<20} eval_len {job.eval_len:>6}: skipped ({e})")
         return skipped_records(method=job.method, params=job.params, eval_len=job.eval_len, protocol=kwargs["protocol"],
-                               stride=kwargs.get("stride"), reason=str(e), **common)
+                               stride=kwargs.get("stride"), sampling=kwargs["sampling"], reason=str(e), **common)
     log(f"{job.method:<20} eval_len {job.eval_len:>6}: ppl {res.ppl:10.3f}  ({res.tokens} tokens, "
-        f"{time.perf_counter() - t0:.1f}s)")
-    return ppl_records(res, method=job.method, params=job.params, **common)
+        f"{res.documents} documents, {time.perf_counter() - t0:.1f}s)")
+    return ppl_records(res, method=job.method, params=job.params, seconds=res.seconds, **common)

@@ -36,10 +36,24 @@ loss of predicting window token ``j + 1`` from the ``j + 1`` tokens before it. T
 The stream protocols score a token-weighted mean NLL (HF's guide, PI); YaRN's averaging of
 per-window means differs only through the partially scored first/last windows.
 
-``max_tokens`` bounds the work: windows are taken in order while fewer than ``max_tokens`` targets
-have been scored (the last window is kept whole, so up to ``max_tokens + eval_len − 1`` are scored);
-``budget_reached`` says whether windows were left. At every ``eval_len`` the scored text is the same
-prefix of the stream (nonoverlapping / sliding), so lengths are compared on the same tokens.
+**Which windows** (``sampling``; ``max_tokens`` bounds the work):
+
+* ``"spread"`` (the default): every document is windowed on its own (no context crosses a document
+  boundary; ``separator`` is unused), and when those windows hold more than ``max_tokens`` targets,
+  ``k`` of them are taken at evenly spaced indices of the list of all windows in document order (``k``:
+  enough windows for ``max_tokens`` targets at the mean window's count). Every document long enough to
+  hold a window is sampled in proportion to its length, from its start to its end, instead of the
+  first document's opening. A 1-D stream is one document.
+* ``"prefix"``: windows in order from the start of the joined stream (or of each document with
+  ``per_document``) while fewer than ``max_tokens`` targets have been scored (the last window is kept
+  whole, so up to ``max_tokens + eval_len − 1`` are scored). At every ``eval_len`` the scored text is
+  the same prefix of the stream, so lengths are compared on the same tokens, but a small budget sees
+  only the first document.
+
+``budget_reached`` says whether windows were left. The result keeps each window's summed NLL and
+scored count (``window_nll``, ``window_tokens``), so :meth:`PerplexityResult.bootstrap_ppl` gives a
+percentile-bootstrap interval over windows: how much the number would move with other windows of the
+same model (seed-to-seed variation is a separate, usually larger, effect).
 
 **Memory is linear in length.** Nothing here is T×T: attention runs in the model (SDPA, or the
 ``attn_chunk``-query-row blocks of the bias / scores paths). The batch shrinks automatically so that
@@ -74,11 +88,14 @@ from ..config import EvalConfig
 
 __all__ = [
     "PROTOCOLS", "PerplexityResult", "LengthLimitError", "perplexity", "has_window", "canonical_protocol",
-    "bin_curve", "eval_kwargs", "MAX_LOGITS",
+    "bin_curve", "eval_kwargs", "MAX_LOGITS", "SAMPLINGS",
 ]
 
 #: protocol names as records, ``EvalConfig.protocol`` and :mod:`hopekit.data` spell them
 PROTOCOLS = (data_lib.NONOVERLAP, data_lib.SLIDING, data_lib.TRUNCATE)
+
+#: how windows are chosen (module docstring): evenly across every document, or in order from the start
+SAMPLINGS = ("spread", "prefix")
 
 #: upper bound on batch · eval_len · vocab logit elements per forward (2^27 fp32 = 512 MiB)
 MAX_LOGITS = 1 << 27
@@ -123,6 +140,9 @@ class PerplexityResult:
     budget_reached: bool
     batch_size: int             # windows per forward actually used
     seconds: float
+    sampling: str = "spread"
+    window_nll: tuple[float, ...] = ()      # summed NLL of each scored window, in scoring order
+    window_tokens: tuple[int, ...] = ()     # scored targets of each window
 
     def loss_by_position(self) -> torch.Tensor:
         """``(eval_len,)`` float64 mean loss at each position inside the window (nan where unscored)."""
@@ -133,9 +153,19 @@ class PerplexityResult:
         return bin_curve(self.loss_sum, self.loss_count, bins)
 
     def summary(self) -> dict[str, Any]:
-        """Scalar fields as a plain dict (no tensors)."""
+        """Scalar fields as a plain dict (no tensors, no per-window lists)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name not in ("loss_sum", "loss_count")}
+                if f.name not in ("loss_sum", "loss_count", "window_nll", "window_tokens")}
+
+    def bootstrap_ppl(self, confidence: float = 0.95, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+        """Percentile-bootstrap interval of the token-weighted perplexity over this result's windows
+        (:func:`hopekit.eval.stats.bootstrap_ppl`); ``(nan, nan)`` when nothing was scored. Under
+        ``truncate`` the resampled statistic is the same token-weighted one (every window scores
+        ``eval_len`` targets, so it equals the per-document mean)."""
+        from .stats import bootstrap_ppl
+
+        return bootstrap_ppl(self.window_nll, self.window_tokens, confidence=confidence, resamples=resamples,
+                             seed=seed)
 
 
 def bin_curve(loss_sum: torch.Tensor, loss_count: torch.Tensor, bins: int = 32) -> dict[str, list]:
@@ -237,15 +267,18 @@ def perplexity(
     per_document: bool = False,
     bos: int | None = None,
     amp_dtype: torch.dtype | None = None,
+    sampling: str = "spread",
     progress: str | None = None,
 ) -> PerplexityResult:
     """Mean next-token NLL / perplexity of ``model`` on ``tokens`` with windows of ``eval_len``.
 
     ``tokens``: one 1-D int64 test stream, or a list of per-document 1-D tensors (joined with
     ``separator`` — None: no separator — for the stream protocols unless ``per_document``, in which
-    case windows never cross a document boundary). ``protocol``: ``"nonoverlapping"``, ``"sliding"``
+    case windows never cross a document boundary; ``sampling="spread"`` always windows each document on
+    its own). ``protocol``: ``"nonoverlapping"``, ``"sliding"``
     (needs ``stride`` in [1, eval_len]) or ``"truncate"`` (needs a document list; see the module
-    docstring). ``max_tokens``: stop taking windows once this many targets are scored (None: all).
+    docstring). ``max_tokens``: the number of targets to score (None: all); ``sampling``: which windows
+    (``"spread"``: evenly across every document; ``"prefix"``: in order from the start; module docstring).
     ``batch_size`` windows per forward, reduced to keep ``batch · eval_len ≤ max_batch_tokens`` and
     the logits under :data:`MAX_LOGITS`. ``seq_len`` fixes the spectrum of length-dependent rotary
     methods (default: the model's rule, max position + 1 = ``eval_len``). ``bos``: a token id
@@ -254,44 +287,82 @@ def perplexity(
     terminal). The model is put in eval mode for the call and restored.
     """
     protocol = canonical_protocol(protocol)
-    _check_arguments(protocol, eval_len, stride, max_tokens, batch_size, max_batch_tokens)
+    _check_arguments(protocol, eval_len, stride, max_tokens, batch_size, max_batch_tokens, sampling)
     docs = _as_documents(tokens, protocol, bos)
     device = torch.device(device) if device is not None else _model_device(model)
     batch = _batch_size(model, eval_len, batch_size, max_batch_tokens)
     _check_positions_fit(model, eval_len, device)
 
+    spread = sampling == "spread"
+    per_document = per_document or spread
     windows = functools.partial(_tagged_windows, protocol, docs, eval_len, stride, separator, per_document)
+    if spread:
+        windows = _spread(windows, max_tokens)
     tally = _Tally.zeros(eval_len, device)
-    bar = _progress_bar(progress, windows, max_tokens)
+    budget = None if spread else max_tokens           # spread: the selection is the budget
+    bar = _progress_bar(progress, windows, budget)
     t0 = time.perf_counter()
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for buf in _window_batches(windows(), batch, max_tokens, tally):
+            for buf in _window_batches(windows(), batch, budget, tally):
                 _score_batch(model, buf, tally, device, seq_len, amp_dtype, per_document_mean=protocol == "truncate")
                 bar.update(len(buf))
     finally:
         model.train(was_training)
         bar.close()
+    if spread:
+        tally.budget_reached = windows.left > 0
     return _result(tally, docs, protocol=protocol, eval_len=eval_len, stride=stride, separator=separator,
-                   per_document=per_document, batch=batch, seconds=time.perf_counter() - t0)
+                   per_document=per_document, batch=batch, seconds=time.perf_counter() - t0, sampling=sampling)
+
+
+class _spread:
+    """The windows of ``windows()`` thinned to about ``max_tokens`` scored targets, at evenly spaced
+    indices of the whole list (module docstring). Two passes over the generator (slicing only, no
+    forward): one counts windows and targets, the second yields the chosen ones. ``left``: windows not
+    taken."""
+
+    def __init__(self, windows: Callable[[], Iterator[tuple[int | None, data_lib.EvalWindow]]],
+                 max_tokens: int | None) -> None:
+        self.windows = windows
+        n = targets = 0
+        for _, w in windows():
+            n += 1
+            targets += int(w.loss_mask.sum())
+        if max_tokens is None or targets <= max_tokens:
+            self.chosen = None
+            self.left = 0
+        else:
+            k = min(n, math.ceil(max_tokens * n / targets))           # windows for max_tokens at the mean count
+            self.chosen = {((2 * j + 1) * n) // (2 * k) for j in range(k)}  # floor((j + ½) · n / k)
+            self.left = n - len(self.chosen)
+
+    def __call__(self) -> Iterator[tuple[int | None, data_lib.EvalWindow]]:
+        for i, tagged in enumerate(self.windows()):
+            if self.chosen is None or i in self.chosen:
+                yield tagged
 
 
 def has_window(tokens: torch.Tensor | Sequence[torch.Tensor], eval_len: int, protocol: str = "nonoverlapping", *,
                stride: int | None = None, separator: int | None = None, per_document: bool = False,
-               bos: int | None = None) -> bool:
+               bos: int | None = None, sampling: str = "spread") -> bool:
     """Whether :func:`perplexity` with these arguments would score anything: at least one window of
-    ``eval_len`` fits (the stream, or under truncate some document, holds ``eval_len + 1`` tokens)."""
+    ``eval_len`` fits (the stream, or with ``sampling="spread"``, ``per_document`` or under truncate some
+    document, holds ``eval_len + 1`` tokens)."""
     protocol = canonical_protocol(protocol)
-    _check_arguments(protocol, eval_len, stride, None, 1, 1)
+    _check_arguments(protocol, eval_len, stride, None, 1, 1, sampling)
     docs = _as_documents(tokens, protocol, bos)
+    per_document = per_document or sampling == "spread"
     return next(_tagged_windows(protocol, docs, eval_len, stride, separator, per_document), None) is not None
 
 
 def _check_arguments(protocol: str, eval_len: int, stride: int | None, max_tokens: int | None,
-                     batch_size: int, max_batch_tokens: int) -> None:
+                     batch_size: int, max_batch_tokens: int, sampling: str) -> None:
     """Refuse bad scalar arguments of :func:`perplexity`, naming the argument and its value."""
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling={sampling!r}: expected one of {SAMPLINGS}")
     if isinstance(eval_len, bool) or not isinstance(eval_len, int) or eval_len < 1:
         raise ValueError(f"eval_len={eval_len!r}: expected an int >= 1")
     if protocol == "sliding":
@@ -344,6 +415,8 @@ class _Tally:
     docs_seen: set[int] = dataclasses.field(default_factory=set)
     budget_reached: bool = False
     stopped_at: int | None = None            # document index of the first window left unscored
+    window_nll: list[float] = dataclasses.field(default_factory=list)    # summed NLL per window
+    window_tokens: list[int] = dataclasses.field(default_factory=list)   # scored targets per window
 
     @classmethod
     def zeros(cls, eval_len: int, device: torch.device) -> _Tally:
@@ -382,6 +455,8 @@ def _score_batch(model: nn.Module, buf: list[data_lib.EvalWindow], tally: _Tally
     nll = torch.where(m, _token_nll(model, x, y, seq_len, amp_dtype).double(), 0.0)  # (B, T), 0 unscored
     tally.loss_sum.add_(nll.sum(0))
     tally.loss_count.add_(m.sum(0))
+    tally.window_nll.extend(nll.sum(1).tolist())
+    tally.window_tokens.extend(m.sum(1).tolist())
     if per_document_mean:
         tally.doc_mean_sum += float((nll.sum(1) / m.sum(1).clamp_min(1)).sum())
 
@@ -402,7 +477,7 @@ def _progress_bar(label: str | None, windows: Callable[[], Iterator[tuple[int | 
 
 def _result(tally: _Tally, docs: torch.Tensor | list[torch.Tensor], *, protocol: str, eval_len: int,
             stride: int | None, separator: int | None, per_document: bool, batch: int,
-            seconds: float) -> PerplexityResult:
+            seconds: float, sampling: str) -> PerplexityResult:
     """The :class:`PerplexityResult` of a finished tally (see its docstring for each field)."""
     skipped = 0
     if protocol == "truncate":
@@ -418,7 +493,8 @@ def _result(tally: _Tally, docs: torch.Tensor | list[torch.Tensor], *, protocol:
         protocol=protocol, eval_len=eval_len, stride=stride, nll=nll, ppl=_exp(nll),
         tokens=tally.scored, windows=tally.windows, documents=documents, skipped_documents=skipped,
         loss_sum=tally.loss_sum.cpu(), loss_count=tally.loss_count.cpu(), budget_reached=tally.budget_reached,
-        batch_size=batch, seconds=seconds)
+        batch_size=batch, seconds=seconds, sampling=sampling, window_nll=tuple(tally.window_nll),
+        window_tokens=tuple(tally.window_tokens))
 
 
 def _documents_reached(docs: Sequence[torch.Tensor], separator: int | None, scored: int) -> int:
@@ -438,9 +514,10 @@ def _documents_reached(docs: Sequence[torch.Tensor], separator: int | None, scor
 
 def eval_kwargs(cfg: EvalConfig, train_len: int, eval_len: int) -> dict[str, Any]:
     """:func:`perplexity` keyword arguments from an :class:`EvalConfig` at one ``eval_len``: protocol,
-    max_tokens, batch_size and, for sliding, ``stride`` (``cfg.stride``; 0 means ``train_len``; capped
-    at ``eval_len``)."""
-    out: dict[str, Any] = {"protocol": cfg.protocol, "max_tokens": cfg.max_tokens, "batch_size": cfg.batch_size}
+    sampling, max_tokens, batch_size and, for sliding, ``stride`` (``cfg.stride``; 0 means ``train_len``;
+    capped at ``eval_len``)."""
+    out: dict[str, Any] = {"protocol": cfg.protocol, "sampling": cfg.sampling, "max_tokens": cfg.max_tokens,
+                           "batch_size": cfg.batch_size}
     if cfg.protocol == "sliding":
         out["stride"] = min(cfg.stride or train_len, eval_len)
     return out

@@ -190,12 +190,13 @@ def _check_scorable(text: PretrainedText, eval_len: int, kwargs: Mapping[str, An
                     bos: int | None) -> None:
     """Refuse a text that gives no window at the longest length, saying how many tokens it has."""
     if has_window(text.documents, eval_len, kwargs["protocol"], stride=kwargs.get("stride"), separator=separator,
-                  bos=bos):
+                  bos=bos, sampling=kwargs["sampling"]):
         return
     where = text.corpus + (f" ({text.split} split)" if text.split else "")
     longest = max((d.numel() for d in text.documents), default=0)
-    need = (f"a document of {eval_len + 1} tokens (the longest has {longest})" if kwargs["protocol"] == "truncate"
-            else f"{eval_len + 1} tokens in the joined stream")
+    joined = kwargs["protocol"] != "truncate" and kwargs["sampling"] == "prefix"
+    need = (f"{eval_len + 1} tokens in the joined stream" if joined
+            else f"a document of {eval_len + 1} tokens (the longest has {longest})")
     raise ValueError(f"{where}: {text.tokens} tokens in {len(text.documents)} document(s) with {text.tokenizer}; "
                      f"eval_len={eval_len} under protocol {kwargs['protocol']!r} needs {need}")
 
@@ -263,7 +264,8 @@ def evaluate_pretrained(lm: Any, text: PretrainedText, records_path: str | Path,
     for i, L in enumerate(lengths, 1):
         counter = f"  [{i}/{len(lengths)}] "
         kwargs = kwargs_at[L]
-        key = _key(dict(common, eval_len=L, protocol=kwargs["protocol"], stride=kwargs.get("stride")))
+        key = _key(dict(common, eval_len=L, protocol=kwargs["protocol"], stride=kwargs.get("stride"),
+                        sampling=kwargs["sampling"]))
         if any(r["metric"] == "ppl" for r in recorded.get(key, ())):
             log(f"{counter}{name:<20} eval_len {L:>6}: already recorded")
             out.extend(recorded[key])

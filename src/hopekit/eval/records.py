@@ -243,16 +243,21 @@ def ppl_records(result: PerplexityResult, *, method: str, params: Mapping[str, A
     rope model); ``params``: the pe config used at evaluation; ``model``: a short descriptor
     (:func:`model_descriptor`). Every row also carries ``protocol``, ``stride``, ``tokens``,
     ``windows``, ``documents``, ``skipped_documents``, ``budget_reached`` and ``multiple``
-    (eval_len / train_len); ``extra`` fields (tokenizer, model_digest, ...) are added to every row.
+    (eval_len / train_len) and ``sampling``; ``extra`` fields (tokenizer, model_digest, ...) are added to
+    every row. The ``"ppl"`` row also carries ``ppl_window_ci95``: the 95 % percentile-bootstrap interval
+    over the scored windows (:meth:`~hopekit.eval.perplexity.PerplexityResult.bootstrap_ppl`, 1000
+    resamples, generator seed 0), null when nothing was scored.
     """
     common = dict(method=method, params=_jsonable(params), train_len=int(train_len), eval_len=result.eval_len,
                   task=task, seed=seed, model=model, corpus=corpus, protocol=result.protocol,
-                  stride=result.stride, tokens=result.tokens, windows=result.windows,
+                  stride=result.stride, sampling=result.sampling, tokens=result.tokens, windows=result.windows,
                   documents=result.documents, skipped_documents=result.skipped_documents,
                   budget_reached=result.budget_reached, multiple=result.eval_len / train_len, **extra)
     binned = result.binned(bins)
+    low, high = result.bootstrap_ppl()
+    interval = None if math.isnan(low) else [low, high]
     return [
-        make_record(metric="ppl", value=result.ppl, **common),
+        make_record(metric="ppl", value=result.ppl, ppl_window_ci95=interval, **common),
         make_record(metric="nll", value=result.nll, **common),
         make_record(metric="loss_by_position", value=binned["loss"], bin_start=binned["start"],
                     bin_end=binned["end"], bin_count=binned["count"], **common),
