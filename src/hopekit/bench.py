@@ -2,15 +2,21 @@
 1×–16× the training length, add eval-time extensions of the rope model, and write a report.
 
 A bench preset (``presets/bench_<name>.yaml``) holds one ``experiment`` (model, data, train, eval;
-see :mod:`hopekit.config`) and a ``methods`` mapping ``name -> pe config``. Every method is trained
-with the same seed, data and budget; a method's ``train_len`` parameter (hope_highfreq, yarn, ...)
-is the experiment's ``train.train_len`` (the config owns it, see :mod:`hopekit.config`).
+see :mod:`hopekit.config`), a ``methods`` mapping ``name -> pe config`` and ``seeds``, the number of
+training seeds (``train.seed``, ``train.seed + 1``, …; ``--seeds N`` on the command line). Every method
+is trained once per seed with the same data and budget, so methods are compared paired by seed (the
+same seed gives the same initialisation stream and the same batches); a method's ``train_len``
+parameter (hope_highfreq, yarn, ...) is the experiment's ``train.train_len`` (the config owns it, see
+:mod:`hopekit.config`).
 
 Outputs in ``results/<run>/``: ``bench.json`` (the resolved bench config), ``records.jsonl`` (one row
-per measurement), ``report.md``, ``ppl_vs_length.png``, and ``checkpoints/<method>/``. The run is
-resumable at every level: a finished method is not retrained (its checkpoint is complete), a
-method killed mid-training resumes from its last checkpoint, and a length already in the records
-is not re-measured. Re-running into a directory made with a different config is refused.
+per measurement: perplexities, training time, loss curve and epochs per method and seed, the score
+vs distance of each method's encoding, the wall time of each invocation), ``report.md`` and its plots
+(:mod:`hopekit.eval.report`), and ``checkpoints/<method>/seed<k>/``. Seeds run in order, all methods of
+one seed before the next. The run is resumable at every level: a finished method is not retrained
+(its checkpoint is complete), a method killed mid-training resumes from its last checkpoint, and a
+length already in the records is not re-measured. Re-running into a directory made with a different
+config is refused; methods and seeds may be added.
 """
 
 from __future__ import annotations
@@ -19,14 +25,14 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from . import pe as pe_lib
 from .config import ExperimentConfig, apply_overrides, config_differences, load_yaml, preset_path
 
 __all__ = ["BenchConfig", "load_bench", "run_bench", "BENCH_PRESETS"]
 
-BENCH_PRESETS = ("smoke", "default", "gpu")  # presets/bench_<name>.yaml
+BENCH_PRESETS = ("smoke", "default", "code", "gpu")  # presets/bench_<name>.yaml
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,29 +43,40 @@ class BenchConfig:
     experiment: ExperimentConfig
     methods: dict[str, pe_lib.Params]
     extensions_of: str = "rope"
+    seeds: tuple[int, ...] = (0,)
 
-    def method_config(self, name: str) -> ExperimentConfig:
-        """The experiment of one method."""
-        return dataclasses.replace(self.experiment, name=name, pe=self.methods[name])
+    def method_config(self, name: str, seed: int | None = None) -> ExperimentConfig:
+        """The experiment of one method (with ``train.seed = seed`` when given)."""
+        cfg = dataclasses.replace(self.experiment, name=name, pe=self.methods[name])
+        if seed is None:
+            return cfg
+        return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
 
     def resolved(self) -> dict[str, Any]:
         return {"name": self.name, "experiment": self.experiment.resolved(),
                 "methods": {name: pe_lib.to_config(p) for name, p in self.methods.items()},
-                "extensions_of": self.extensions_of}
+                "extensions_of": self.extensions_of, "seeds": list(self.seeds)}
 
 
 def load_bench(preset: str | Path = "default", overrides: list[str] | None = None,
-               methods: list[str] | None = None) -> BenchConfig:
-    """A bench preset name (smoke, default, gpu) or YAML path, with ``experiment.*`` / ``methods.*``
-    dotted overrides (``train.steps=50`` is shorthand for ``experiment.train.steps=50``)."""
+               methods: list[str] | None = None, seeds: int | None = None) -> BenchConfig:
+    """A bench preset name (smoke, default, code, gpu) or YAML path, with ``experiment.*`` / ``methods.*``
+    dotted overrides (``train.steps=50`` is shorthand for ``experiment.train.steps=50``; ``seeds=5``
+    sets the number of seeds, as does the ``seeds`` argument)."""
     path = preset_path(preset, prefix="bench_")
     raw = load_yaml(path)
-    unknown = sorted(set(raw) - {"name", "experiment", "methods", "extensions_of"})
+    unknown = sorted(set(raw) - {"name", "experiment", "methods", "extensions_of", "seeds"})
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}; a bench has name, experiment, methods, extensions_of")
+        raise ValueError(f"{path}: unknown key(s) {unknown}; a bench has name, experiment, methods, extensions_of, "
+                         f"seeds")
     sections = ("name", "model", "pe", "data", "train", "eval")
     expanded = [f"experiment.{o}" if o.split("=", 1)[0].split(".")[0] in sections else o for o in (overrides or [])]
     raw = apply_overrides(raw, expanded)
+    if seeds is not None:
+        raw["seeds"] = seeds
+    n_seeds = raw.get("seeds", 1)
+    if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
+        raise ValueError(f"seeds={n_seeds!r}: expected the number of training seeds, an int >= 1")
     experiment = ExperimentConfig.from_dict(raw.get("experiment", {}))
     all_methods = raw.get("methods") or {}
     if not isinstance(all_methods, Mapping) or not all_methods:
@@ -78,18 +95,20 @@ def load_bench(preset: str | Path = "default", overrides: list[str] | None = Non
             dataclasses.replace(experiment, pe=parsed[name]).model_config(vocab_size=256)
         except (ValueError, TypeError) as e:
             raise type(e)(f"methods.{name}: {e}") from None
+    first = experiment.train.seed
     return BenchConfig(name=str(raw.get("name", path.stem)), experiment=experiment, methods=parsed,
-                       extensions_of=str(raw.get("extensions_of", "rope")))
+                       extensions_of=str(raw.get("extensions_of", "rope")),
+                       seeds=tuple(range(first, first + n_seeds)))
 
 
 def run_bench(preset: str | Path = "default", *, run_dir: str | Path | None = None, overrides: list[str] | None = None,
-              methods: list[str] | None = None, progress: bool = True,
+              methods: list[str] | None = None, seeds: int | None = None, progress: bool = True,
               log: Callable[[str], None] = print) -> Path:
-    """Run (or resume) a bench; returns the run directory holding records, report and plot. The run
+    """Run (or resume) a bench; returns the run directory holding records, report and plots. The run
     directory is locked for the duration (a second bench on it is refused, naming the holder)."""
     from .checkpoint import prepare_run_dir
 
-    bench = load_bench(preset, overrides, methods)
+    bench = load_bench(preset, overrides, methods, seeds)
     run_dir = Path(run_dir) if run_dir is not None else Path("results") / bench.name
     lock = prepare_run_dir(run_dir, files=())
     try:
@@ -100,54 +119,163 @@ def run_bench(preset: str | Path = "default", *, run_dir: str | Path | None = No
 
 
 def _run_bench(bench: BenchConfig, run_dir: Path, *, progress: bool, log: Callable[[str], None]) -> None:
-    from .eval import read_records
     from .eval.lengths import evaluate_lengths
-    from .eval.records import append_records, make_record, model_descriptor
     from .eval.report import write_report
     from .train import corpus_batches, train
 
+    _save_config(bench, run_dir)
+    exp = bench.experiment
+    n_runs = len(bench.methods) * len(bench.seeds)
+    log(f"bench {bench.name}: {len(bench.methods)} methods × {len(bench.seeds)} seeds × "
+        f"{len(exp.eval.multiples)} lengths → {run_dir}")
+    log("config: " + json.dumps(bench.resolved()))
+    records_path = run_dir / "records.jsonl"
+    started = time.perf_counter()
+    _record_score_vs_distance(bench, records_path)
+    rows_before = _count_rows(records_path)
+
+    run = 0
+    for seed in bench.seeds:
+        batches, vocab = corpus_batches(bench.method_config(next(iter(bench.methods)), seed))
+        for name in bench.methods:
+            run += 1
+            cfg = bench.method_config(name, seed)
+            tag = f"[{run}/{n_runs} {name} seed {seed}]"
+            t0 = time.perf_counter()
+            log(f"{tag} training {cfg.train.steps} steps ({pe_lib.to_config(cfg.pe)})")
+            result = train(cfg, run_dir / "checkpoints" / name / f"seed{seed}", resume=True, batches=batches,
+                           vocab_size=vocab, progress=progress, log=log)
+            model = result.model.eval()
+            _record_training(records_path, name, cfg, model, result, batches)
+            log(f"{tag} trained in {time.perf_counter() - t0:.1f}s; evaluating")
+            extensions = exp.eval.extensions if name == bench.extensions_of else ()
+            evaluate_lengths(model, cfg, records_path, method=name, extensions=extensions, progress=progress, log=log)
+
+    from .eval.records import append_records, make_record
+
+    wall = time.perf_counter() - started
+    if _count_rows(records_path) > rows_before:   # this invocation trained or measured something
+        append_records(records_path, [make_record(
+            method=None, params={}, train_len=exp.train.train_len, eval_len=None, task="bench",
+            metric="bench_seconds", value=wall, seed=None, model=None, corpus=exp.data.corpus,
+            environment=environment(), methods=list(bench.methods), seeds=list(bench.seeds))])
+    report, plot = write_report(run_dir)
+    log(f"done in {wall:.1f}s: {report}, {plot}")
+
+
+def _count_rows(path: Path) -> int:
+    return sum(1 for line in path.read_bytes().splitlines() if line.strip()) if path.exists() else 0
+
+
+def _save_config(bench: BenchConfig, run_dir: Path) -> None:
+    """Write ``bench.json``; a directory made with another config is refused (methods and seeds may be
+    added, never changed)."""
     config_path = run_dir / "bench.json"
     resolved = bench.resolved()
     if config_path.exists():
         saved = json.loads(config_path.read_text())
-        # methods may be added to a run (or left out with --methods), never changed
         common = [m for m in resolved["methods"] if m in saved.get("methods", {})]
-        diffs = config_differences({**saved, "methods": {m: saved["methods"][m] for m in common}},
-                                   {**resolved, "methods": {m: resolved["methods"][m] for m in common}})
+        pick = lambda d: {**d, "methods": {m: d["methods"][m] for m in common}, "seeds": None}  # noqa: E731
+        diffs = config_differences(pick(saved), pick(resolved))
         if diffs:
             raise ValueError(f"{run_dir}: holds a bench made with a different config ({config_path}); use another "
                              f"--run-dir or delete it. Differences: " + "; ".join(diffs))
         resolved["methods"] = {**saved["methods"], **resolved["methods"]}
+        resolved["seeds"] = sorted(set(saved.get("seeds", [])) | set(resolved["seeds"]))
     config_path.write_text(json.dumps(resolved, indent=2) + "\n")
 
+
+def environment() -> dict[str, Any]:
+    """Where a bench ran: torch and Python versions, the CPU (or GPU) and the threads torch uses."""
+    import os
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    out = {"torch": torch.__version__, "python": platform.python_version(), "cpu": cpu,
+           "cpu_count": os.cpu_count(), "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out
+
+
+def _train_tokens(batches: Any) -> int | None:
+    """Tokens in the train stream behind ``batches`` (a :class:`hopekit.data.TrainBatches` or its bound
+    ``batch`` method), or None when it does not say."""
+    sampler = getattr(batches, "__self__", batches)
+    n = getattr(sampler, "num_tokens", None)
+    if n is None and getattr(sampler, "stream", None) is not None:
+        n = sampler.stream.numel()
+    return int(n) if n else None
+
+
+def _loss_curve(losses: Sequence[float], points: int = 100) -> tuple[list[int], list[float]]:
+    """``(steps, mean loss)`` of the per-step losses in ``points`` equal bins (step = a bin's last step + 1)."""
+    n = len(losses)
+    bins = min(points, n)
+    edges = [(i * n) // bins for i in range(bins + 1)]
+    steps = [b for b in edges[1:]]
+    means = [sum(losses[a:b]) / (b - a) for a, b in zip(edges[:-1], edges[1:])]
+    return steps, means
+
+
+def _record_training(records_path: Path, name: str, cfg: ExperimentConfig, model: Any, result: Any,
+                     batches: Any) -> None:
+    """The training rows of one (method, seed), once: seconds, final loss, tokens/s, epochs, loss curve."""
+    from .eval import read_records
+    from .eval.records import append_records, make_record, model_descriptor
+
+    seed = cfg.train.seed
+    records = read_records(records_path) if records_path.exists() else []
+    if any(r.get("method") == name and r.get("seed") == seed and r.get("metric") == "train_seconds" for r in records):
+        return
+    t = cfg.train
+    tokens = _train_tokens(batches)
+    epochs = t.steps * t.batch_size * t.train_len / tokens if tokens else None
+    common = dict(method=name, params=pe_lib.to_config(cfg.pe), train_len=t.train_len, eval_len=t.train_len,
+                  task="bench", model=model_descriptor(model), seed=seed, corpus=cfg.data.corpus,
+                  config=cfg.resolved(), environment=environment(), train_tokens=tokens)
+    steps, curve = _loss_curve(result.losses) if result.losses else ([], [])
+    append_records(records_path, [
+        make_record(metric="train_seconds", value=result.total_train_time, **common),
+        make_record(metric="final_train_loss", value=result.losses[-1] if result.losses else None, **common),
+        make_record(metric="tokens_per_s", value=result.tokens_per_s, **common),
+        make_record(metric="epochs", value=epochs, **common),
+        make_record(metric="train_loss_curve", value=curve, steps=steps, **common)])
+
+
+def _record_score_vs_distance(bench: BenchConfig, records_path: Path) -> None:
+    """Each method's pre-softmax score against query–key distance (the aligned probe of
+    :func:`hopekit.analysis.score_vs_distance`, head 0) out to the longest evaluation length, once per
+    method: the ``hopekit demo`` numbers, which the report draws."""
+    import torch
+
+    from .analysis import score_vs_distance
+    from .eval import read_records
+    from .eval.records import append_records, make_record
+
     exp = bench.experiment
-    log(f"bench {bench.name}: {len(bench.methods)} methods × {len(exp.eval.multiples)} lengths → {run_dir}")
-    log("config: " + json.dumps(resolved))
-    t_len = exp.train.train_len
-    batches, vocab = corpus_batches(exp)
-    records_path = run_dir / "records.jsonl"
-    started = time.perf_counter()
-
-    for i, name in enumerate(bench.methods, 1):
+    records = read_records(records_path) if records_path.exists() else []
+    done = {r["method"] for r in records if r.get("metric") == "score_vs_distance"}
+    longest = max(exp.eval.multiples) * exp.train.train_len
+    step = max(1, longest // 512)
+    distances = torch.arange(0, longest + 1, step)
+    rows = []
+    for name in bench.methods:
+        if name in done:
+            continue
         cfg = bench.method_config(name)
-        params = pe_lib.to_config(cfg.pe)
-        t0 = time.perf_counter()
-        log(f"[{i}/{len(bench.methods)} {name}] training {cfg.train.steps} steps ({params})")
-        result = train(cfg, run_dir / "checkpoints" / name, resume=True, batches=batches, vocab_size=vocab,
-                       progress=progress, log=log)
-        model = result.model.eval()
-        records = read_records(records_path) if records_path.exists() else []
-        if not any(r.get("method") == name and r.get("metric") == "train_seconds" for r in records):
-            common = dict(method=name, params=params, train_len=t_len, eval_len=t_len, task="bench",
-                          model=model_descriptor(model), seed=exp.train.seed, corpus=exp.data.corpus,
-                          config=cfg.resolved())
-            append_records(records_path, [
-                make_record(metric="train_seconds", value=result.total_train_time, **common),
-                make_record(metric="final_train_loss", value=result.losses[-1] if result.losses else None, **common),
-                make_record(metric="tokens_per_s", value=result.tokens_per_s, **common)])
-        log(f"[{i}/{len(bench.methods)} {name}] trained in {time.perf_counter() - t0:.1f}s; evaluating")
-        extensions = exp.eval.extensions if name == bench.extensions_of else ()
-        evaluate_lengths(model, cfg, records_path, method=name, extensions=extensions, progress=progress, log=log)
-
-    report, plot = write_report(run_dir)
-    log(f"done in {time.perf_counter() - started:.1f}s: {report}, {plot}")
+        enc = cfg.model_config(vocab_size=256).build_pe()
+        scores = score_vs_distance(enc, distances)
+        rows.append(make_record(method=name, params=pe_lib.to_config(cfg.pe), train_len=exp.train.train_len,
+                                eval_len=longest, task="bench", metric="score_vs_distance", value=scores.tolist(),
+                                distances=distances.tolist(), seed=None, model=None, corpus=exp.data.corpus,
+                                probe="aligned q = k, head 0"))
+    if rows:
+        append_records(records_path, rows)

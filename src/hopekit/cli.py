@@ -83,9 +83,9 @@ def _bench(args: argparse.Namespace) -> int:
 
     methods = args.methods.split(",") if args.methods else None
     if args.print_config:
-        return _print_yaml(load_bench(args.preset, args.overrides, methods).resolved())
+        return _print_yaml(load_bench(args.preset, args.overrides, methods, args.seeds).resolved())
     run_dir = run_bench(args.preset, run_dir=args.run_dir, overrides=args.overrides, methods=methods,
-                        progress=not (args.no_progress or args.quiet), log=_log(args))
+                        seeds=args.seeds, progress=not (args.no_progress or args.quiet), log=_log(args))
     print((run_dir / "report.md").read_text())
     return 0
 
@@ -449,14 +449,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", parents=[common, running],
                            help="the main job: train each method, perplexity at 1x-16x, report",
-                           description="Train small decoders with each method (same seed, data, budget), "
-                           "evaluate perplexity at multiples of the training length, add eval-time "
-                           "extensions of the rope model, write records.jsonl, report.md and "
-                           "ppl_vs_length.png. Resumable: re-run the same command to continue.")
-    bench.add_argument("--preset", default="default", help="smoke | default | gpu | path to a bench YAML "
+                           description="Train small decoders with each method and several seeds (same data "
+                           "and budget), evaluate perplexity at multiples of the training length, add eval-time "
+                           "extensions of the rope model, write records.jsonl, report.md (mean ± sd and 95% "
+                           "intervals over seeds) and plots. Resumable: re-run the same command to continue.")
+    bench.add_argument("--preset", default="default", help="smoke | default | code | gpu | path to a bench YAML "
                        "(see `hopekit presets`)")
     bench.add_argument("--run-dir", default=None, help="output directory (default: results/<preset name>)")
     bench.add_argument("--methods", default=None, help="comma-separated subset of the preset's methods")
+    bench.add_argument("--seeds", type=int, default=None, metavar="N",
+                       help="train every method with N seeds: train.seed, train.seed + 1, ... (default: the preset's)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
     bench.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="dotted overrides, e.g. train.steps=100 eval.multiples=[1,2]")

@@ -25,7 +25,7 @@ ROWS = [ppl("rope", 16, 10.0), ppl("rope", 32, 40.0), ppl("alibi", 16, 11.5), pp
 def test_markdown_table_from_records():
     table = markdown_table(ROWS)
     assert table.splitlines()[0] == "| method | 16 (1×) | 32 (2×) | Δ vs rope @ 16 |"
-    assert "| `alibi` | 11.50 | 12.00 | +1.50 |" in table and "| `rope+yarn` | — | 14.00 | — |" in table
+    assert "| `alibi` | 11.50 | **12.00** | +1.50 |" in table and "| `rope+yarn` | — | 14.00 | — |" in table
 
 
 def test_write_report_leaves_the_matplotlib_backend_alone(tmp_path):
@@ -38,7 +38,7 @@ def test_write_report_leaves_the_matplotlib_backend_alone(tmp_path):
     finally:
         matplotlib.use(before)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| `alibi` | 11.50 | 12.00 | +1.50 |" in report.read_text()
+    assert "| `alibi` | 11.50 | **12.00** | +1.50 |" in report.read_text()
 
 
 @pytest.mark.parametrize("field", ["metric", "method", "eval_len"])
