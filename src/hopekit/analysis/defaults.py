@@ -247,39 +247,48 @@ def _g(x: float, digits: int = 3) -> str:
         return "∞"
     if x == 0:
         return "0"
+    if abs(x) < 1e-3:
+        return f"{x:.{digits - 1}e}"
+    x = float(f"{x:.{digits}g}")           # round first: 0.0099999998 has the magnitude of 0.01
     decimals = max(0, digits - 1 - int(math.floor(math.log10(abs(x)))))
     text = f"{round(x, decimals):,.{decimals}f}"
     return text
 
 
-def in_tokens(d: Mapping[str, Any]) -> str:
-    """One line saying what the described encoding means in tokens (``hopekit methods`` style)."""
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def in_tokens(d: Mapping[str, Any], unit: str = "tokens") -> str:
+    """One line saying what the described encoding means in tokens (``hopekit methods`` style);
+    ``unit`` names what distances count (BiPE's inter encoding: segments)."""
     L = d["train_len"]
     if "inter" in d:
-        return f"intra: {in_tokens(d['intra'])}; inter (distances in segments): {in_tokens(d['inter'])}"
+        return (f"intra: {in_tokens(d['intra'])}; inter (distances in segments, at most {L} in a window): "
+                f"{in_tokens(d['inter'], 'segments')}")
     if "stretch" in d:
         if d["eval_len"] == L and d["unchanged_pairs"] == d["pairs"] - d["position_free_pairs"]:
-            text = (f"{d['rotating_pairs']} of {d['pairs']} pairs turn fully within {L} tokens "
+            text = (f"{d['rotating_pairs']} of {d['pairs']} pairs turn fully within {L} {unit} "
                     f"(periods {_g(min(d['period']))}–{_g(d['longest_period'])})")
             if d["position_free_pairs"]:
                 text += f", the other {d['position_free_pairs']} are position-free"
         else:
-            text = (f"at {d['eval_len']} tokens: {d['unchanged_pairs']} of {d['pairs']} pairs untouched, "
+            text = (f"at {d['eval_len']} {unit}: {d['unchanged_pairs']} of {d['pairs']} pairs untouched, "
                     f"max stretch {_g(d['max_stretch'])}×; {d['in_distribution_pairs']} of {d['pairs']} stay "
-                    f"within the angles RoPE saw in {L} tokens (RoPE: {d['rope_rotating_pairs']})")
+                    f"within the angles RoPE saw in {L} {unit} (RoPE: {d['rope_rotating_pairs']})")
         if d["attn_scale"] != 1.0:
             text += f"; cos/sin × {_g(d['attn_scale'], 4)}"
         return text
     if "rates" in d:
         flat = sorted(h for head in d["half_life"] for h in head)
         short = sum(1 for h in flat if h < 10)
-        return (f"channel half-lives {_g(flat[0])}–{_g(flat[-1])} tokens ({short} of {len(flat)} under 10); "
-                f"every logit < {NEGLIGIBLE:g} of its Δ=0 value beyond {_g(d['negligible_beyond'])} tokens")
+        return (f"channel half-lives {_g(flat[0])}–{_g(flat[-1])} {unit} ({short} of {len(flat)} under 10); "
+                f"every logit < {NEGLIGIBLE:g} of its Δ=0 value beyond {_g(d['negligible_beyond'])} {unit}")
     if "slopes" in d:
-        return "head half-lives " + ", ".join(_g(h) for h in d["half_life"]) + " tokens"
+        return "head half-lives " + ", ".join(_g(h) for h in d["half_life"]) + f" {unit}"
     if "wavelength" in d:
         return (f"{d['full_cycle_frequencies']} of {d['frequencies']} frequencies complete a cycle within {L} "
                 f"tokens (wavelengths {_g(d['shortest_wavelength'])}–{_g(d['longest_wavelength'])})")
     if "table_rows" in d:
-        return f"{d['table_rows']} rows; {d['untrained_rows']} beyond train_len {L} never trained"
+        return f"{_n(d['table_rows'], 'row')}; {d['untrained_rows']} beyond train_len {L} never trained"
     return "no positional parameters"
