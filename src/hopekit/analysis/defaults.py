@@ -249,6 +249,8 @@ def _g(x: float, digits: int = 3) -> str:
         return "0"
     if abs(x) < 1e-3:
         return f"{x:.{digits - 1}e}"
+    if abs(x) >= 10 ** (digits - 1):
+        return f"{round(x):,}"                # whole tokens: 35,333, not 35,300
     x = float(f"{x:.{digits}g}")           # round first: 0.0099999998 has the magnitude of 0.01
     decimals = max(0, digits - 1 - int(math.floor(math.log10(abs(x)))))
     text = f"{round(x, decimals):,.{decimals}f}"
