@@ -48,3 +48,64 @@ def test_a_malformed_row_is_named_by_file_line_and_field(tmp_path, field):
     path.write_text("".join(json.dumps(r) + "\n" for r in (ROWS[0], bad, ROWS[2])))
     with pytest.raises(ValueError, match=rf"^{path}:2: record lacks required field\(s\) {field}$"):
         write_report(tmp_path)
+
+
+# --- several seeds ---------------------------------------------------------------------------------
+
+def seeded(method: str, eval_len: int, values: list[float], **extra) -> list[dict]:
+    return [dict(ppl(method, eval_len, v), seed=s, **extra) for s, v in enumerate(values)]
+
+
+SEEDED = (seeded("rope", 16, [10.0, 10.4, 9.8]) + seeded("rope", 32, [40.0, 52.0, 35.0])
+          + seeded("alibi", 16, [11.0, 11.5, 10.6]) + seeded("alibi", 32, [12.0, 12.6, 11.5])
+          + seeded("nope", 16, [10.2, 10.1, 10.3]) + seeded("nope", 32, [41.0, 50.0, 37.0]))
+
+
+def test_cells_are_mean_and_sd_over_seeds_with_the_best_mean_in_bold():
+    import statistics
+
+    from hopekit.eval.report import interval_table
+    from hopekit.eval.stats import summarize
+
+    table = markdown_table(SEEDED)
+    r16, r32 = [10.0, 10.4, 9.8], [40.0, 52.0, 35.0]
+    cell = lambda xs: f"{statistics.fmean(xs):.2f} ± {statistics.stdev(xs):.2f}"  # noqa: E731
+    assert f"| `rope` | **{cell(r16)}** | {cell(r32)} | — |" in table
+    assert f"| `alibi` | {cell([11.0, 11.5, 10.6])} | **{cell([12.0, 12.6, 11.5])}** |" in table
+    s = summarize(r32)
+    assert f"[{s.low:.2f}, {s.high:.2f}]" in interval_table(SEEDED).splitlines()[2]
+
+
+def test_change_against_the_baseline_is_paired_by_seed_and_orderings_follow_the_intervals():
+    import math
+    import statistics
+
+    from hopekit.eval.report import delta_table, orderings
+    from hopekit.eval.stats import t_quantile
+
+    d = [math.log(a / b) for a, b in zip([12.0, 12.6, 11.5], [40.0, 52.0, 35.0])]
+    mean = 100 * math.expm1(statistics.fmean(d))
+    half = t_quantile(2) * statistics.stdev(d) / math.sqrt(3)
+    low, high = (100 * math.expm1(statistics.fmean(d) + h) for h in (-half, half))
+    row = next(line for line in delta_table(SEEDED).splitlines() if line.startswith("| `alibi`"))
+    assert f"{mean:+.1f} % [{low:+.1f}, {high:+.1f}]*" in row          # excludes 0: starred
+    order = orderings(SEEDED)
+    assert order[32] == "`alibi` < `rope` ≈ `nope`"   # alibi better on every seed; nope vs rope: no ranking
+    assert order[16].startswith("`rope`")
+
+
+def test_setup_section_states_data_seeds_epochs_and_time_and_warns_about_many_epochs(tmp_path):
+    rows = [dict(r, split="test", sampling="spread", tokens=4096, documents=4, windows=32, seconds=1.5,
+                 ppl_window_ci95=[r["value"] * 0.99, r["value"] * 1.01]) for r in SEEDED]
+    train = [make_record(method=m, params={}, train_len=16, eval_len=16, task="bench", metric=metric, value=value,
+                         seed=s, model="toy", corpus="toy", commit="c", time="t",
+                         environment={"torch": "9.9", "python": "3.x", "cpu": "cpu X", "cpu_count": 2, "threads": 2})
+             for m in ("rope", "alibi") for s in range(3)
+             for metric, value in (("epochs", 12.0), ("train_seconds", 3.0), ("final_train_loss", 1.5))]
+    append_records(tmp_path / "records.jsonl", rows + train)
+    report, _ = write_report(tmp_path)
+    text = report.read_text()
+    assert "split test; windows: spread" in text and "16: 4,096 tokens from 4 documents" in text
+    assert "**Seeds**: 3 (0, 1, 2)" in text and "cpu X (2 cores, 2 threads); torch 9.9" in text
+    assert "Warning: more than 4 epochs" in text and "evaluation 0.5 min" in text   # 18 rows × 1.5 s
+    assert "| 16 | ±1.0 % |" in text                       # the window bootstrap next to the seed sd
