@@ -301,8 +301,23 @@ def _method_table() -> dict[str, dict[str, Any]]:
                                   "default": pe.to_config(default) if isinstance(default, pe.Params) else default}
             else:
                 params[f.name] = {"required": True}
-        table[name] = {"capability": list(method.capabilities), "parameters": params, "source": method.summary}
+        table[name] = {"capability": list(method.capabilities), "parameters": params, "source": method.summary,
+                       "in_tokens": _in_tokens(name)}
     return json.loads(json.dumps(table))  # tuples -> lists: one form for text and JSON
+
+
+#: the shape ``hopekit methods`` describes defaults at: the default bench's model, extensions at 16×
+_BENCH_SHAPE = {"head_dim": 32, "num_heads": 4, "train_len": 128, "factor": 16.0}
+
+
+def _in_tokens(name: str) -> str:
+    """What the method's defaults mean in tokens at :data:`_BENCH_SHAPE` (docs/methods.md has more)."""
+    from hopekit.analysis import describe, in_tokens
+
+    try:
+        return in_tokens(describe(name, **_BENCH_SHAPE))
+    except TypeError as e:   # a required parameter (llama3's factor, longrope's rescale, learned's max_len)
+        return f"no default to describe ({e})"
 
 
 def _value(v: Any) -> str:
@@ -329,6 +344,8 @@ def _methods(args: argparse.Namespace) -> int:
         indent = " " * width
         print(textwrap.fill("  ".join(params) or "(no parameters)", 100, initial_indent=indent,
                             subsequent_indent=indent, break_long_words=False, break_on_hyphens=False))
+        print(textwrap.fill("in tokens (head_dim 32, train_len 128, extensions at 16×): " + m["in_tokens"], 100,
+                            initial_indent=indent, subsequent_indent=indent))
     return 0
 
 
