@@ -6,6 +6,8 @@ One entry point, :func:`load_corpus`, takes a *source* and a *split* and returns
 * ``"shakespeare"`` — the embedded default, offline: the works of Shakespeare from Project
   Gutenberg, one edition per work, split by work. Its counts, sizes and provenance are in
   ``corpus/shakespeare/README.md`` and :func:`embedded_manifest` (generated with the corpus).
+* ``"code"`` — embedded too: Python source files (one document per file) of 27 permissively
+  licensed PyPI projects, split by project; ``corpus/code/README.md`` has sources and licences.
 * a path — a ``.txt`` / ``.txt.gz`` file (one document), a ``.jsonl`` / ``.jsonl.gz`` / ``.json``
   file (one document per record, ``text_field``), or a directory of them (recursively). A
   directory with ``train/``, ``validation/``, ``test/`` sub-folders or ``train.jsonl``-style
@@ -42,7 +44,7 @@ from .splits import (
 )
 
 #: corpora shipped inside the package (``hopekit/data/corpus/<name>/``)
-EMBEDDED = ("shakespeare",)
+EMBEDDED = ("shakespeare", "code")
 DEFAULT_CORPUS = "shakespeare"
 
 _TEXT_SUFFIXES = (".txt", ".txt.gz", ".md")
@@ -64,12 +66,26 @@ def embedded_manifest(name: str = DEFAULT_CORPUS) -> dict:
     return json.loads((embedded_dir(name) / "manifest.json").read_text(encoding="utf-8"))
 
 
+def _embedded_file(folder, file: str) -> str | dict[str, str]:
+    """One shipped file: a ``.txt.gz`` is one document's text; a ``.jsonl.gz`` holds several, one
+    ``{"id", "text"}`` record per line (returned as id -> text)."""
+    text = gzip.decompress((folder / file).read_bytes()).decode("utf-8")
+    if not file.endswith(".jsonl.gz"):
+        return text
+    records = (json.loads(line) for line in text.split("\n") if line)   # JSON escapes newlines
+    return {r["id"]: r["text"] for r in records}
+
+
 @functools.cache
 def _embedded_documents(name: str) -> tuple[Document, ...]:
     folder = embedded_dir(name)
+    files: dict[str, str | dict[str, str]] = {}
     docs = []
     for entry in embedded_manifest(name)["documents"]:
-        text = gzip.decompress((folder / entry["file"]).read_bytes()).decode("utf-8")
+        if entry["file"] not in files:
+            files[entry["file"]] = _embedded_file(folder, entry["file"])
+        held = files[entry["file"]]
+        text = held[entry["id"]] if isinstance(held, dict) else held
         meta = {k: v for k, v in entry.items() if k not in ("id", "title")}
         meta["corpus"] = name
         docs.append(Document(entry["id"], entry["title"], text, meta))
@@ -81,7 +97,8 @@ def load_embedded(
     validation: float = DEFAULT_VALIDATION, test: float = DEFAULT_TEST,
 ) -> list[Document]:
     """Documents of an embedded corpus. With ``seed=None`` the split is the one recorded in the
-    manifest (what every published number used); a seed re-splits by work with that seed."""
+    manifest (what every published number used); a seed re-splits by work with that seed (for
+    ``code`` a work is a project: ``meta["work"]``)."""
     check_split(split)
     docs = _embedded_documents(name)
     if split == ALL:
@@ -259,7 +276,7 @@ def load_corpus(
 ) -> list[Document]:
     """Whole documents of one split (``"train"``, ``"validation"``, ``"test"`` or ``"all"``).
 
-    ``source``: an embedded corpus name (``"shakespeare"``), a local path, or
+    ``source``: an embedded corpus name (``"shakespeare"``, ``"code"``), a local path, or
     ``"hf:<path>[:<config>]"``. ``seed`` re-splits by work (default: the embedded manifest's
     split, or :data:`~hopekit.data.splits.DEFAULT_SPLIT_SEED` for local data). Extra keyword
     arguments go to :func:`hopekit.data.hf_datasets.load_hf_documents` (``streaming``,
