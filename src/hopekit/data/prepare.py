@@ -168,21 +168,21 @@ def _hf_bpe(data: DataConfig, vocab_size: int) -> HFTokenizer:
                 "sample_chars": BPE_SAMPLE_CHARS})
     name = f"bpe-{_slug(data.corpus)}-{vocab_size}"
     path = cache_dir() / "tokenizers" / f"{name}-src{key[:16]}.json"
-    if path.exists():
-        return HFTokenizer(_Tk.from_file(str(path)), name=name, eos_token=ENDOFTEXT)
-    ds, info = _open_split(data, "train")
-    texts, chars = [], 0
-    for text in _texts(ds, info["text_field"]):
-        texts.append(text)
-        chars += len(text)
-        if chars >= BPE_SAMPLE_CHARS:
-            break
-    tokenizer = train_bpe(texts, vocab_size, corpus=data.corpus, cache=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tokenizer.tokenizer.save(str(tmp))
-    os.replace(tmp, path)
-    return tokenizer
+    if not path.exists():
+        with _locked(path):   # processes of one torchrun wait for the first
+            if not path.exists():
+                ds, info = _open_split(data, "train")
+                texts, chars = [], 0
+                for text in _texts(ds, info["text_field"]):
+                    texts.append(text)
+                    chars += len(text)
+                    if chars >= BPE_SAMPLE_CHARS:
+                        break
+                tokenizer = train_bpe(texts, vocab_size, corpus=data.corpus, cache=False)
+                tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+                tokenizer.tokenizer.save(str(tmp))
+                os.replace(tmp, path)
+    return HFTokenizer(_Tk.from_file(str(path)), name=name, eos_token=ENDOFTEXT)
 
 
 def tokenizer_from_config(data: DataConfig) -> Tokenizer:
