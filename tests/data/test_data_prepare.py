@@ -239,9 +239,11 @@ def test_two_processes_give_the_same_file(one_file):
     data = _data(one_file, split="train", tokenizer="bpe", vocab_size=300)
     bpe = tokenizer_from_config(data)
     one = prepare_tokens(data, "train", bpe, num_proc=1)
+    environ = os.environ
     two = prepare_tokens(_data(one_file, split="train", tokenizer="bpe", vocab_size=300, num_proc=2), "train", bpe,
                          directory=prep.cache_dir() / "other")
     assert torch.equal(one, two) and torch.equal(one.long(), _oracle(data, "train", bpe))
+    assert os.environ is environ and os.environ["HF_HUB_OFFLINE"] == "1"   # datasets rebinds it; we undo that
 
 
 # --- batches from a token file -------------------------------------------------------------------

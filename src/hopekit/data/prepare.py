@@ -305,6 +305,23 @@ def _encode_batch(batch: dict[str, list], *, tokenizer: Tokenizer, text_field: s
     return {"ids": out}
 
 
+@contextlib.contextmanager
+def _same_environ():
+    """Keep ``os.environ`` the same object: ``Dataset.map(num_proc=...)`` (datasets 2-4) rebinds it to a
+    deep copy, which silently detaches every holder of the original (``monkeypatch``, libraries that
+    cached it). Afterwards the original gets the copy's content and is put back."""
+    original = os.environ
+    try:
+        yield
+    finally:
+        if os.environ is not original:
+            now = dict(os.environ)
+            for name in [k for k in original if k not in now]:
+                del original[name]
+            original.update(now)
+            os.environ = original
+
+
 def _auto_num_proc(records: int) -> int:
     return max(1, min(os.cpu_count() or 1, records // (4 * MAP_BATCH), 32))
 
@@ -329,12 +346,13 @@ def _write_tokens(data: DataConfig, split: str, tokenizer: Tokenizer, separator:
         return 0, 0
     procs = min(num_proc or _auto_num_proc(len(ds)), len(ds))
     list_of = getattr(datasets, "List", None) or datasets.Sequence
-    tokenized = ds.map(
-        _encode_batch, fn_kwargs=encode, batched=True, batch_size=MAP_BATCH, writer_batch_size=MAP_BATCH,
-        remove_columns=ds.column_names, num_proc=procs if procs > 1 else None,
-        features=datasets.Features({"ids": list_of(datasets.Value(dtype.name))}),
-        cache_file_name=str(workdir / "ids.arrow"), load_from_cache_file=False, new_fingerprint=fingerprint,
-        desc=f"tokenizing {data.corpus} {split}")
+    with _same_environ():
+        tokenized = ds.map(
+            _encode_batch, fn_kwargs=encode, batched=True, batch_size=MAP_BATCH, writer_batch_size=MAP_BATCH,
+            remove_columns=ds.column_names, num_proc=procs if procs > 1 else None,
+            features=datasets.Features({"ids": list_of(datasets.Value(dtype.name))}),
+            cache_file_name=str(workdir / "ids.arrow"), load_from_cache_file=False, new_fingerprint=fingerprint,
+            desc=f"tokenizing {data.corpus} {split}")
     for chunk in tokenized.data.column("ids").chunks:   # the arrow table on disk, chunk by chunk
         values = chunk.flatten().to_numpy(zero_copy_only=False)
         out.write(memoryview(np.ascontiguousarray(values, dtype=dtype)))
