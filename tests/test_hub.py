@@ -35,8 +35,9 @@ def test_the_endpoint_is_tried_once_and_a_cached_copy_skips_it(online_env, monke
 
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setenv("HF_ENDPOINT", "https://hub.example:8443/")
-    with pytest.raises(ValueError, match=r"^x='y': a thing with no cached copy, and the hub \(https://hub.example:8443\) "
-                                         r"is unreachable \(Connection refused\); do this$"):
+    expected = (r"^x='y': a thing with no cached copy, and the hub \(https://hub.example:8443\) is unreachable "
+                r"\(Connection refused\); do this$")
+    with pytest.raises(ValueError, match=expected):
         hub.check_hub_access("x='y'", what="a thing", advice="do this")
     assert calls == [(("hub.example", 8443), hub.HUB_TIMEOUT)]
     hub.check_hub_access("x='y'", cached=True)

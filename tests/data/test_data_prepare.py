@@ -33,7 +33,8 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 #: PG-19's columns; texts of different lengths, non-ASCII, and one with a Gutenberg header
 BOOKS = [
-    {"short_book_title": f"Book {i}", "publication_date": 1800 + i, "url": f"http://www.gutenberg.org/ebooks/{1000 + i}",
+    {"short_book_title": f"Book {i}", "publication_date": 1800 + i,
+     "url": f"http://www.gutenberg.org/ebooks/{1000 + i}",
      "text": f"Chapter {i}. Þe bōok of {i} — “quoted”.\n" * (3 + 7 * i)}
     for i in range(24)
 ]

@@ -51,7 +51,16 @@ from .documents import Document
 from .gutenberg import strip_gutenberg
 from .hf_datasets import KNOWN, parse_hf_source, select_split
 from .splits import ALL, DEFAULT_SPLIT_SEED, DEFAULT_TEST, DEFAULT_VALIDATION, check_split
-from .tokenizer import BPE_RECIPE_VERSION, ENDOFTEXT, ByteTokenizer, HFTokenizer, Tokenizer, cache_dir, load_tokenizer, train_bpe
+from .tokenizer import (
+    BPE_RECIPE_VERSION,
+    ENDOFTEXT,
+    ByteTokenizer,
+    HFTokenizer,
+    Tokenizer,
+    cache_dir,
+    load_tokenizer,
+    train_bpe,
+)
 
 if TYPE_CHECKING:
     from ..config import DataConfig

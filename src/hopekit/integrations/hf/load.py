@@ -34,8 +34,8 @@ import torch
 from torch import nn
 
 from ... import pe
-from ...hub import check_hub_access
 from ...data.tokenizer import HFTokenizer
+from ...hub import check_hub_access
 from .patch import patch_model
 
 __all__ = ["SHORT_NAMES", "PretrainedLM", "resolve_source", "load_pretrained", "load_tokenizer", "check_hub"]
