@@ -51,18 +51,87 @@ def _fail(obj: Any, name: str, why: str, exc: type[Exception] = ValueError) -> N
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    """Where tokens come from. ``corpus``: "shakespeare" (embedded), a local path, or "hf:<dataset>"."""
+    """Where tokens come from. ``corpus``: "shakespeare" (embedded), a local path, or "hf:<dataset>[:<config>]"
+    (a Hugging Face dataset of data files, e.g. ``hf:emozilla/pg19``, or local files in a hub format:
+    ``hf:parquet`` / ``hf:json`` with ``data_files``).
+
+    For an ``hf:`` corpus only (``hopekit.data.hf_datasets``; the training split is tokenised once into a
+    memory-mapped token file, ``hopekit.data.prepare``):
+
+    * ``streaming``: read records as they arrive instead of downloading and preparing the dataset first.
+    * ``limit``: the first ``limit`` records of each dataset split read (0 or null: all).
+    * ``split``: which dataset split gives our train / validation / test. null: the one of the same name
+      (a dataset with its own three splits). A mapping renames some (``{validation: valid}``; the
+      others keep their names). A string names the dataset's single split, re-split by work into our
+      three (``split: train``, the seed and fractions of the embedded corpus).
+    * ``data_files``: passed to ``datasets.load_dataset`` (a path or glob, a list, or a mapping from the
+      dataset's split names to them).
+    * ``num_proc``: tokenising processes (0: as many as useful, up to the CPU count).
+    """
 
     corpus: str = "shakespeare"
     tokenizer: str = "byte"          # "byte", "bpe", a path to a tokenizer.json, or "model" (with hf)
     vocab_size: int = 4096           # for "bpe"
     text_column: str = "text"
+    streaming: bool = False
+    limit: int = 0                   # records; 0 (or null) = all
+    split: str | Mapping[str, str] | None = None
+    data_files: str | list[str] | Mapping[str, str | list[str]] | None = None
+    num_proc: int = 0
 
     def __post_init__(self) -> None:
         for name in ("corpus", "tokenizer", "text_column"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 _fail(self, name, "expected a non-empty string", TypeError)
         check_int(self, "vocab_size", low=1)
+        check_bool(self, "streaming")
+        if self.limit is None:
+            object.__setattr__(self, "limit", 0)
+        check_int(self, "limit", low=0)
+        check_int(self, "num_proc", low=0)
+        self._check_split()
+        self._check_data_files()
+        if not self.corpus.startswith("hf:"):
+            for name, unset in (("streaming", False), ("limit", 0), ("split", None), ("data_files", None)):
+                if getattr(self, name) != unset:
+                    _fail(self, name, f"only for an hf: corpus, not corpus={self.corpus!r}")
+
+    def _check_split(self) -> None:
+        split = self.split
+        if split is None or (isinstance(split, str) and split):
+            return
+        if not isinstance(split, Mapping):
+            _fail(self, "split", "expected null, the name of a dataset split to re-split by work, or a mapping "
+                                 "{train|validation|test: dataset split name}", TypeError)
+        ours = ("train", "validation", "test")
+        bad = [k for k in split if k not in ours]
+        if bad:
+            _fail(self, "split", f"key {bad[0]!r} is not one of our splits {ours}")
+        bad = [k for k, v in split.items() if not isinstance(v, str) or not v]
+        if bad:
+            _fail(self, "split", f"{bad[0]}: expected a dataset split name (a non-empty string)", TypeError)
+        object.__setattr__(self, "split", dict(split))
+
+    def _check_data_files(self) -> None:
+        def files(value: Any) -> str | list[str] | None:
+            if isinstance(value, str) and value:
+                return value
+            if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v for v in value):
+                return list(value)
+            return None
+
+        value = self.data_files
+        if value is None:
+            return
+        normal = ({k: files(v) for k, v in value.items()} if isinstance(value, Mapping) and value
+                  and all(isinstance(k, str) and k for k in value) else files(value))
+        if normal is None or (isinstance(normal, dict) and None in normal.values()):
+            _fail(self, "data_files", "expected a path or glob, a non-empty list of them, or a mapping "
+                                      "{dataset split name: path(s)}", TypeError)
+        object.__setattr__(self, "data_files", normal)
+
+    def __hash__(self) -> int:  # mappings and lists inside: hash the canonical JSON form
+        return hash(json.dumps(dataclasses.asdict(self), sort_keys=True))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

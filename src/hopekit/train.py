@@ -300,19 +300,20 @@ def _mean_over_ranks(values: torch.Tensor, d: _Dist) -> torch.Tensor:
 def corpus_batches(config: ExperimentConfig, tokenizer: Any = None) -> tuple[Batches, int]:
     """``(batches, vocab_size)`` for ``config.data``: the train split of the corpus, tokenised and
     joined (``doc SEP doc SEP …``, SEP the tokenizer's ``eos_id``), sampled by
-    :class:`hopekit.data.TrainBatches` keyed by ``(train.seed, step)``. ``tokenizer``: a pretrained
-    model's own (needed when ``config.hf`` is set), instead of ``data.tokenizer``."""
-    from .data import TrainBatches, load_corpus, load_tokenizer, token_stream
+    :class:`hopekit.data.TrainBatches` keyed by ``(train.seed, step)``. An ``hf:`` corpus is tokenised
+    once into a cached memory-mapped token file (:func:`hopekit.data.prepare_tokens`) and sampled in
+    place; the others are tokenised in memory. ``batches.__self__`` is the sampler (``num_tokens``,
+    ``epochs(steps)``). ``tokenizer``: a pretrained model's own (needed when ``config.hf`` is set),
+    instead of ``data.tokenizer``."""
+    from .data import TrainBatches, corpus_tokens, tokenizer_from_config
 
     data, t = config.data, config.train
     if tokenizer is None:
         if config.hf is not None:
             raise ValueError(f"hf={config.hf!r}: corpus_batches needs the pretrained model's tokenizer")
-        spec = f"bpe:{data.vocab_size}" if data.tokenizer == "bpe" else data.tokenizer
-        tokenizer = load_tokenizer(spec, corpus=data.corpus)
+        tokenizer = tokenizer_from_config(data)
     config.pe.check_tokenizer(tokenizer)  # e.g. bipe's boundary ids against this tokenizer
-    documents = load_corpus(data.corpus, "train", text_field=data.text_column)
-    sampler = TrainBatches(token_stream(documents, tokenizer), t.batch_size, t.train_len, seed=t.seed)
+    sampler = TrainBatches(corpus_tokens(data, "train", tokenizer), t.batch_size, t.train_len, seed=t.seed)
     return sampler.batch, tokenizer.vocab_size
 
 

@@ -89,3 +89,71 @@ def test_missing_text_column_is_named(pg19_jsonl, hf_cache):
 def test_missing_split_comes_from_datasets(pg19_jsonl, hf_cache):
     with pytest.raises(ValueError):
         load_corpus("hf:json", "test", data_files=str(pg19_jsonl), cache_dir=hf_cache)
+
+
+# --- hub datasets: fail fast offline, refuse loading scripts ---------------------------------------
+
+@pytest.fixture()
+def no_hub(tmp_path, monkeypatch):
+    """No offline variable, an empty datasets cache, and an endpoint nothing listens on (127.0.0.1:9,
+    refused at once): what a machine without network looks like, without touching the network."""
+    from huggingface_hub import constants
+
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "empty-cache"))
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("datasets.load_dataset was called")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_load)
+    return tmp_path / "empty-cache"
+
+
+def test_an_unreachable_hub_fails_at_once_in_one_line(no_hub):
+    with pytest.raises(ValueError, match=r"^data.corpus='hf:someorg/nosuch': a hub dataset with no cached copy, and "
+                                         r"the hub \(http://127.0.0.1:9\) is unreachable \(Connection refused\); "):
+        load_corpus("hf:someorg/nosuch", "train")
+
+
+def test_an_unroutable_endpoint_fails_within_the_timeout(no_hub, monkeypatch):
+    from hopekit import hub
+
+    monkeypatch.setattr(hub, "HUB_TIMEOUT", 0.2)
+    monkeypatch.setenv("HF_ENDPOINT", "http://192.0.2.1")   # TEST-NET-1 (RFC 5737): never routed
+    with pytest.raises(ValueError, match=r"hub \(http://192.0.2.1\) is unreachable \(.+\)"):
+        load_corpus("hf:someorg/nosuch:default", "test", streaming=True)
+
+
+@pytest.mark.parametrize("var", ["HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"])
+def test_an_offline_variable_fails_at_once_naming_it(no_hub, monkeypatch, var):
+    monkeypatch.setenv(var, "1")
+    with pytest.raises(ValueError, match=rf"hf:someorg/nosuch'.*no cached copy, and {var} is set; .*hf:parquet"):
+        load_corpus("hf:someorg/nosuch", "train", limit=3)
+
+
+def test_a_cached_dataset_passes_the_check_offline_but_a_stream_does_not(no_hub, monkeypatch):
+    from hopekit.data.hf_datasets import check_dataset_access
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    (no_hub / "someorg___no_such" / "default" / "0.0.0" / "abc123").mkdir(parents=True)
+    check_dataset_access("someorg/NoSuch")            # datasets' own cache layout: offline it loads from there
+    with pytest.raises(ValueError, match="streamed"):
+        check_dataset_access("someorg/NoSuch", streaming=True)
+    check_dataset_access("parquet")                   # packaged builders and local folders never ask the hub
+    check_dataset_access(str(no_hub))
+
+
+def test_a_loading_script_repository_is_refused_naming_its_parquet_copy(no_hub, monkeypatch):
+    from hopekit.data import hf_datasets
+
+    def script(*args, **kwargs):
+        raise RuntimeError("Dataset scripts are no longer supported, but found pg19.py")
+
+    monkeypatch.setattr(hf_datasets, "check_dataset_access", lambda *a, **k: None)
+    monkeypatch.setattr(datasets, "load_dataset", script)
+    with pytest.raises(ValueError, match=r"^data.corpus='hf:deepmind/pg19': a loading-script dataset, which datasets "
+                                         r"\S+ no longer runs; use hf:emozilla/pg19, the same data as parquet$"):
+        load_corpus("hf:deepmind/pg19", "test")

@@ -134,6 +134,11 @@ class TrainBatches:
     offset that fits. ``rank`` (torchrun) gives each process its own windows for the same step.
     There is no sampler state: a checkpoint needs only ``seed`` and the next ``step``.
     With ``vocab_size``, a stream holding an id outside ``[0, vocab_size)`` is refused up front.
+
+    ``stream``: a 1-D integer tensor, int64 in memory or a memory-mapped ``uint16`` / ``uint32``
+    token file (:func:`hopekit.data.prepare.open_token_file`; a numpy memmap is taken as it is).
+    A memory-mapped stream is never copied: each batch gathers its windows from the map and only
+    they become int64, so the same seed gives the same batches whichever form the stream takes.
     """
 
     stream: torch.Tensor
@@ -143,6 +148,18 @@ class TrainBatches:
     vocab_size: int | None = None
 
     def __post_init__(self):
+        if not isinstance(self.stream, torch.Tensor):
+            import numpy as np
+
+            if not isinstance(self.stream, np.ndarray):
+                raise TypeError(f"stream must be a 1-D integer tensor or numpy array, got {type(self.stream).__name__}")
+            import warnings
+
+            with warnings.catch_warnings():  # a read-only memmap: nothing here writes to the stream
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                object.__setattr__(self, "stream", torch.from_numpy(self.stream))
+        if self.stream.dtype.is_floating_point or self.stream.dtype.is_complex or self.stream.dtype == torch.bool:
+            raise TypeError(f"stream must hold integer token ids, got dtype {self.stream.dtype}")
         if self.stream.dim() != 1:
             raise ValueError(f"stream must be 1-D, got shape {tuple(self.stream.shape)}")
         if self.batch_size < 1:
@@ -153,11 +170,35 @@ class TrainBatches:
             raise ValueError(f"stream has {self.stream.numel()} tokens, fewer than "
                              f"train_len + 1 = {self.train_len + 1}")
         if self.vocab_size is not None:
-            check_token_ids(self.stream, self.vocab_size, "TrainBatches.stream")
+            if self.stream.dtype == torch.long:
+                check_token_ids(self.stream, self.vocab_size, "TrainBatches.stream")
+            else:
+                self._check_ids_in_chunks()
+
+    def _check_ids_in_chunks(self, chunk: int = 1 << 22) -> None:
+        """:func:`check_token_ids` (same message) over a stream too large to widen to int64 at once."""
+        check_token_ids(self.stream[:0].long(), self.vocab_size)   # the vocab_size itself
+        for lo in range(0, self.stream.numel(), chunk):
+            part = self.stream[lo: lo + chunk].long()
+            bad = (part < 0) | (part >= self.vocab_size)
+            if bool(bad.any()):
+                pos = lo + int(bad.nonzero()[0, 0])
+                raise ValueError(f"TrainBatches.stream holds token id {int(self.stream[pos])} at position {pos}, "
+                                 f"outside the vocabulary [0, {self.vocab_size})")
 
     @property
     def num_starts(self) -> int:
         return self.stream.numel() - self.train_len
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens in the stream (separators included)."""
+        return self.stream.numel()
+
+    def epochs(self, steps: int) -> float:
+        """How many times ``steps`` batches go over the stream: ``steps * batch_size * train_len /
+        num_tokens`` (tokens trained on, targets counted once per window, over the stream's size)."""
+        return steps * self.batch_size * self.train_len / self.num_tokens
 
     def starts(self, step: int, *, rank: int = 0) -> torch.Tensor:
         """The ``batch_size`` window start offsets of ``step`` (int64)."""
@@ -168,7 +209,7 @@ class TrainBatches:
         return torch.randint(0, self.num_starts, (self.batch_size,), generator=g, dtype=torch.long)
 
     def windows(self, step: int, *, rank: int = 0) -> torch.Tensor:
-        """``(batch_size, train_len + 1)`` windows of the stream."""
+        """``(batch_size, train_len + 1)`` int64 windows of the stream (gathered, then widened)."""
         idx = self.starts(step, rank=rank)[:, None] + torch.arange(self.train_len + 1)
         return self.stream[idx].long()
 

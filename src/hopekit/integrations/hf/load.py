@@ -27,8 +27,6 @@ import contextlib
 import dataclasses
 import importlib.util
 import logging
-import socket
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,7 @@ from torch import nn
 
 from ... import pe
 from ...data.tokenizer import HFTokenizer
+from ...hub import check_hub_access
 from .patch import patch_model
 
 __all__ = ["SHORT_NAMES", "PretrainedLM", "resolve_source", "load_pretrained", "load_tokenizer", "check_hub"]
@@ -147,34 +146,21 @@ def _tokenizer(name: str, source: dict[str, Any]) -> tuple[HFTokenizer, Any]:
                        eos_token=separator), tok
 
 
-#: seconds to wait for the hub's host before calling it unreachable
-HUB_TIMEOUT = 3.0
-
-
 def check_hub(name: str, source: dict[str, Any]) -> None:
     """For a hub id: return at once if it is in the local Hugging Face cache or the hub answers; else a
-    one-line ``ValueError`` now, instead of transformers' retries (~50 s offline) and a traceback."""
+    one-line ``ValueError`` now, instead of transformers' retries (~50 s offline) and a traceback
+    (:func:`hopekit.hub.check_hub_access`: ``HF_HUB_OFFLINE``, a 3 s connection to the endpoint)."""
     if "gguf_file" in source or Path(source["path"]).exists():
         return
-    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache
 
     try:
         cached = try_to_load_from_cache(name, "config.json")
     except ValueError as e:  # huggingface_hub's HFValidationError: not a valid repository id
         raise ValueError(f"hf={name!r}: not a short name ({', '.join(SHORT_NAMES)}), a local path or a valid "
                          f"hub id ({str(e).split(':')[0]})") from None
-    if isinstance(cached, str):
-        return
-    if constants.HF_HUB_OFFLINE:
-        raise ValueError(f"hf={name!r}: a hub id with no cached copy, and HF_HUB_OFFLINE is set; download it "
-                         f"and pass the directory")
-    url = urllib.parse.urlparse(constants.ENDPOINT)
-    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
-    try:
-        socket.create_connection((host, port), timeout=HUB_TIMEOUT).close()
-    except OSError as e:
-        raise ValueError(f"hf={name!r}: not a short name or local path, and the hub ({constants.ENDPOINT}) is "
-                         f"unreachable ({e.strerror or type(e).__name__}); download it and pass the directory") from None
+    check_hub_access(f"hf={name!r}", cached=isinstance(cached, str), what="not a short name or local path: a hub id",
+                     advice="download it and pass the directory")
 
 
 def load_tokenizer(name: str, source: dict[str, Any] | None = None) -> HFTokenizer:
