@@ -36,18 +36,17 @@ KEY_FIELDS = ("method", "params", "model_digest", "corpus", "split", "tokenizer"
 
 
 @functools.lru_cache(maxsize=4)
-def _test_documents(corpus: str, split: str, text_column: str, tokenizer_spec: str):
-    from ..data import encode_documents, load_corpus, load_tokenizer
+def _test_documents(data, split: str):
+    from ..data import encode_documents, load_corpus_from_config, tokenizer_from_config
 
-    tokenizer = load_tokenizer(tokenizer_spec, corpus=corpus)
-    return tokenizer, encode_documents(load_corpus(corpus, split, text_field=text_column), tokenizer)
+    tokenizer = tokenizer_from_config(data)
+    return tokenizer, encode_documents(load_corpus_from_config(data, split), tokenizer)
 
 
 def test_documents(config: ExperimentConfig):
-    """``(tokenizer, [token tensor per document])`` of ``config.eval.split`` (cached per process)."""
-    d = config.data
-    spec = f"bpe:{d.vocab_size}" if d.tokenizer == "bpe" else d.tokenizer
-    return _test_documents(d.corpus, config.eval.split, d.text_column, spec)
+    """``(tokenizer, [token tensor per document])`` of ``config.eval.split`` of ``config.data`` (with its
+    ``hf:`` settings; cached per process)."""
+    return _test_documents(config.data, config.eval.split)
 
 
 @dataclasses.dataclass(frozen=True)
