@@ -11,11 +11,14 @@ The parent interleaves them — one round = ``--steps`` timed steps of every (me
 so machine noise hits all variants alike; it reports the median ms/step over all rounds, the spread
 (25th-75th percentile) and each variant's speed-up over the first one. The first two steps of every
 worker are timed apart (``first steps``: for ``compiled`` that is the compile time, warm or cold
-inductor cache, which the run reports) and never counted. Run:
+inductor cache, which the run reports) and never counted. ``--lanes N`` starts N workers per variant
+that train the same method at the same moment (as N bench runs side by side would), one thread each
+by default, and reports throughput: each round's wall time divided by all their steps. Run:
 
     python benchmarks/bench_train_step.py --against 8c8c1f0           # all methods, eager vs compiled vs 8c8c1f0
     python benchmarks/bench_train_step.py --methods rope,alibi --variants eager --rounds 9
     python benchmarks/bench_train_step.py --threads 1                   # one intra-op thread per worker
+    python benchmarks/bench_train_step.py --lanes 2                     # two 1-thread runs side by side
 """
 
 from __future__ import annotations
@@ -106,7 +109,11 @@ def main() -> None:
     p.add_argument("--against", action="append", default=[], help="git revision to time as well (eager); repeatable")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=6, help="timed steps per (method, variant) per round")
-    p.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch's default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads per worker (0: torch's default with one lane, 1 with more)")
+    p.add_argument("--lanes", type=int, default=1,
+                   help="workers per variant training side by side (the same method at once); with more than "
+                        "one, a step's time is the round's wall time / (lanes x steps): throughput")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -121,40 +128,49 @@ def main() -> None:
     unknown = sorted(set(methods) - set(all_methods))
     if unknown:
         raise SystemExit(f"--methods: {unknown} not in preset {args.preset} ({', '.join(all_methods)})")
+    threads = args.threads or (1 if args.lanes > 1 else 0)
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_step_"))
     try:
         sources = {v: REPO / "src" for v in args.variants.split(",") if v}
         for ref in args.against:
             sources[ref] = extract(ref, tmp / ref.replace("/", "_"))
-        workers = {}
+        workers: dict[str, list[subprocess.Popen]] = {}
         for name, src in sources.items():
             env = {**os.environ, "PYTHONPATH": str(src)}
             mode = "compiled" if name == "compiled" else "eager"
-            workers[name] = subprocess.Popen(
-                [sys.executable, __file__, "--worker", mode, "--threads", str(args.threads), "--preset", args.preset],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=tmp)
+            workers[name] = [subprocess.Popen(
+                [sys.executable, __file__, "--worker", mode, "--threads", str(threads), "--preset", args.preset],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=tmp) for _ in range(args.lanes)]
         times = {(m, v): [] for m in methods for v in workers}
         first: dict[tuple[str, str], float] = {}
-        threads = set()
+        seen_threads = set()
         for r in range(args.rounds):
             for m in methods:
-                for v, w in workers.items():
-                    w.stdin.write(json.dumps({"method": m, "steps": args.steps}) + "\n")
-                    w.stdin.flush()
-                    reply = json.loads(w.stdout.readline())
-                    times[m, v] += reply["times"]
-                    threads.add(reply["threads"])
-                    if reply["first"] is not None:
-                        first[m, v] = reply["first"]
+                for v, lanes in workers.items():
+                    t = time.perf_counter()
+                    for w in lanes:  # all lanes of a variant run the same method at the same time
+                        w.stdin.write(json.dumps({"method": m, "steps": args.steps}) + "\n")
+                        w.stdin.flush()
+                    replies = [json.loads(w.stdout.readline()) for w in lanes]
+                    wall = time.perf_counter() - t
+                    if args.lanes == 1:
+                        times[m, v] += replies[0]["times"]
+                    else:  # throughput: this round's wall time per step of all lanes together
+                        times[m, v].append(wall / (args.lanes * args.steps))
+                    seen_threads.update(reply["threads"] for reply in replies)
+                    if replies[0]["first"] is not None:
+                        first[m, v] = max(reply["first"] for reply in replies)
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
-        for w in workers.values():
-            w.stdin.close()
-            w.wait()
+        for lanes in workers.values():
+            for w in lanes:
+                w.stdin.close()
+                w.wait()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
     names = list(workers)
-    print(f"ms/step, median of {args.rounds} rounds x {args.steps} steps (p25-p75); threads {sorted(threads)}; "
+    what = "ms/step" if args.lanes == 1 else f"ms/step of {args.lanes} lanes together (round wall / steps)"
+    print(f"{what}, median of {args.rounds} rounds x {args.steps} steps (p25-p75); threads {sorted(seen_threads)}; "
           f"speed-up = {names[0]} / variant")
     head = f"{'method':<16}" + "".join(f"{v:>26}" for v in names) + "".join(f"{'x ' + v:>14}" for v in names[1:])
     print(head)

@@ -41,7 +41,9 @@ without native bf16 arithmetic (no AVX512-BF16 or AMX) bf16 is ~3x *slower* than
 attention are emulated.
 
 **Speed.** AdamW is torch's fused single-kernel implementation wherever it exists (unsharded CPU and
-CUDA parameters).
+CUDA parameters). ``train.compile`` (the reference decoder, unsharded) runs the training forwards through
+``torch.compile``d block pieces (:meth:`hopekit.model.Decoder.compile_for_training`): the first step
+compiles (seconds; inductor caches on disk), evaluation stays eager.
 
 **Checkpoints** (``<out_dir>/checkpoint.pt``, the latest one only) are written every
 ``checkpoint_every`` steps and at the end, atomically, with a content hash and a hash of the training
@@ -429,9 +431,14 @@ def _train(config: ExperimentConfig, out_dir: Path, d: _Dist, *, resume: bool, b
     model = _wrap(raw, cfg, d)
     sharded = cfg.fsdp and d.world > 1
     optimizer = build_optimizer(raw, cfg, fused=False if sharded else None)
+    compiled = bool(getattr(cfg, "compile", False)) and isinstance(raw, Decoder) and not sharded
+    if compiled:
+        raw.compile_for_training()
+    elif getattr(cfg, "compile", False):
+        log("note: train.compile applies to the reference decoder, unsharded; this model trains eager")
     log(f"config: {json.dumps(config.resolved(), sort_keys=True)}")
     log(f"model: {net.summary}; device {d.device}, {d.world} process(es){', FSDP' if sharded else ''}, "
-        f"{'bf16 autocast' if use_bf16 else 'fp32'}")
+        f"{'bf16 autocast' if use_bf16 else 'fp32'}{', compiled' if compiled else ''}")
     if cfg.fsdp and d.world == 1:
         log("note: train.fsdp has no effect in a single process (launch with torchrun to shard)")
     if net.pretrained is not None and cfg.lr > 1e-3:
