@@ -282,6 +282,8 @@ def chunked_attention(enc: PositionalEncoding, q: torch.Tensor, k: torch.Tensor,
     """
     mix = _compiled(_chunk_mix) if compiled else _chunk_mix
     Tq = q.shape[2]
+    if Tq > chunk:  # several chunks slice k and v again and again: make the slices plain memory once
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out = []
     for s in range(0, Tq, chunk):
         e = min(s + chunk, Tq)
@@ -304,11 +306,12 @@ def _chunk_mix(scores: torch.Tensor | None, qc: torch.Tensor | None, kc: torch.T
                dropout_p: float) -> torch.Tensor:
     """One chunk of :func:`chunked_attention` once its logits are known: the encoding's ``scores``, or
     ``qc·kcᵀ`` plus ``bias``; scaled in float32, masked, softmax, dropout, mixed into ``vc``."""
+    # in place on tensors made here (none of these ops keeps its output for backward): less memory traffic
     if scores is not None:
         logits = scores.float() * scale                                           # (B, H, e−s, n)
     else:
-        logits = (qc @ kc.transpose(-1, -2)).float() * scale + bias               # (B, H, e−s, n)
-    probs = logits.masked_fill(blocked, float("-inf")).softmax(dim=-1).to(vc.dtype)
+        logits = (qc @ kc.transpose(-1, -2)).float().mul_(scale).add_(bias)       # (B, H, e−s, n)
+    probs = logits.masked_fill_(blocked, float("-inf")).softmax(dim=-1).to(vc.dtype)
     probs = F.dropout(probs, dropout_p, dropout_p > 0)
     return probs @ vc                                                             # (B, H, e−s, D)
 
