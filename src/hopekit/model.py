@@ -98,8 +98,7 @@ class Context(NamedTuple):
 
     ``q_pos``: positions of the new tokens ``(T,)`` or ``(B, T)``; ``k_pos``: positions of every key
     (cached + new); ``rotary``: cos/sin of the new tokens for ``uses_rotate`` encodings, else None;
-    ``past``: number of cached tokens before this forward; ``compiled``: blocks run their compiled
-    pieces (see :meth:`Decoder.compile_for_training`).
+    ``past``: number of cached tokens before this forward.
     """
 
     enc: PositionalEncoding
@@ -107,7 +106,6 @@ class Context(NamedTuple):
     k_pos: torch.Tensor
     rotary: pe_lib.RotaryFeatures | None
     past: int
-    compiled: bool = False
 
 
 class KVCache:
@@ -221,35 +219,21 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)  # a residual projection
 
     def forward(self, x: torch.Tensor, ctx: Context, cache: KVCache | None, layer: int) -> torch.Tensor:
-        q, k, v = self.project(x, ctx.enc, ctx.rotary)
-        return self.output(self.attend(q, k, v, ctx, cache, layer))
-
-    def project(self, x: torch.Tensor, enc: PositionalEncoding, rotary: pe_lib.RotaryFeatures | None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries ``(B, H, T, D)``, keys and values ``(B, H_kv, T, D)``; q and k rotated for ``uses_rotate``."""
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)     # (B, H, T, D)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
-        if enc.uses_rotate:
-            q, k = enc.apply(q, rotary), enc.apply(k, rotary)
-        return q, k, v
-
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: Context, cache: KVCache | None,
-               layer: int) -> torch.Tensor:
-        """Causal attention of the new queries over cached + new keys; ``(B, H, T, D)``."""
+        if ctx.enc.uses_rotate:
+            q, k = ctx.enc.apply(q, ctx.rotary), ctx.enc.apply(k, ctx.rotary)
         if cache is not None:
             k, v = cache.update(layer, k, v)                                      # (B, H_kv, past + T, D)
         if self.n_kv_heads != self.n_heads:  # query head h reads KV head h // (H / H_kv)
             k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)       # (B, H, Tk, D)
             v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)       # (B, H, Tk, D)
         if ctx.enc.uses_bias or ctx.enc.uses_scores:
-            return self._chunked(q, k, v, ctx)
-        return self._sdpa(q, k, v, ctx)
-
-    def output(self, y: torch.Tensor) -> torch.Tensor:
-        """Heads ``(B, H, T, D)`` joined and projected back to ``(B, T, C)``."""
-        B, _, T, _ = y.shape
+            y = self._chunked(q, k, v, ctx)
+        else:
+            y = self._sdpa(q, k, v, ctx)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)         # (B, T, H·D)
         return F.dropout(self.wo(y), self.dropout, self.training)
 
@@ -264,23 +248,20 @@ class Attention(nn.Module):
 
     def _chunked(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: Context) -> torch.Tensor:
         return chunked_attention(ctx.enc, q, k, v, ctx.q_pos, ctx.k_pos, past=ctx.past, scale=self.scale,
-                                 chunk=self.chunk, dropout_p=self.dropout if self.training else 0.0,
-                                 compiled=ctx.compiled)
+                                 chunk=self.chunk, dropout_p=self.dropout if self.training else 0.0)
 
 
 def chunked_attention(enc: PositionalEncoding, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                       q_pos: torch.Tensor, k_pos: torch.Tensor, *, past: int, scale: float, chunk: int,
-                      dropout_p: float = 0.0, mask: torch.Tensor | None = None, compiled: bool = False) -> torch.Tensor:
+                      dropout_p: float = 0.0, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Causal attention for ``uses_bias`` / ``uses_scores`` encodings, ``chunk`` query rows at a time.
 
     ``q`` ``(B, H, Tq, D)``; ``k``, ``v`` ``(B, H, Tk, D)`` with ``Tk = past + Tq`` (heads already
     repeated for GQA); query row i sees keys ``0 … past + i``. Logits are the encoding's own
     (``scores``) or ``q·k · scale + bias``. ``mask`` (optional, boolean, True = may attend,
     broadcastable to ``(B, H, Tq, Tk)``) removes further keys, e.g. padding. Memory is O(chunk · Tk):
-    never (H, Tq, Tk). ``compiled``: the softmax part of each chunk runs ``torch.compile``d (training
-    speed; same result to float32 rounding). Returns ``(B, H, Tq, D)``.
+    never (H, Tq, Tk). Returns ``(B, H, Tq, D)``.
     """
-    mix = _compiled(_chunk_mix) if compiled else _chunk_mix
     Tq = q.shape[2]
     if Tq > chunk:  # several chunks slice k and v again and again: make the slices plain memory once
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
@@ -290,30 +271,20 @@ def chunked_attention(enc: PositionalEncoding, q: torch.Tensor, k: torch.Tensor,
         n = past + e  # keys after this chunk's last query are masked anyway: never compute them
         qc, kc, vc = q[:, :, s:e], k[:, :, :n], v[:, :, :n]                       # (B, H, e−s | n, D)
         qp, kp = q_pos[..., s:e], k_pos[..., :n]
+        # in place on logits made here (none of these ops keeps its output for backward): less memory traffic
+        if enc.uses_scores:  # the encoding's own logits from raw q, k (−inf on future keys)
+            logits = enc.scores(qc, kc, qp, kp).float() * scale                   # (B, H, e−s, n)
+        else:
+            bias = enc.bias(qp, kp)                                               # (H | B, H, e−s, n)
+            logits = (qc @ kc.transpose(-1, -2)).float().mul_(scale).add_(bias)   # (B, H, e−s, n)
         rows = past + torch.arange(s, e, device=q.device)
         blocked = torch.arange(n, device=q.device)[None, :] > rows[:, None]       # (e−s, n): future keys
         if mask is not None:
             blocked = blocked | ~mask[..., s:e, :n]
-        if enc.uses_scores:  # the encoding's own logits from raw q, k (−inf on future keys)
-            out.append(mix(enc.scores(qc, kc, qp, kp), None, None, None, vc, blocked, scale, dropout_p))
-        else:
-            out.append(mix(None, qc, kc, enc.bias(qp, kp), vc, blocked, scale, dropout_p))
+        probs = logits.masked_fill_(blocked, float("-inf")).softmax(dim=-1).to(v.dtype)
+        probs = F.dropout(probs, dropout_p, dropout_p > 0)
+        out.append(probs @ vc)                                                    # (B, H, e−s, D)
     return torch.cat(out, dim=2)                                                  # (B, H, Tq, D)
-
-
-def _chunk_mix(scores: torch.Tensor | None, qc: torch.Tensor | None, kc: torch.Tensor | None,
-               bias: torch.Tensor | None, vc: torch.Tensor, blocked: torch.Tensor, scale: float,
-               dropout_p: float) -> torch.Tensor:
-    """One chunk of :func:`chunked_attention` once its logits are known: the encoding's ``scores``, or
-    ``qc·kcᵀ`` plus ``bias``; scaled in float32, masked, softmax, dropout, mixed into ``vc``."""
-    # in place on tensors made here (none of these ops keeps its output for backward): less memory traffic
-    if scores is not None:
-        logits = scores.float() * scale                                           # (B, H, e−s, n)
-    else:
-        logits = (qc @ kc.transpose(-1, -2)).float().mul_(scale).add_(bias)       # (B, H, e−s, n)
-    probs = logits.masked_fill_(blocked, float("-inf")).softmax(dim=-1).to(vc.dtype)
-    probs = F.dropout(probs, dropout_p, dropout_p > 0)
-    return probs @ vc                                                             # (B, H, e−s, D)
 
 
 class Block(nn.Module):
@@ -324,44 +295,41 @@ class Block(nn.Module):
         self.dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor, ctx: Context, cache: KVCache | None, layer: int) -> torch.Tensor:
-        before, after = (_compiled(_block_before), _compiled(_block_after)) if ctx.compiled else \
-            (_block_before, _block_after)
-        q, k, v = before(self, x, ctx.enc, ctx.rotary)
-        return after(self, x, self.attn.attend(q, k, v, ctx, cache, layer))
+        x = x + self.attn(self.attn_norm(x), ctx, cache, layer)
+        return x + F.dropout(self.mlp(self.mlp_norm(x)), self.dropout, self.training)
 
 
-# A block is three pieces: what comes before attention (norm, projections, rotation) and what comes after
-# it (output projection, residual, norm, MLP, residual) are pointwise-heavy and compile well; attention
-# itself (SDPA, or the encoding's own chunked path, with the cache) stays eager. Module-level functions,
-# so one compiled graph serves every block of every model of the same shape.
-
-def _block_before(block: Block, x: torch.Tensor, enc: PositionalEncoding, rotary: pe_lib.RotaryFeatures | None
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return block.attn.project(block.attn_norm(x), enc, rotary)
-
-
-def _block_after(block: Block, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    x = x + block.attn.output(y)
-    return x + F.dropout(block.mlp(block.mlp_norm(x)), block.dropout, block.training)
-
-
-def _head(model: "Decoder", x: torch.Tensor, targets: torch.Tensor | None
-          ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    logits = model.lm_head(model.norm(x))                                          # (B, T, vocab)
+def _stack(model: "Decoder", x: torch.Tensor, ctx: Context, targets: torch.Tensor | None,
+           cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Everything after the embeddings: the blocks, the final norm, the LM head and the loss."""
+    for layer, block in enumerate(model.blocks):
+        x = block(x, ctx, cache, layer)
+    logits = model.lm_head(model.norm(x))                                            # (B, T, vocab)
     loss = None
     if targets is not None:
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
     return logits, loss
 
 
-_COMPILED: dict[Any, Any] = {}
+#: compiled graphs :func:`_stack` may keep, one per encoding type and shape (torch's default is 8)
+_RECOMPILE_LIMIT = 64
+_COMPILED_STACK: list[Any] = []
 
 
-def _compiled(fn):
-    """``torch.compile`` of ``fn``, made once per process (fixed shapes: a new shape compiles anew)."""
-    if fn not in _COMPILED:
-        _COMPILED[fn] = torch.compile(fn, fullgraph=True, dynamic=False)
-    return _COMPILED[fn]
+def _compiled_stack():
+    """``torch.compile`` of :func:`_stack` (fixed shapes), made once per process and shared by every
+    model: a graph compiled for one model serves every model of the same shape and encoding type."""
+    if not _COMPILED_STACK:
+        import torch._dynamo
+
+        compiled = torch.compile(_stack, dynamic=False)
+
+        def run(*args):
+            with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+                return compiled(*args)
+
+        _COMPILED_STACK.append(run)
+    return _COMPILED_STACK[0]
 
 
 class Decoder(nn.Module):
@@ -401,11 +369,12 @@ class Decoder(nn.Module):
         return n
 
     def compile_for_training(self, enabled: bool = True) -> "Decoder":
-        """Run training forwards (train mode, gradients on, no cache) through ``torch.compile``d block
-        pieces and head: the norms, projections, rotation, SwiGLU, residuals and loss fuse into a few
-        kernels; attention stays eager. Evaluation and generation are unaffected (eager at any length).
-        The first forward compiles (seconds; inductor's on-disk cache makes later processes faster);
-        results match eager to float32 rounding. Returns ``self``."""
+        """Run training forwards (train mode, gradients on, no cache) through ``torch.compile``: the blocks
+        and the head (everything after the embeddings) become one graph per encoding type and shape,
+        whose pointwise work (norms, rotation, SwiGLU, residuals, softmax, loss) fuses into a few
+        kernels. Evaluation and generation stay eager, at any length. The first training forward of each
+        new shape or encoding type compiles (seconds; inductor caches on disk, so later processes are
+        faster); the result equals eager to float32 rounding. Returns ``self``."""
         self.compiled_training = bool(enabled)
         return self
 
@@ -441,18 +410,18 @@ class Decoder(nn.Module):
         tail = k_pos[..., max(past - 1, 0):] if ordered else None                  # last cached + new
         _check_tokens_and_positions(idx, self.config.vocab_size, tail, past)
         rotary = enc.features(positions, seq_len) if enc.uses_rotate else None       # cos/sin, once
-        compiled = self.compiled_training and self.training and cache is None and torch.is_grad_enabled()
-        ctx = Context(enc, positions, k_pos, rotary, past, compiled)
+        ctx = Context(enc, positions, k_pos, rotary, past)
 
         x = self.tok_emb(idx)                                                        # (B, T, C)
         if enc.uses_embed:
             x = enc.embed(x, positions if embed_pos is None else embed_pos)
         x = F.dropout(x, self.config.dropout, self.training)
-        for layer, block in enumerate(self.blocks):
-            x = block(x, ctx, cache, layer)
+        if self.compiled_training and self.training and cache is None and torch.is_grad_enabled():
+            return _compiled_stack()(self, x, ctx, targets)
+        logits, loss = _stack(self, x, ctx, targets, cache)
         if cache is not None:
             cache.positions, cache.token_state = k_pos, token_state
-        return (_compiled(_head) if compiled else _head)(self, x, targets)           # logits, loss
+        return logits, loss
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
