@@ -263,22 +263,25 @@ def chunked_attention(enc: PositionalEncoding, q: torch.Tensor, k: torch.Tensor,
     never (H, Tq, Tk). Returns ``(B, H, Tq, D)``.
     """
     Tq = q.shape[2]
+    if Tq > chunk:  # several chunks slice k and v again and again: make the slices plain memory once
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out = []
     for s in range(0, Tq, chunk):
         e = min(s + chunk, Tq)
         n = past + e  # keys after this chunk's last query are masked anyway: never compute them
         qc, kc, vc = q[:, :, s:e], k[:, :, :n], v[:, :, :n]                       # (B, H, e−s | n, D)
         qp, kp = q_pos[..., s:e], k_pos[..., :n]
+        # in place on logits made here (none of these ops keeps its output for backward): less memory traffic
         if enc.uses_scores:  # the encoding's own logits from raw q, k (−inf on future keys)
             logits = enc.scores(qc, kc, qp, kp).float() * scale                   # (B, H, e−s, n)
         else:
             bias = enc.bias(qp, kp)                                               # (H | B, H, e−s, n)
-            logits = (qc @ kc.transpose(-1, -2)).float() * scale + bias           # (B, H, e−s, n)
+            logits = (qc @ kc.transpose(-1, -2)).float().mul_(scale).add_(bias)   # (B, H, e−s, n)
         rows = past + torch.arange(s, e, device=q.device)
         blocked = torch.arange(n, device=q.device)[None, :] > rows[:, None]       # (e−s, n): future keys
         if mask is not None:
             blocked = blocked | ~mask[..., s:e, :n]
-        probs = logits.masked_fill(blocked, float("-inf")).softmax(dim=-1).to(v.dtype)
+        probs = logits.masked_fill_(blocked, float("-inf")).softmax(dim=-1).to(v.dtype)
         probs = F.dropout(probs, dropout_p, dropout_p > 0)
         out.append(probs @ vc)                                                    # (B, H, e−s, D)
     return torch.cat(out, dim=2)                                                  # (B, H, Tq, D)
@@ -296,6 +299,39 @@ class Block(nn.Module):
         return x + F.dropout(self.mlp(self.mlp_norm(x)), self.dropout, self.training)
 
 
+def _stack(model: "Decoder", x: torch.Tensor, ctx: Context, targets: torch.Tensor | None,
+           cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Everything after the embeddings: the blocks, the final norm, the LM head and the loss."""
+    for layer, block in enumerate(model.blocks):
+        x = block(x, ctx, cache, layer)
+    logits = model.lm_head(model.norm(x))                                            # (B, T, vocab)
+    loss = None
+    if targets is not None:
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
+    return logits, loss
+
+
+#: compiled graphs :func:`_stack` may keep, one per encoding type and shape (torch's default is 8)
+_RECOMPILE_LIMIT = 64
+_COMPILED_STACK: list[Any] = []
+
+
+def _compiled_stack():
+    """``torch.compile`` of :func:`_stack` (fixed shapes), made once per process and shared by every
+    model: a graph compiled for one model serves every model of the same shape and encoding type."""
+    if not _COMPILED_STACK:
+        import torch._dynamo
+
+        compiled = torch.compile(_stack, dynamic=False)
+
+        def run(*args):
+            with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+                return compiled(*args)
+
+        _COMPILED_STACK.append(run)
+    return _COMPILED_STACK[0]
+
+
 class Decoder(nn.Module):
     """``Decoder(config)(idx, positions=None, targets=None, cache=None, seq_len=None) -> (logits, loss)``."""
 
@@ -309,6 +345,7 @@ class Decoder(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
+        self.compiled_training = False
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -330,6 +367,16 @@ class Decoder(nn.Module):
         if non_embedding:
             n -= self.tok_emb.weight.numel() + sum(p.numel() for p in self.pe.parameters() if p.dim() == 2)
         return n
+
+    def compile_for_training(self, enabled: bool = True) -> "Decoder":
+        """Run training forwards (train mode, gradients on, no cache) through ``torch.compile``: the blocks
+        and the head (everything after the embeddings) become one graph per encoding type and shape,
+        whose pointwise work (norms, rotation, SwiGLU, residuals, softmax, loss) fuses into a few
+        kernels. Evaluation and generation stay eager, at any length. The first training forward of each
+        new shape or encoding type compiles (seconds; inductor caches on disk, so later processes are
+        faster); the result equals eager to float32 rounding. Returns ``self``."""
+        self.compiled_training = bool(enabled)
+        return self
 
     def new_cache(self) -> KVCache:
         return KVCache(self.config.n_layers)
@@ -369,15 +416,11 @@ class Decoder(nn.Module):
         if enc.uses_embed:
             x = enc.embed(x, positions if embed_pos is None else embed_pos)
         x = F.dropout(x, self.config.dropout, self.training)
-        for layer, block in enumerate(self.blocks):
-            x = block(x, ctx, cache, layer)
-        logits = self.lm_head(self.norm(x))                                          # (B, T, vocab)
+        if self.compiled_training and self.training and cache is None and torch.is_grad_enabled():
+            return _compiled_stack()(self, x, ctx, targets)
+        logits, loss = _stack(self, x, ctx, targets, cache)
         if cache is not None:
             cache.positions, cache.token_state = k_pos, token_state
-
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
         return logits, loss
 
     @torch.no_grad()
