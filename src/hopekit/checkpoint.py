@@ -28,8 +28,8 @@ and one of another format version (version 1, written before the hashes existed,
 
 Resuming (:func:`check_resumable`) refuses a checkpoint written by a different configuration, except
 for the fields in :data:`RESUME_MAY_DIFFER` — those that do not change what the steps already taken
-mean (bookkeeping, the device, DDP ↔ FSDP, evaluation settings, how many processes read the data and whether
-they stream it) and ``train.steps`` (to lengthen or
+mean (bookkeeping, the device, DDP ↔ FSDP, compiled or eager, evaluation settings, how many processes read
+the data and whether they stream it) and ``train.steps`` (to lengthen or
 shorten a run; the cosine schedule then changes from the resume point on) — and one written on other
 training data. A fine-tuning run must also find the same base model: the weight digest decides, not
 ``hf`` (the name or path it is reached by may change), so a different base is refused in one line,
@@ -78,7 +78,7 @@ FORMAT_VERSION = 2           # 2: content_hash and data_hash
 READABLE_VERSIONS = (1, 2)   # 1: no hashes (read without verification)
 #: resolved-config fields (dotted prefixes) that may differ between a checkpoint and the run resuming it
 RESUME_MAY_DIFFER = ("name", "hf", "eval", "train.steps", "train.checkpoint_every", "train.log_every",
-                     "train.device", "train.fsdp", "data.num_proc", "data.streaming")
+                     "train.device", "train.fsdp", "train.compile", "data.num_proc", "data.streaming")
 
 _REQUIRED = ("step", "config", "model_config", "model", "optimizer", "rng", "data", "losses", "tokens",
              "train_time")

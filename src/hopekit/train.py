@@ -432,10 +432,10 @@ def _train(config: ExperimentConfig, out_dir: Path, d: _Dist, *, resume: bool, b
     model = _wrap(raw, cfg, d)
     sharded = cfg.fsdp and d.world > 1
     optimizer = build_optimizer(raw, cfg, fused=False if sharded else None)
-    compiled = bool(getattr(cfg, "compile", False)) and isinstance(raw, Decoder) and not sharded
+    compiled = cfg.compile and isinstance(raw, Decoder) and not sharded
     if compiled:
         raw.compile_for_training()
-    elif getattr(cfg, "compile", False):
+    elif cfg.compile:
         log("note: train.compile applies to the reference decoder, unsharded; this model trains eager")
     log(f"config: {json.dumps(config.resolved(), sort_keys=True)}")
     log(f"model: {net.summary}; device {d.device}, {d.world} process(es){', FSDP' if sharded else ''}, "
