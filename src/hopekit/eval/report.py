@@ -232,7 +232,14 @@ def _log_axis_ticks(ax) -> None:
     from matplotlib.ticker import FixedLocator, MaxNLocator
 
     lo, hi = ax.get_ylim()
-    ticks = [t for t in MaxNLocator(nbins=7, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi) if lo <= t <= hi and t > 0]
+    ticks: list[float] = []
+    for mantissas in ((1, 1.5, 2, 3, 4, 5, 6, 7, 8), (1, 2, 3, 5, 7), (1, 2, 5), (1,)):   # fewest that fit ~10
+        decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+        ticks = [m * 10.0 ** k for k in decades for m in mantissas if lo <= m * 10.0 ** k <= hi]
+        if len(ticks) <= 10:
+            break
+    if len(ticks) < 3:   # a narrow range: round values inside it
+        ticks = [t for t in MaxNLocator(nbins=7, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi) if lo <= t <= hi and t > 0]
     ax.yaxis.set_major_locator(FixedLocator(ticks))
     _plain_ticks(ax.yaxis)
 
