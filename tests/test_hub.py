@@ -11,10 +11,24 @@ from hopekit import hub
 
 @pytest.fixture()
 def online_env(monkeypatch):
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_ENDPOINT"):
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_ENDPOINT", *PROXIES):
         monkeypatch.delenv(var, raising=False)
-    huggingface_hub = pytest.importorskip("huggingface_hub")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    constants = pytest.importorskip("huggingface_hub.constants")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+
+PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def test_behind_a_proxy_the_direct_probe_is_skipped(online_env, monkeypatch):
+    def refuse(address, timeout):
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    with pytest.raises(ValueError, match="unreachable"):
+        hub.check_hub_access("x", what="a dataset", cached=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    hub.check_hub_access("x", what="a dataset", cached=False)   # the library's request through the proxy decides
 
 
 def test_offline_variables_are_read_now(online_env, monkeypatch):

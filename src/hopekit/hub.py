@@ -62,7 +62,8 @@ def check_hub_access(label: str, *, cached: bool = False, what: str = "a hub rep
     ``"<label>: <what> with no cached copy, and <why>; <advice>"``.
 
     ``label`` names the setting (``"hf='org/name'"``, ``"data.corpus='hf:org/name'"``). The endpoint
-    is tried with one TCP connection of at most :data:`HUB_TIMEOUT` seconds.
+    is tried with one TCP connection of at most :data:`HUB_TIMEOUT` seconds, unless a proxy variable
+    (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``) is set: then the library's own request decides.
     """
     if cached:
         return
@@ -70,6 +71,9 @@ def check_hub_access(label: str, *, cached: bool = False, what: str = "a hub rep
     if var is not None:
         raise ValueError(f"{label}: {what} with no cached copy, and {var} is set; {advice}")
     endpoint = hub_endpoint()
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                                       "all_proxy")):
+        return   # only the proxy knows whether the hub is reachable; a direct probe would refuse a good setup
     url = urllib.parse.urlparse(endpoint)
     host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
     try:

@@ -108,4 +108,16 @@ def test_setup_section_states_data_seeds_epochs_and_time_and_warns_about_many_ep
     assert "split test; windows: spread" in text and "16: 4,096 tokens from 4 documents" in text
     assert "**Seeds**: 3 (0, 1, 2)" in text and "cpu X (2 cores, 2 threads); torch 9.9" in text
     assert "Warning: more than 4 epochs" in text and "evaluation 0.5 min" in text   # 18 rows × 1.5 s
-    assert "| 16 | ±1.0 % |" in text                       # the window bootstrap next to the seed sd
+    assert "| 16 | 0.5 % |" in text        # the window bootstrap's sd (half-width 1 % / 1.96) next to the seed sd
+
+
+def test_a_missing_seed_is_shown_not_averaged_away_and_orderings_use_log_perplexity():
+    from hopekit.eval.report import orderings
+
+    rows = SEEDED[:-1] + [dict(ppl("nope", 32, None), seed=2)]          # nope's seed 2 failed at 32
+    table = markdown_table(rows)
+    assert "(n=2)" in next(line for line in table.splitlines() if line.startswith("| `nope`"))
+    assert "(n=" not in next(line for line in table.splitlines() if line.startswith("| `rope`"))
+    # arithmetic and geometric means disagree: a has the lower arithmetic mean, b the lower log mean
+    skew = seeded("a", 16, [1.0, 30.0, 1.0]) + seeded("b", 16, [3.0, 3.0, 3.0])
+    assert orderings(skew)[16].startswith("`b`")

@@ -41,9 +41,11 @@ per-window means differs only through the partially scored first/last windows.
 * ``"spread"`` (the default): every document is windowed on its own (no context crosses a document
   boundary; ``separator`` is unused), and when those windows hold more than ``max_tokens`` targets,
   ``k`` of them are taken at evenly spaced indices of the list of all windows in document order (``k``:
-  enough windows for ``max_tokens`` targets at the mean window's count). Every document long enough to
-  hold a window is sampled in proportion to its length, from its start to its end, instead of the
-  first document's opening. A 1-D stream is one document.
+  enough windows for ``max_tokens`` targets at the mean window's count). The windows are spread over
+  the whole split, from the first document's start to the last one's end, each document getting about
+  its share by length instead of the first document's opening; a document shorter than the spacing
+  between chosen windows may get none, so the set of documents reached can differ between lengths
+  (``documents`` in the result says how many). A 1-D stream is one document.
 * ``"prefix"``: windows in order from the start of the joined stream (or of each document with
   ``per_document``) while fewer than ``max_tokens`` targets have been scored (the last window is kept
   whole, so up to ``max_tokens + eval_len − 1`` are scored). At every ``eval_len`` the scored text is
@@ -53,7 +55,8 @@ per-window means differs only through the partially scored first/last windows.
 ``budget_reached`` says whether windows were left. The result keeps each window's summed NLL and
 scored count (``window_nll``, ``window_tokens``), so :meth:`PerplexityResult.bootstrap_ppl` gives a
 percentile-bootstrap interval over windows: how much the number would move with other windows of the
-same model (seed-to-seed variation is a separate, usually larger, effect).
+same model, treating windows as independent (windows of one document are correlated, so it understates
+the spread across documents; seed-to-seed variation is a separate effect).
 
 **Memory is linear in length.** Nothing here is T×T: attention runs in the model (SDPA, or the
 ``attn_chunk``-query-row blocks of the bias / scores paths). The batch shrinks automatically so that

@@ -78,13 +78,20 @@ def _summary(values: dict[Any, float]) -> Summary | None:
     return summarize(finite) if finite and len(finite) == len(values) else None
 
 
-def _cell(values: dict[Any, float] | None) -> str:
+def _cell(values: dict[Any, float] | None, seeds: int = 1) -> str:
+    """``mean ± sd``; ``(n=k)`` added when the cell has fewer seeds than the run (a skipped or failed
+    measurement is never averaged away silently)."""
     if not values:
         return "—"
     s = _summary(values)
-    if s is None:
-        return _fmt(statistics.fmean(values.values()))
-    return _fmt(s.mean) if s.sd is None else f"{_fmt(s.mean)} ± {_fmt(s.sd)}"
+    text = _fmt(statistics.fmean(values.values())) if s is None else (
+        _fmt(s.mean) if s.sd is None else f"{_fmt(s.mean)} ± {_fmt(s.sd)}")
+    return text + (f" (n={len(values)})" if len(values) < seeds else "")
+
+
+def _seed_count(records: list[dict[str, Any]], protocol: str | None) -> int:
+    """The number of seeds the run measured (any method, any length)."""
+    return len({r.get("seed") for r in _ppl_rows(records, protocol)})
 
 
 def _train_len(records: list[dict[str, Any]]) -> int:
@@ -108,10 +115,11 @@ def markdown_table(records: list[dict[str, Any]], *, baseline: str = "rope", pro
     head = ["method"] + _header(lengths, t0) + [f"Δ vs {baseline} @ {t0}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = means.get((baseline, t0))
+    seeds = _seed_count(records, protocol)
     for m in methods:
         row = []
         for L in lengths:
-            text = _cell(cells.get((m, L)))
+            text = _cell(cells.get((m, L)), seeds)
             mean = means.get((m, L))
             row.append(f"**{text}**" if mean is not None and mean == best[L] and math.isfinite(mean) else text)
         own = means.get((m, t0))
@@ -126,12 +134,14 @@ def interval_table(records: list[dict[str, Any]], *, protocol: str | None = None
     t0 = _train_len(records)
     lines = ["| method | seeds | " + " | ".join(_header(lengths, t0)) + " |", "|" + "---|" * (len(lengths) + 2)]
     for m in methods:
-        row, n = [], 0
+        row, counts = [], set()
         for L in lengths:
             s = _summary(cells.get((m, L)) or {})
-            n = max(n, s.n if s else 0)
+            if cells.get((m, L)):
+                counts.add(len(cells[(m, L)]))
             row.append("—" if s is None or s.low is None else f"[{_fmt(s.low)}, {_fmt(s.high)}]")
-        lines.append("| " + " | ".join([f"`{m}`", str(n)] + row) + " |")
+        n = "—" if not counts else "–".join(str(c) for c in sorted({min(counts), max(counts)}))
+        lines.append("| " + " | ".join([f"`{m}`", n] + row) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -170,41 +180,44 @@ def delta_table(records: list[dict[str, Any]], *, baseline: str = "rope", protoc
 
 
 def orderings(records: list[dict[str, Any]], *, protocol: str | None = None) -> dict[int, str]:
-    """Per eval_len, the methods sorted by mean perplexity, joined by ``<`` where the paired 95 %
-    interval of the two neighbours excludes 0 and ``≈`` where it does not (``?`` without seeds to pair)."""
+    """Per eval_len, the methods sorted by mean log perplexity over seeds (the quantity the paired test
+    uses), joined by ``<`` where the paired 95 % interval of the two neighbours lies above 0 (the second
+    is worse) and ``≈`` where it does not (``?`` without seeds to pair). Only neighbours are compared;
+    :func:`delta_table` gives every method against the baseline."""
     methods, lengths, cells = ppl_cells(records, protocol)
     out = {}
     for L in lengths:
-        ranked = sorted((statistics.fmean(cells[(m, L)].values()), m) for m in methods if cells.get((m, L)))
-        ranked = [(v, m) for v, m in ranked if math.isfinite(v)]
+        ranked = sorted((statistics.fmean(math.log(v) for v in cells[(m, L)].values()), m) for m in methods
+                        if cells.get((m, L)) and all(math.isfinite(v) and v > 0 for v in cells[(m, L)].values()))
         if not ranked:
             continue
         text = f"`{ranked[0][1]}`"
         for (_, a), (_, b) in zip(ranked, ranked[1:]):
             d = _paired(cells, b, a, L)
-            sign = "?" if d is None or d.low is None else ("<" if d.separated() else "≈")
+            sign = "?" if d is None or d.low is None else ("<" if d.low > 0 else "≈")
             text += f" {sign} `{b}`"
         out[L] = text
     return out
 
 
 def _noise_table(records: list[dict[str, Any]], protocol: str) -> str | None:
-    """Per eval_len: the median half-width of the window bootstrap (in % of perplexity) against the median
-    seed sd (in % of the mean), over the methods measured with several seeds."""
+    """Per eval_len, in like terms: the window bootstrap's sd (its 95 % half-width / 1.96, in % of the
+    perplexity; median over rows) against the seed sd (in % of the mean; median over methods)."""
     methods, lengths, cells = ppl_cells(records, protocol)
     boot: dict[int, list[float]] = defaultdict(list)
     for r in _ppl_rows(records, protocol):
         ci = r.get("ppl_window_ci95")
         if ci and r["value"]:
-            boot[int(r["eval_len"])].append(50.0 * (ci[1] - ci[0]) / r["value"])
+            boot[int(r["eval_len"])].append(50.0 * (ci[1] - ci[0]) / r["value"] / 1.96)
     lines = []
     for L in lengths:
         sds = [100.0 * s.sd / s.mean for m in methods if (s := _summary(cells.get((m, L)) or {})) and s.sd is not None]
         if boot.get(L) and sds:
-            lines.append(f"| {L} | ±{statistics.median(boot[L]):.1f} % | {statistics.median(sds):.1f} % |")
+            lines.append(f"| {L} | {statistics.median(boot[L]):.1f} % | {statistics.median(sds):.1f} % |")
     if not lines:
         return None
-    return ("| eval_len | window bootstrap, 95 % half-width (median over rows) | seed sd (median over rows) |\n"
+    return ("| eval_len | window bootstrap sd (95 % half-width / 1.96; median over rows) | seed sd (median over "
+            "methods) |\n"
             "|---|---|---|\n" + "\n".join(lines) + "\n")
 
 
@@ -393,7 +406,8 @@ def _setup(records: list[dict[str, Any]], ppl: list[dict[str, Any]]) -> str:
     splits = ", ".join(_values(ppl, "split")) or "?"
     sampling = ", ".join(_values(ppl, "sampling")) or "prefix"
     lines.append(f"- **Data**: corpus {corpora}, split {splits}; windows: {sampling} "
-                 + ("(evenly across every document of the split)" if sampling == "spread" else
+                 + ("(evenly spaced over the whole split, every document windowed on its own)" if sampling == "spread"
+                    else
                     "(in order from the start of the split)" if sampling == "prefix" else "") + ".")
     per_length = defaultdict(set)
     for r in ppl:
@@ -485,13 +499,16 @@ def write_report(run_dir: str | Path, *, baseline: str = "rope") -> tuple[Path, 
                          f"`*`: the interval excludes 0.\n\n" + delta_table(records, baseline=baseline, protocol=proto))
         if len(seeds) > 1:
             order = orderings(records, protocol=proto)
-            parts.append("\n### Orderings that hold at 95 %\n\nMethods by mean perplexity, best first; `<`: the "
-                         "paired interval of the two neighbours excludes 0, `≈`: it does not (no ranking between "
-                         "them).\n\n" + "".join(f"- {L}: {text}\n" for L, text in order.items()))
+            parts.append("\n### Orderings that hold at 95 %\n\nMethods by mean log perplexity over seeds, best "
+                         "first; `<`: the paired interval of the two neighbours lies above 0, `≈`: it does not (no "
+                         "ranking between them). Only neighbours are compared.\n\n"
+                         + "".join(f"- {L}: {text}\n" for L, text in order.items()))
         noise = _noise_table(records, proto)
         if noise:
             parts.append("\n### Evaluation noise against seed noise\n\nHow much a number moves with other windows "
-                         "of the same split (bootstrap over windows) and with another training seed.\n\n" + noise)
+                         "of the same split (bootstrap over windows, treated as independent) and with another "
+                         "training seed. Every method and seed is scored on the same windows, so the window noise "
+                         "is shared by the rows being compared.\n\n" + noise)
     training = _training_table(records)
     if training:
         parts.append("\n## Training\n\n" + training)

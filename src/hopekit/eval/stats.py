@@ -8,8 +8,10 @@ Two sources of variation, kept apart:
   ``mean ± t(n−1) · sd / √n``. With 3 seeds t(2) = 4.30, so an interval is about ±2.5 sd: honest, wide.
 * **Windows** (evaluation): the perplexity of one model is a token-weighted mean over windows;
   :func:`bootstrap_ppl` resamples those windows (percentile bootstrap, fixed generator seed) to say how
-  much the number would move with other text of the same split. It is recorded with each measurement
-  and should be well below the seed spread; when it is not, the evaluation budget is too small.
+  much the number would move with other windows of the same split. It treats windows as independent;
+  windows of one document are correlated, so it understates the spread across documents. It is recorded
+  with each measurement; when it is not well below the seed spread, the evaluation budget is too small
+  for the absolute numbers (comparisons share the windows: every method and seed is scored on the same).
 
 Methods are compared **paired by seed** (the same seed gives the same initialisation stream and the same
 training batches): :func:`paired_ratio` is the mean over seeds of the log-perplexity difference, reported
