@@ -214,7 +214,7 @@ def _eval_finetuned(args: argparse.Namespace, model: Any, config: Any, ckpt: dic
                          "the encoding it was trained with (the base model: hopekit eval --hf NAME --pe KIND)")
     base = ckpt["pretrained"]
     lm = PretrainedLM(model, load_tokenizer(base["name"], base["source"]), base["name"], base["source"])
-    text = pretrained_text(lm.tokenizer, corpus=config.data.corpus, split=config.eval.split)
+    text = pretrained_text(lm.tokenizer, data=config.data, split=config.eval.split)  # with its hf: settings
     records = Path(args.records or Path(args.checkpoint).parent / "records.jsonl")
     lengths = sorted({int(round(m * config.train.train_len)) for m in config.eval.multiples})
     method = args.method or f"finetuned:{config.pe.kind}"  # not an eval-time swap: the weights were trained with it

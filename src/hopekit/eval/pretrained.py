@@ -137,11 +137,13 @@ class PretrainedText:
 
 
 def pretrained_text(tokenizer: Any, *, text: str | Path | None = None, corpus: str = "shakespeare",
-                    split: str = "test") -> PretrainedText:
+                    split: str = "test", data: Any = None) -> PretrainedText:
     """``text`` (a local ``.txt`` / ``.jsonl`` file or a directory of them, taken whole), else the
-    ``split`` of ``corpus`` (default: the embedded corpus' test split), tokenized with ``tokenizer``
-    (hopekit's protocol: :class:`hopekit.data.tokenizer.HFTokenizer`, as ``load_pretrained`` gives)."""
-    from ..data import encode_documents, load_corpus
+    ``split`` of ``corpus`` (default: the embedded corpus' test split) — or of ``data`` (a
+    :class:`hopekit.config.DataConfig`, with its text column and ``hf:`` settings) when given — tokenized
+    with ``tokenizer`` (hopekit's protocol: :class:`hopekit.data.tokenizer.HFTokenizer`, as
+    ``load_pretrained`` gives)."""
+    from ..data import encode_documents, load_corpus, load_corpus_from_config
     from ..hashing import digest
 
     if text is not None:
@@ -150,6 +152,9 @@ def pretrained_text(tokenizer: Any, *, text: str | Path | None = None, corpus: s
             raise FileNotFoundError(f"text={str(text)!r}: no such file or directory")
         documents = load_corpus(path, "all")
         name, split = f"file:{path.resolve()}", None
+    elif data is not None:
+        documents = load_corpus_from_config(data, split)
+        name = data.corpus
     else:
         documents = load_corpus(corpus, split)
         name = corpus
