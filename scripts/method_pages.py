@@ -24,6 +24,7 @@ import yaml
 
 from hopekit import pe
 from hopekit.analysis import describe, in_tokens
+from hopekit.analysis.defaults import format_number
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "methods.md"
@@ -216,19 +217,7 @@ PAGES: dict[str, Page] = {
 # --------------------------------------------------------------------------------------------------
 
 
-def g(x: float, digits: int = 3) -> str:
-    """``digits`` significant figures, thousands separated, no exponent; ∞ for infinity."""
-    if math.isinf(x):
-        return "∞"
-    if x == 0:
-        return "0"
-    if abs(x) < 1e-3:
-        return f"{x:.{digits - 1}e}"
-    if abs(x) >= 10 ** (digits - 1):
-        return f"{round(x):,}"                # whole tokens: 35,333, not 35,300
-    x = float(f"{x:.{digits}g}")           # round first: 0.0099999998 has the magnitude of 0.01
-    decimals = max(0, digits - 1 - int(math.floor(math.log10(abs(x)))))
-    return f"{round(x, decimals):,.{decimals}f}"
+g = format_number   # one formatter for the page and describe()
 
 
 def values(xs: list[float], digits: int = 3) -> str:

@@ -241,8 +241,9 @@ def _absolute(enc: Any, train_len: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _g(x: float, digits: int = 3) -> str:
-    """A number for prose: ``digits`` significant figures, thousands separated, no exponent."""
+def format_number(x: float, digits: int = 3) -> str:
+    """A number for prose: ``digits`` significant figures, thousands separated, no exponent (∞ for
+    infinity; below 1e-3 in scientific notation)."""
     if math.isinf(x):
         return "∞"
     if x == 0:
@@ -253,8 +254,10 @@ def _g(x: float, digits: int = 3) -> str:
         return f"{round(x):,}"                # whole tokens: 35,333, not 35,300
     x = float(f"{x:.{digits}g}")           # round first: 0.0099999998 has the magnitude of 0.01
     decimals = max(0, digits - 1 - int(math.floor(math.log10(abs(x)))))
-    text = f"{round(x, decimals):,.{decimals}f}"
-    return text
+    return f"{round(x, decimals):,.{decimals}f}"
+
+
+_g = format_number
 
 
 def _n(count: int, noun: str) -> str:
