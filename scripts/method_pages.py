@@ -25,20 +25,12 @@ import yaml
 from hopekit import pe
 from hopekit.analysis import describe, in_tokens
 from hopekit.analysis.defaults import format_number
+from hopekit.bench import bench_shape
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "methods.md"
-BENCH_PRESET = ROOT / "src" / "hopekit" / "presets" / "bench_default.yaml"
 SWEEP_PRESET = ROOT / "benchmarks" / "hyperbolic_sweep.yaml"
 SWEEP_RECORDS = ROOT / "docs" / "results" / "hyperbolic_sweep" / "records.jsonl"
-
-
-def bench_shape() -> dict[str, int]:
-    """head_dim, num_heads, d_model, train_len and the largest evaluated multiple of the default bench."""
-    exp = yaml.safe_load(BENCH_PRESET.read_text())["experiment"]
-    d_model, heads = exp["model"]["d_model"], exp["model"]["n_heads"]
-    return {"head_dim": d_model // heads, "num_heads": heads, "d_model": d_model,
-            "train_len": exp["train"]["train_len"], "factor": max(exp["eval"]["multiples"])}
 
 
 @dataclass

@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 from . import pe as pe_lib
 from .config import ExperimentConfig, apply_overrides, config_differences, load_yaml, preset_path
 
-__all__ = ["BenchConfig", "load_bench", "run_bench", "BENCH_PRESETS"]
+__all__ = ["BenchConfig", "load_bench", "run_bench", "bench_shape", "BENCH_PRESETS"]
 
 BENCH_PRESETS = ("smoke", "default", "code", "gpu")  # presets/bench_<name>.yaml
 
@@ -99,6 +99,16 @@ def load_bench(preset: str | Path = "default", overrides: list[str] | None = Non
     return BenchConfig(name=str(raw.get("name", path.stem)), experiment=experiment, methods=parsed,
                        extensions_of=str(raw.get("extensions_of", "rope")),
                        seeds=tuple(range(first, first + n_seeds)))
+
+
+def bench_shape(preset: str | Path = "default") -> dict[str, int]:
+    """The attention shape a bench trains: ``head_dim``, ``num_heads``, ``d_model``, ``train_len`` and
+    ``factor``, its longest evaluated multiple (what ``hopekit methods`` and docs/methods.md describe
+    defaults at)."""
+    exp = load_bench(preset).experiment
+    model = exp.model_config(vocab_size=256)
+    return {"head_dim": model.head_dim, "num_heads": model.n_heads, "d_model": model.d_model,
+            "train_len": exp.train.train_len, "factor": max(exp.eval.multiples)}
 
 
 def run_bench(preset: str | Path = "default", *, run_dir: str | Path | None = None, overrides: list[str] | None = None,
@@ -205,24 +215,13 @@ def environment() -> dict[str, Any]:
     return out
 
 
-def _train_tokens(batches: Any) -> int | None:
-    """Tokens in the train stream behind ``batches`` (a :class:`hopekit.data.TrainBatches` or its bound
-    ``batch`` method), or None when it does not say."""
-    sampler = getattr(batches, "__self__", batches)
-    n = getattr(sampler, "num_tokens", None)
-    if n is None and getattr(sampler, "stream", None) is not None:
-        n = sampler.stream.numel()
-    return int(n) if n else None
-
-
 def _loss_curve(losses: Sequence[float], points: int = 100) -> tuple[list[int], list[float]]:
     """``(steps, mean loss)`` of the per-step losses in ``points`` equal bins (step = a bin's last step + 1)."""
     n = len(losses)
     bins = min(points, n)
     edges = [(i * n) // bins for i in range(bins + 1)]
-    steps = [b for b in edges[1:]]
     means = [sum(losses[a:b]) / (b - a) for a, b in zip(edges[:-1], edges[1:])]
-    return steps, means
+    return edges[1:], means
 
 
 def _record_training(records_path: Path, name: str, cfg: ExperimentConfig, model: Any, result: Any,
@@ -236,17 +235,16 @@ def _record_training(records_path: Path, name: str, cfg: ExperimentConfig, model
     if any(r.get("method") == name and r.get("seed") == seed and r.get("metric") == "train_seconds" for r in records):
         return
     t = cfg.train
-    tokens = _train_tokens(batches)
-    epochs = t.steps * t.batch_size * t.train_len / tokens if tokens else None
+    sampler = batches.__self__          # corpus_batches gives a TrainBatches' bound ``batch``
     common = dict(method=name, params=pe_lib.to_config(cfg.pe), train_len=t.train_len, eval_len=t.train_len,
                   task="bench", model=model_descriptor(model), seed=seed, corpus=cfg.data.corpus,
-                  config=cfg.resolved(), environment=environment(), train_tokens=tokens)
+                  config=cfg.resolved(), environment=environment(), train_tokens=sampler.num_tokens)
     steps, curve = _loss_curve(result.losses) if result.losses else ([], [])
     append_records(records_path, [
         make_record(metric="train_seconds", value=result.total_train_time, **common),
         make_record(metric="final_train_loss", value=result.losses[-1] if result.losses else None, **common),
         make_record(metric="tokens_per_s", value=result.tokens_per_s, **common),
-        make_record(metric="epochs", value=epochs, **common),
+        make_record(metric="epochs", value=sampler.epochs(t.steps), **common),
         make_record(metric="train_loss_curve", value=curve, steps=steps, **common)])
 
 

@@ -288,7 +288,9 @@ def _export(args: argparse.Namespace) -> int:
 
 def _method_table() -> dict[str, dict[str, Any]]:
     from hopekit import pe
+    from hopekit.bench import bench_shape
 
+    shape = bench_shape()
     table = {}
     for name, method in pe.REGISTRY.items():
         params = {}
@@ -302,20 +304,17 @@ def _method_table() -> dict[str, dict[str, Any]]:
             else:
                 params[f.name] = {"required": True}
         table[name] = {"capability": list(method.capabilities), "parameters": params, "source": method.summary,
-                       "in_tokens": _in_tokens(name)}
+                       "in_tokens": _in_tokens(name, shape)}
     return json.loads(json.dumps(table))  # tuples -> lists: one form for text and JSON
 
 
-#: the shape ``hopekit methods`` describes defaults at: the default bench's model, extensions at 16×
-_BENCH_SHAPE = {"head_dim": 32, "num_heads": 4, "train_len": 128, "factor": 16.0}
-
-
-def _in_tokens(name: str) -> str:
-    """What the method's defaults mean in tokens at :data:`_BENCH_SHAPE` (docs/methods.md has more)."""
+def _in_tokens(name: str, shape: dict[str, int]) -> str:
+    """What the method's defaults mean in tokens at the default bench's shape (docs/methods.md has more)."""
     from hopekit.analysis import describe, in_tokens
 
     try:
-        return in_tokens(describe(name, **_BENCH_SHAPE))
+        return in_tokens(describe(name, head_dim=shape["head_dim"], num_heads=shape["num_heads"],
+                                  train_len=shape["train_len"], factor=float(shape["factor"])))
     except TypeError as e:   # a required parameter (llama3's factor, longrope's rescale, learned's max_len)
         return f"no default to describe ({e})"
 
@@ -330,10 +329,15 @@ def _value(v: Any) -> str:
 
 
 def _methods(args: argparse.Namespace) -> int:
+    from hopekit.bench import bench_shape
+
     table = _method_table()
     if args.json:
         print(json.dumps(table, indent=2))
         return 0
+    shape = bench_shape()
+    shape_text = (f"head_dim {shape['head_dim']}, train_len {shape['train_len']}, extensions at "
+                  f"{shape['factor']}×")
     width = max(len(n) for n in table) + 2
     cap_width = max(len(", ".join(m["capability"]) or "none") for m in table.values()) + 2
     print(f"{'method':<{width}}{'capability':<{cap_width}}source")
@@ -344,7 +348,7 @@ def _methods(args: argparse.Namespace) -> int:
         indent = " " * width
         print(textwrap.fill("  ".join(params) or "(no parameters)", 100, initial_indent=indent,
                             subsequent_indent=indent, break_long_words=False, break_on_hyphens=False))
-        print(textwrap.fill("in tokens (head_dim 32, train_len 128, extensions at 16×): " + m["in_tokens"], 100,
+        print(textwrap.fill(f"in tokens ({shape_text}): " + m["in_tokens"], 100,
                             initial_indent=indent, subsequent_indent=indent))
     return 0
 
