@@ -286,6 +286,77 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{option} {text!r}: expected comma-separated integers") from None
+
+
+def _longrope(args: argparse.Namespace) -> int:
+    import os
+
+    from hopekit.longrope import SearchConfig
+    from hopekit.longrope.run import PAPER_START_TOKENS, search_checkpoint, search_pretrained
+
+    if (args.checkpoint is None) == (args.hf is None):
+        raise ValueError("hopekit longrope: give a checkpoint or --hf NAME (one of the two)")
+    if args.hf is None and (args.text or args.dtype):
+        raise ValueError("--text / --dtype: for a transformers model (--hf NAME)")
+    lambda_max: Any = args.lambda_max
+    if lambda_max not in ("paper", "code"):
+        try:
+            lambda_max = float(lambda_max)
+        except ValueError:
+            raise ValueError(f"--lambda-max {args.lambda_max!r}: expected paper, code or a number") from None
+    start = list(PAPER_START_TOKENS) if args.start_tokens == "paper" else _int_list(args.start_tokens, "--start-tokens")
+    seeds = None if args.seeds is None else [s.strip() for s in args.seeds.split(",") if s.strip()]
+    base = None
+    if args.base:
+        from hopekit.config import load_yaml
+
+        base = load_yaml(args.base)
+    bos: Any = args.bos
+    if bos not in ("auto", "none"):
+        try:
+            bos = int(bos)
+        except ValueError:
+            raise ValueError(f"--bos {args.bos!r}: expected auto, none or a token id") from None
+    parents = args.population // 2 if args.parents is None else args.parents
+    mutations = (args.population - parents) // 2 if args.mutations is None else args.mutations
+    crossovers = args.population - parents - mutations if args.crossovers is None else args.crossovers
+    config = SearchConfig(population=args.population, parents=parents, mutations=mutations,
+                          crossovers=crossovers, iterations=args.iterations, seed=args.seed,
+                          patience=args.patience)
+    name = args.hf or Path(args.checkpoint).parent.name
+    out = args.out or f"results/longrope/{Path(name).name}-{'short' if args.short else f'{args.factor:g}x'}"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+    common = dict(factor=args.factor, short=args.short, base=base, eval_len=args.eval_len, lambda_max=lambda_max,
+                  start_tokens=start, seeds=seeds, config=config, fitness=args.fitness, fitness_docs=args.documents,
+                  split=args.split, bos=bos, resume=args.resume, progress=not (args.no_progress or args.quiet),
+                  log=_log(args))
+    if args.hf:
+        dtype = getattr(torch, args.dtype or "float32")
+        result = search_pretrained(args.hf, out, text=args.text, dtype=dtype, **common)
+    else:
+        result = search_checkpoint(args.checkpoint, out, **common)
+    r = result.result
+    if r is None or not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
+            or torch.distributed.get_rank() == 0:
+        seeds_line = ", ".join(f"{k} {v:.4g}" for k, v in result.seed_fitness.items())
+        print(f"best perplexity {r.best_fitness:.4g} after {r.curve[-1]['iteration']} iterations "
+              f"({r.evaluations} evaluations); seeds: {seeds_line}")
+        print(f"{result.slot} factors: {', '.join(f'{v:g}' for v in (result.params.long_rescale if result.slot == 'long' else result.params.short_rescale))}"
+              + (f"; start_tokens {result.params.start_tokens}" if result.params.start_tokens else ""))
+        print(f"wrote {out}/longrope.json (use: hopekit eval CKPT --longrope {out}/longrope.json), factors.csv, "
+              f"records.jsonl, best_per_iteration.csv, search_curve.png")
+    return 0
+
+
 def _method_table() -> dict[str, dict[str, Any]]:
     from hopekit import pe
     from hopekit.bench import bench_shape
@@ -547,6 +618,48 @@ def build_parser() -> argparse.ArgumentParser:
                     "block that only hopekit's load_pretrained applies")
     ex.add_argument("--no-tokenizer", action="store_true", help="do not save a tokenizer")
     ex.set_defaults(func=_export)
+
+    lr = sub.add_parser("longrope", parents=[common, running], help="search LongRoPE rescale factors for a checkpoint or --hf model",
+                        description="LongRoPE's evolutionary search (Ding et al. 2024) of per-pair rescale factors for a "
+                        "target length L' = factor x L, scored by perplexity at exactly L' on validation documents "
+                        "(one truncated window each, BOS first). A rope model gets a long set; a longrope model (or "
+                        "--base FILE) a further multiplier (progressive extension), or with --short its short set. "
+                        "Resumable (--resume); under torchrun the candidates are spread over the ranks. Writes "
+                        "longrope.json, factors.csv, rope_parameters.json, records.jsonl, best_per_iteration.csv and "
+                        "search_curve.png to --out.")
+    lr.add_argument("checkpoint", nargs="?", default=None, help="a checkpoint of hopekit train / bench (or --hf NAME)")
+    lr.add_argument("--hf", default=None, metavar="NAME", help="a transformers model instead: smollm2, a directory, "
+                    "a .gguf file or a hub id")
+    lr.add_argument("--factor", type=float, default=None, help="the target extension L'/L (e.g. 8)")
+    lr.add_argument("--out", default=None, help="output directory (default: results/longrope/<name>-<factor>x)")
+    lr.add_argument("--resume", action="store_true", help="continue the search in --out")
+    lr.add_argument("--short", action="store_true", help="search the short set (at --eval-len, default L) of "
+                    "the model's or --base's LongRoPE configuration")
+    lr.add_argument("--base", default=None, metavar="FILE", help="a longrope configuration (JSON/YAML, e.g. a "
+                    "search's longrope.json) to extend further or to give a short set")
+    lr.add_argument("--eval-len", type=int, default=None, help="fitness length (default: L x factor; L for --short)")
+    lr.add_argument("--lambda-max", default="paper", help="upper bound of the factors: paper (1.25 s), code (1 + s) "
+                    "or a number (default: paper)")
+    lr.add_argument("--start-tokens", default="0", help="n̂ choices, comma-separated, or 'paper' for the paper's "
+                    "0,1,2,4,...,256 (default: 0, not searched)")
+    lr.add_argument("--seeds", default=None, help="initial candidates, comma-separated: pi, ntk, yarn, yarn_linear "
+                    "(and rope, long for --short) (default: all)")
+    lr.add_argument("--population", type=int, default=64, help="population size P (default 64)")
+    lr.add_argument("--parents", type=int, default=None, help="top-k parents kept each iteration (default P/2: 32)")
+    lr.add_argument("--mutations", type=int, default=None, help="mutants per iteration (default half the rest: 16)")
+    lr.add_argument("--crossovers", type=int, default=None, help="crossovers per iteration (default the rest: 16)")
+    lr.add_argument("--iterations", type=int, default=40, help="iterations (default 40)")
+    lr.add_argument("--patience", type=int, default=None, help="stop when the best gains < 0.001 over this many iterations")
+    lr.add_argument("--seed", type=int, default=0, help="random seed of the search (default 0)")
+    lr.add_argument("--fitness", default="ppl", choices=("ppl", "needle"), help="perplexity of the whole window, or "
+                    "LongRoPE2's needle perplexity on answer tokens only (default: ppl)")
+    lr.add_argument("--documents", type=int, default=5, help="fitness documents: the first N long enough (default 5)")
+    lr.add_argument("--split", default="validation", help="split the documents come from (default: validation)")
+    lr.add_argument("--bos", default="auto", help="auto (the tokenizer's BOS if any), none, or a token id")
+    lr.add_argument("--text", default=None, metavar="FILE", help="with --hf: documents from this .txt/.jsonl file or directory")
+    lr.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"), help="with --hf: the model's dtype")
+    lr.add_argument("--no-progress", action="store_true", help="no progress bars")
+    lr.set_defaults(func=_longrope)
 
     report = sub.add_parser("report", parents=[common], help="regenerate report.md and ppl_vs_length.png from records")
     report.add_argument("run_dir")
