@@ -304,7 +304,7 @@ def _longrope(args: argparse.Namespace) -> int:
     if args.hf is None and (args.text or args.dtype):
         raise ValueError("--text / --dtype: for a transformers model (--hf NAME)")
     lambda_max: Any = args.lambda_max
-    if lambda_max not in ("paper", "code"):
+    if lambda_max not in ("paper", "code", None):
         try:
             lambda_max = float(lambda_max)
         except ValueError:
@@ -638,8 +638,8 @@ def build_parser() -> argparse.ArgumentParser:
     lr.add_argument("--base", default=None, metavar="FILE", help="a longrope configuration (JSON/YAML, e.g. a "
                     "search's longrope.json) to extend further or to give a short set")
     lr.add_argument("--eval-len", type=int, default=None, help="fitness length (default: L x factor; L for --short)")
-    lr.add_argument("--lambda-max", default="paper", help="upper bound of the factors: paper (1.25 s), code (1 + s) "
-                    "or a number (default: paper)")
+    lr.add_argument("--lambda-max", default=None, help="upper bound of the factors: paper (1.25 s), code (1 + s) "
+                    "or a number (default: paper; s for --short)")
     lr.add_argument("--start-tokens", default="0", help="n̂ choices, comma-separated, or 'paper' for the paper's "
                     "0,1,2,4,...,256 (default: 0, not searched)")
     lr.add_argument("--seeds", default=None, help="initial candidates, comma-separated: pi, ntk, yarn, yarn_linear "

@@ -121,6 +121,9 @@ def plan_target(model_pe: pe_lib.Params, *, head_dim: int, train_len: int, facto
         target = Target(dataclasses.replace(template, factor=float(factor)), "long", multiply=template.long_rescale)
         ratio = float(factor) / template.factor
     length = L * factor
+    if eval_len is not None and (isinstance(eval_len, bool) or not isinstance(eval_len, int) or eval_len <= L):
+        raise ValueError(f"eval_len={eval_len!r}: the long set is used only beyond train_len={L}; give a longer "
+                         f"eval_len (or search the short set)")
     if eval_len is None:
         if abs(length - round(length)) > 1e-9:
             raise ValueError(f"factor={factor!r}: train_len·factor = {length} is not a whole number of tokens")
@@ -130,6 +133,7 @@ def plan_target(model_pe: pe_lib.Params, *, head_dim: int, train_len: int, facto
 
 def _seeds(target: Target, space: SearchSpace, ratio: float, names: Sequence[str]) -> dict[str, Candidate]:
     t = target.template
+    start = 0 if 0 in space.start_tokens else space.start_tokens[0]   # seeds interpolate every position if allowed
     out = {}
     for name in names:
         if name == "rope":
@@ -140,14 +144,14 @@ def _seeds(target: Target, space: SearchSpace, ratio: float, names: Sequence[str
             factors = seed_factors(name, factor=ratio, pairs=space.pairs, base=t.base, train_len=t.train_len)
         else:
             raise ValueError(f"seeds: unknown seed {name!r}; expected some of {(*SEED_METHODS, 'rope', 'long')}")
-        out[name] = space.snap(factors)
+        out[name] = space.snap(factors, start)
     return out
 
 
 def search_model(apply: Callable[[LongRoPEParams], nn.Module], model_pe: pe_lib.Params, documents: Sequence[torch.Tensor],
                  *, head_dim: int, train_len: int, factor: float | None = None, out_dir: str | Path | None = None,
                  short: bool = False, base: Mapping[str, Any] | LongRoPEParams | None = None,
-                 eval_len: int | None = None, lambda_max: str | float = "paper", start_tokens: Sequence[int] = (0,),
+                 eval_len: int | None = None, lambda_max: str | float | None = None, start_tokens: Sequence[int] = (0,),
                  seeds: Sequence[str] | None = None, config: SearchConfig = SearchConfig(),
                  fitness: str = "ppl", fitness_docs: int = 5, bos: int | None = None,
                  encode: Callable[[str], list[int]] | None = None, resume: bool = False,
@@ -158,6 +162,8 @@ def search_model(apply: Callable[[LongRoPEParams], nn.Module], model_pe: pe_lib.
     (validation). See the module docstring for the kinds of search; writes to ``out_dir`` when given."""
     target, eval_len, ratio = plan_target(model_pe, head_dim=head_dim, train_len=train_len, factor=factor,
                                           short=short, base=base, eval_len=eval_len)
+    if lambda_max is None:                 # the short set's default bound is lower: s instead of 1.25·s
+        lambda_max = float(ratio) if short else "paper"
     upper = lambda_max_for(lambda_max, ratio)
     space = SearchSpace(pairs=len(target.template.long_rescale), lambda_max=upper, start_tokens=tuple(start_tokens))
     if seeds is None:
@@ -194,13 +200,10 @@ def search_model(apply: Callable[[LongRoPEParams], nn.Module], model_pe: pe_lib.
         f"{len(docs)} fitness documents; P={config.population}, {config.iterations} iterations")
     result = run_search(config, space, seed_candidates, score, out, resume=resume, meta=describe,
                         progress=progress, log=log, on_iteration=on_iteration)
-    history = {}
-    if out is not None and (out / "search_state.json").exists():
-        history = json.loads((out / "search_state.json").read_text())["history"]
-    seed_fitness = {name: history.get(c.key, math.nan) for name, c in seed_candidates.items()}
+    seed_fitness = {name: result.history.get(c.key, math.nan) for name, c in seed_candidates.items()}
     params = target.params(result.best)
     output = SearchOutput(params=params, slot=target.slot, result=result, seed_fitness=seed_fitness, out_dir=out)
-    if out is not None:
+    if out is not None and _rank() == 0:
         write_outputs(output, head_dim=head_dim, final_record=_record(
             {"iteration": result.curve[-1]["iteration"], "best_key": result.best.key,
              "evaluations": result.evaluations, "seconds": result.curve[-1]["seconds"]},
@@ -208,6 +211,12 @@ def search_model(apply: Callable[[LongRoPEParams], nn.Module], model_pe: pe_lib.
             extra={"seed_fitness": seed_fitness, "stopped_early": result.stopped_early,
                    "params": pe_lib.to_config(params)}), log=log)
     return output
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _record(row: Mapping[str, Any], target: Target, eval_len: int, describe: Mapping[str, Any], config: SearchConfig,

@@ -112,6 +112,8 @@ class SearchResult:
     #: one row per iteration (0 = the initial population): iteration, best, best_key, evaluations, seconds
     curve: list[dict[str, Any]]
     evaluations: int
+    #: every candidate evaluated: key -> fitness
+    history: dict[str, float] = dataclasses.field(default_factory=dict)
     stopped_early: bool = False
 
 
@@ -183,7 +185,10 @@ class _Search:
     def load(self) -> None:
         path = self.out_dir / STATE_NAME
         if not path.exists():
-            raise SearchError(f"--resume: no {STATE_NAME} in {self.out_dir}; start the search without --resume")
+            if not (self.out_dir / EVALUATIONS_NAME).exists():
+                raise SearchError(f"--resume: no {STATE_NAME} in {self.out_dir}; start the search without --resume")
+            self._read_evaluations()           # killed during the initial population: start it again, from the log
+            return
         try:
             state = json.loads(path.read_text())
         except json.JSONDecodeError as e:
@@ -203,6 +208,9 @@ class _Search:
         self.rng.setstate(_rng_state(state["rng"]))
         self.curve = state["curve"]
         self.seconds = state["seconds"]
+        self._read_evaluations()
+
+    def _read_evaluations(self) -> None:
         evaluations = self.out_dir / EVALUATIONS_NAME
         if evaluations.exists():
             for line in evaluations.read_text().splitlines():
@@ -313,9 +321,9 @@ class _Search:
         row = {"iteration": self.iteration, "best": value, "best_key": best.key,
                "evaluations": len(self.history), "seconds": round(self.seconds, 3)}
         self.curve.append(row)
-        self._write_state()
         if self.on_iteration is not None and self.rank == 0:
-            self.on_iteration(row)
+            self.on_iteration(row)      # before the state: a kill in between redoes the iteration, losing nothing
+        self._write_state()
 
     def _stalled(self) -> bool:
         p = self.config.patience
@@ -363,7 +371,7 @@ class _Search:
                 bar.close()
         best, value = self.population[0]
         return SearchResult(best=best, best_fitness=value, population=list(self.population), curve=list(self.curve),
-                            evaluations=len(self.history), stopped_early=stopped or self._stalled())
+                            evaluations=len(self.history), history=dict(self.history), stopped_early=stopped)
 
 
 def _jsonable_state(state: tuple) -> list:
