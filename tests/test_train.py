@@ -1,7 +1,8 @@
 """hopekit.train: schedule, optimiser groups, loss falls, bit-identical resume (also after SIGKILL),
-refused resumes (other config, other data), init_from (weights only, a new optimiser), divergence, the run directory (lock, writability, config.yaml,
-train_log.jsonl, TensorBoard), devices, randomized positions, DDP and FSDP under torchrun (2 gloo
-processes on CPU). The checkpoint file format itself: tests/test_checkpoint.py.
+refused resumes (other config, other data), init_from (weights only, a new optimiser), divergence, the
+run directory (lock, writability, config.yaml, train_log.jsonl, TensorBoard), devices, randomized
+positions, DDP and FSDP under torchrun (2 gloo processes on CPU). The checkpoint file format itself:
+tests/test_checkpoint.py.
 
 Everything trains a 2-layer, width-32 decoder on a synthetic token stream (tests/_train_worker.py) with
 one intra-op thread: bit-identity is promised for the same machine and thread count, and one thread

@@ -72,7 +72,8 @@ except ImportError:  # not POSIX: no run-directory lock
 
 __all__ = [
     "CHECKPOINT_NAME", "FORMAT", "FORMAT_VERSION", "RESUME_MAY_DIFFER", "CheckpointError", "RunLockedError",
-    "save_checkpoint", "read_checkpoint", "load_checkpoint", "load_weights_from", "check_resumable", "content_hash", "data_fingerprint",
+    "save_checkpoint", "read_checkpoint", "load_checkpoint", "load_weights_from", "check_resumable", "content_hash",
+    "data_fingerprint",
     "model_config_dict", "optimizer_state_by_name", "optimizer_state_by_index", "full_state", "load_full_state",
     "prepare_run_dir", "RunLock",
 ]

@@ -515,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
                     '{"kind": ..., ...} (the override pe=... for long factor lists); pe.FIELD=VALUE applies on top')
     tr.add_argument("--init-from", default=None, metavar="CKPT", help="start from the weights of this checkpoint of "
                     "hopekit train or hopekit bench (its shape and tokenizer; a new optimiser from step 0; a method's "
-                    "unset train_len is its original training length); the override init_from=CKPT")
+                    "unset train_len is its original training length; its config is the base unless --config)")
     tr.add_argument("--out", default=None, help="checkpoint directory (default: checkpoints/<name>-<pe kind>)")
     tr.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -333,8 +333,8 @@ class ExperimentConfig:
         original = record["train_len"] if isinstance(record, Mapping) else source["train"]["train_len"]
         object.__setattr__(self, "model", shape)
         object.__setattr__(self, "pe", pe)
-        object.__setattr__(self, "init_from", {"path": path, "content_hash": ckpt.get("content_hash") or content_hash(ckpt),
-                                               "train_len": original})
+        digest = ckpt.get("content_hash") or content_hash(ckpt)  # version 1: no stored hash
+        object.__setattr__(self, "init_from", {"path": path, "content_hash": digest, "train_len": original})
 
     def _check_pretrained(self) -> None:
         """The fields a fine-tuning config (``hf`` set) must hold; ``pe`` checked but not yet resolved."""
