@@ -339,3 +339,44 @@ def test_train_help_examples_build_a_model(capsys):
     assert any(e.startswith("pe.kind=") for e in examples), out
     for example in examples:  # each one alone gives a model that can be built (e.g. not pe.kind=yarn without train_len)
         load_config("tiny", [example]).model_config(vocab_size=256)
+
+
+# --- 10. fine-tuning a checkpoint: --init-from, --pe-file ------------------------------------------
+
+def test_train_init_from_with_a_pe_file_starts_from_the_sources_config(checkpoint, tmp_path, capsys):
+    from hopekit.train import load_checkpoint, read_checkpoint
+
+    source = read_checkpoint(checkpoint)
+    (tmp_path / "yarn.json").write_text(json.dumps({"kind": "yarn", "factor": 4.0}))
+    (tmp_path / "longrope.yaml").write_text("kind: longrope\nshort_rescale: [1, 1, 1, 1]\n"
+                                            "long_rescale: [1, 2, 3, 4.5]\nfactor: 4\n")
+    code, out, err = run(capsys, "train", "--init-from", str(checkpoint), "--pe-file", str(tmp_path / "longrope.yaml"),
+                         "train.train_len=64", "pe.start_tokens=2", "--print-config")
+    assert code == 0, err
+    printed = yaml.safe_load(out)
+    assert printed["pe"]["long_rescale"] == [1.0, 2.0, 3.0, 4.5] and printed["pe"]["start_tokens"] == 2
+    assert printed["pe"]["train_len"] == 16 and printed["train"]["train_len"] == 64   # the original window
+    assert printed["init_from"] == {"path": str(checkpoint), "content_hash": source["content_hash"], "train_len": 16}
+    assert {k: v for k, v in printed.items() if k not in ("pe", "train", "init_from", "model")} == {
+        k: v for k, v in source["config"].items() if k not in ("pe", "train", "model")}  # the source's config: the base
+    assert printed["model"] == {k: v for k, v in source["model_config"].items() if k not in ("vocab_size", "pe")}
+    out_dir = tmp_path / "ft"
+    code, out, err = run(capsys, "train", "-q", "--init-from", str(checkpoint), "--pe-file", str(tmp_path / "yarn.json"),
+                         "train.train_len=32", "train.steps=1", "train.warmup_steps=0", "--out", str(out_dir))
+    assert code == 0, err
+    _, config, ckpt = load_checkpoint(out_dir / "checkpoint.pt")
+    assert config.pe.kind == "yarn" and config.pe.train_len == 16 and config.init_from["path"] == str(checkpoint)
+    assert ckpt["step"] == 1 and float(next(iter(ckpt["optimizer"]["state"].values()))["step"]) == 1.0
+
+
+def test_pe_file_works_without_init_from_and_its_errors_name_the_file(tmp_path, capsys):
+    (tmp_path / "alibi.yaml").write_text("kind: alibi\nmax_bias: 4.0\n")
+    code, out, _ = run(capsys, "train", "--pe-file", str(tmp_path / "alibi.yaml"), "--print-config")
+    assert code == 0 and yaml.safe_load(out)["pe"] == {"kind": "alibi", "max_bias": 4.0}
+    (tmp_path / "bad.json").write_text('["yarn"]')
+    code, _, err = run(capsys, "train", "--pe-file", str(tmp_path / "bad.json"), "--print-config")
+    assert_one_error_line(code, err, str(tmp_path / "bad.json"), "expected a pe block")
+    code, _, err = run(capsys, "train", "--pe-file", str(tmp_path / "alibi.yaml"), "--pe", "rope", "--print-config")
+    assert_one_error_line(code, err, "--pe rope and --pe-file")
+    code, _, err = run(capsys, "train", "--init-from", str(tmp_path / "missing.pt"), "--print-config")
+    assert_one_error_line(code, err, str(tmp_path / "missing.pt"), "no such file")

@@ -5,9 +5,12 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 
 from hopekit import pe
-from hopekit.config import ExperimentConfig, TrainConfig, apply_overrides, load_config, parse_yaml, preset_path
+from hopekit.checkpoint import read_checkpoint
+from hopekit.config import (ExperimentConfig, TrainConfig, apply_overrides, load_config, load_pe_file, parse_yaml,
+                            preset_path)
 
 
 def test_pe_is_parsed_once_into_typed_params_with_the_experiments_train_len():
@@ -109,3 +112,86 @@ def test_every_registry_example_parses_builds_and_round_trips(name):
 def test_hope_highfreq_keep_fraction_takes_no_train_len():
     cfg = load_config("tiny", ["pe={kind: hope_highfreq, keep_fraction: 0.25}"])
     assert cfg.pe.keep_fraction == 0.25 and cfg.pe.train_len is None
+
+
+# ----- init_from: fine-tuning a checkpoint of the reference decoder ---------------------------------------
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """Two tiny checkpoints: ``first`` (rope base 500 at train_len 32) and ``chained``, initialised from
+    ``first`` and fine-tuned at train_len 64 with yarn (its encoding's train_len: 32, the original)."""
+    from tests._train_worker import run, tiny
+
+    out = tmp_path_factory.mktemp("sources")
+    torch.set_num_threads(1)
+    run(tiny(pe={"kind": "rope", "base": 500.0}, steps=1, warmup_steps=0, checkpoint_every=0), out / "first")
+    first = out / "first" / "checkpoint.pt"
+    run(ExperimentConfig.from_dict({**_fine_tune(first, {"kind": "yarn", "factor": 2.0}, 64), "model": {}}), out / "chained")
+    return first, out / "chained" / "checkpoint.pt"
+
+
+def _fine_tune(source, pe_block, train_len, **sections) -> dict:
+    return {"name": "ft", "init_from": str(source), "pe": pe_block,
+            "train": {"train_len": train_len, "batch_size": 8, "steps": 1, "warmup_steps": 0, "checkpoint_every": 0},
+            **sections}
+
+
+def test_init_from_gives_an_unset_train_len_the_sources_original_length_not_the_fine_tuning_window(sources):
+    first, chained = sources
+    cfg = ExperimentConfig.from_dict(_fine_tune(first, {"kind": "yarn", "factor": 8.0}, 256))
+    assert cfg.pe.train_len == 32 and cfg.train.train_len == 256
+    assert cfg.init_from == {"path": str(first), "content_hash": read_checkpoint(first)["content_hash"], "train_len": 32}
+    again = ExperimentConfig.from_dict(_fine_tune(first, {"kind": "yarn", "factor": 8.0, "train_len": 32}, 256))
+    assert again.pe == cfg.pe                                                 # the original length, given: fine
+    with pytest.raises(ValueError, match=r"pe\.train_len=256: differs from the original training length 32 of init_from="):
+        ExperimentConfig.from_dict(_fine_tune(first, {"kind": "yarn", "factor": 8.0, "train_len": 256}, 256))
+    # a chain keeps the first original length, not the chained source's train.train_len (64)
+    assert read_checkpoint(chained)["config"]["train"]["train_len"] == 64
+    assert ExperimentConfig.from_dict(_fine_tune(chained, {"kind": "longrope", "short_rescale": [1.0] * 8,
+                                                           "long_rescale": [2.0] * 8, "factor": 8.0}, 256)).pe.train_len == 32
+
+
+def test_init_from_takes_shape_tokenizer_and_unset_rotary_fields_from_the_source(sources):
+    first, _ = sources
+    saved = read_checkpoint(first)
+    cfg = ExperimentConfig.from_dict(_fine_tune(first, {"kind": "yarn", "factor": 4.0}, 64))
+    shape = {k: v for k, v in saved["model_config"].items() if k not in ("vocab_size", "pe")}
+    assert dict(cfg.model) == shape and cfg.model_config(vocab_size=48).d_model == 32
+    assert cfg.pe.base == 500.0                                               # the source's, not the registry's 1e4
+    assert ExperimentConfig.from_dict(_fine_tune(first, {"kind": "yarn", "factor": 4.0, "base": 1e4}, 64)).pe.base == 1e4
+    assert ExperimentConfig.from_dict(_fine_tune(first, None, 64)).pe == pe.parse(saved["config"]["pe"])  # unset: its own
+    assert ExperimentConfig.from_dict(_fine_tune(first, None, 64, model={"d_model": 32})).model == cfg.model  # equal: fine
+    with pytest.raises(ValueError, match=r"model\.d_model=64: the source checkpoint \(init_from=.*\) has d_model=32"):
+        ExperimentConfig.from_dict(_fine_tune(first, None, 64, model={"d_model": 64}))
+    with pytest.raises(ValueError, match=r"data\.tokenizer='bpe': the source checkpoint .* data\.tokenizer='byte'"):
+        ExperimentConfig.from_dict(_fine_tune(first, None, 64, data={"tokenizer": "bpe"}))
+    with pytest.raises(ValueError, match=r"init_from=.*: starts the reference decoder .* not with hf='smollm2'"):
+        ExperimentConfig.from_dict(_fine_tune(first, None, 64, hf="smollm2"))
+
+
+def test_an_init_from_record_reads_back_without_the_source_file(sources, tmp_path):
+    import shutil
+
+    source = tmp_path / "source.pt"
+    shutil.copy(sources[0], source)
+    cfg = ExperimentConfig.from_dict(_fine_tune(source, {"kind": "yarn", "factor": 4.0}, 64))
+    record = cfg.resolved()
+    assert record["init_from"]["train_len"] == 32 and record["pe"]["train_len"] == 32
+    source.unlink()
+    assert ExperimentConfig.from_dict(record).resolved() == record            # nothing read: the file is gone
+    assert "init_from" not in load_config("tiny").resolved()                  # only when set
+    with pytest.raises(ValueError, match=r"ExperimentConfig\.init_from=.*exactly the keys"):
+        ExperimentConfig.from_dict({**record, "init_from": {"path": "x"}})
+
+
+def test_a_pe_file_is_a_json_or_yaml_pe_block_and_errors_name_the_file(tmp_path):
+    (tmp_path / "a.json").write_text('{"kind": "yarn", "factor": 4, "beta_fast": 1e1}')
+    (tmp_path / "a.yaml").write_text("kind: yarn\nfactor: 4\nbeta_fast: 1e1\n")
+    assert load_pe_file(tmp_path / "a.json") == load_pe_file(tmp_path / "a.yaml") == {
+        "kind": "yarn", "factor": 4, "beta_fast": 10.0}
+    (tmp_path / "b.yaml").write_text("factor: 4\n")
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'b.yaml'}: expected a pe block.*got keys \['factor'\]"):
+        load_pe_file(tmp_path / "b.yaml")
+    (tmp_path / "c.json").write_text('{"kind": "yarn",')
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'c.json'}:\d+: invalid YAML"):
+        load_pe_file(tmp_path / "c.json")

@@ -1,7 +1,8 @@
 """hopekit.train: schedule, optimiser groups, loss falls, bit-identical resume (also after SIGKILL),
-refused resumes (other config, other data), divergence, the run directory (lock, writability, config.yaml,
-train_log.jsonl, TensorBoard), devices, randomized positions, DDP and FSDP under torchrun (2 gloo
-processes on CPU). The checkpoint file format itself: tests/test_checkpoint.py.
+refused resumes (other config, other data), init_from (weights only, a new optimiser), divergence, the
+run directory (lock, writability, config.yaml, train_log.jsonl, TensorBoard), devices, randomized
+positions, DDP and FSDP under torchrun (2 gloo processes on CPU). The checkpoint file format itself:
+tests/test_checkpoint.py.
 
 Everything trains a 2-layer, width-32 decoder on a synthetic token stream (tests/_train_worker.py) with
 one intra-op thread: bit-identity is promised for the same machine and thread count, and one thread
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 import hopekit.train as train_module
-from hopekit.checkpoint import RunLockedError, prepare_run_dir
+from hopekit.checkpoint import RunLockedError, load_weights_from, model_config_dict, prepare_run_dir
 from hopekit.config import ExperimentConfig, TrainConfig, load_config
 from hopekit.data import TrainBatches
 from hopekit.model import Decoder, ModelConfig, RMSNorm
@@ -41,6 +42,7 @@ from hopekit.train import (
     param_groups,
     read_checkpoint,
     sample_positions,
+    save_checkpoint,
     train,
 )
 from tests._train_worker import VOCAB, run, synthetic_batches, synthetic_stream, tiny, unwritable_dir
@@ -265,6 +267,107 @@ def test_a_corpus_changed_since_the_checkpoint_is_refused_naming_both_hashes(tmp
         return synthetic_batches(cfg)(step)
 
     assert run(cfg, out, batches=same, resume=True).start_step == 3
+
+
+# ----- init_from: weights only, a new optimiser --------------------------------------------------------
+
+def fine_tune(source, pe_block=None, **train_fields):
+    """A run initialised from ``source`` (the tiny shape) at train_len 64 with ``pe_block``."""
+    t = dict(train_len=64, batch_size=8, steps=4, warmup_steps=2, checkpoint_every=0, log_every=1)
+    return ExperimentConfig.from_dict({"name": "ft", "init_from": str(source), "pe": pe_block,
+                                       "train": {**t, **train_fields}})
+
+
+def test_init_from_starts_from_the_source_weights_exactly(finished_run):
+    cfg = fine_tune(finished_run, {"kind": "yarn", "factor": 2.0})
+    assert cfg.pe.train_len == 32 and cfg.train.train_len == 64              # the source's original window
+    model = Decoder(cfg.model_config(VOCAB))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    source = load_weights_from(model, model_config_dict(cfg.model_config(VOCAB)), finished_run,
+                               cfg.init_from["content_hash"])
+    assert source["step"] == 3
+    assert_same_tensors(model.state_dict(), source["model"], "model")       # step 0 = the source, bit for bit
+    assert not all(torch.equal(before[k], v) for k, v in source["model"].items())
+
+
+def test_init_from_trains_with_a_new_optimiser_from_step_0_like_a_hand_written_loop(tmp_path, finished_run):
+    cfg = fine_tune(finished_run, {"kind": "yarn", "factor": 2.0}, steps=4)
+    result = run(cfg, tmp_path / "ft")
+    # the oracle: the source's weights into a fresh decoder, a new AdamW, the schedule from step 0
+    train_module.seed_everything(cfg.train.seed)
+    model = Decoder(cfg.model_config(VOCAB))
+    model.load_state_dict(read_checkpoint(finished_run)["model"])
+    optimizer = train_module.build_optimizer(model, cfg.train)
+    batches, losses = synthetic_batches(cfg), []
+    model.train()
+    for step in range(cfg.train.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg.train)
+        x, y = batches(step)
+        loss = model(x, targets=y)[1]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    assert result.losses == losses and result.start_step == 0
+    assert_same_tensors(result.model.state_dict(), model.state_dict(), "model")
+    saved = read_checkpoint(tmp_path / "ft" / CHECKPOINT_NAME)
+    assert {float(s["step"]) for s in saved["optimizer"]["state"].values()} == {4.0}  # its own 4 steps, not 3 + 4
+    assert saved["config"]["init_from"] == {"path": str(finished_run), "train_len": 32,
+                                            "content_hash": read_checkpoint(finished_run)["content_hash"]}
+    assert (tmp_path / "ft" / CONFIG_NAME).read_text().count(saved["config"]["init_from"]["content_hash"]) == 1
+
+
+def test_resume_of_an_init_from_run_is_bit_identical_and_never_reads_the_source_again(tmp_path, finished_run):
+    source = tmp_path / "source.pt"
+    source.write_bytes(finished_run.read_bytes())
+    cfg = fine_tune(source, {"kind": "linear", "factor": 2.0}, steps=6, checkpoint_every=3)
+    ref = run(cfg, tmp_path / "ref")
+    batches = synthetic_batches(cfg)
+
+    def crash_at_4(step):
+        if step == 4:
+            raise KeyboardInterrupt
+        return batches(step)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path / "crash", batches=crash_at_4)
+    source.rename(tmp_path / "moved.pt")                                    # a re-initialisation would fail
+    resumed = run(cfg, tmp_path / "crash", resume=True)
+    assert resumed.start_step == 3 and resumed.losses == ref.losses
+    assert_same_tensors(resumed.model.state_dict(), ref.model.state_dict(), "model")
+    a, b = (read_checkpoint(p / CHECKPOINT_NAME) for p in (tmp_path / "ref", tmp_path / "crash"))
+    assert_same_tensors(a["optimizer"]["state"], b["optimizer"]["state"], "optimizer")
+
+
+def test_init_from_refuses_learned_position_weights_it_would_drop_or_leave_untrained(tmp_path, finished_run):
+    learned = tmp_path / "learned"
+    run(tiny(pe={"kind": "learned", "max_len": 64}, steps=1, warmup_steps=0, checkpoint_every=0), learned)
+    with pytest.raises(CheckpointError, match=r"pe\.kind='rope': the source checkpoint .* \(learned\) holds learned "
+                                              r"weights pe\.weight .* would be dropped"):
+        run(fine_tune(learned / CHECKPOINT_NAME, {"kind": "rope"}), tmp_path / "a")
+    with pytest.raises(CheckpointError, match=r"pe\.kind='learned': its learned weights pe\.weight would start "
+                                              r"untrained \(the source checkpoint .*, rope, has none\)"):
+        run(fine_tune(finished_run, {"kind": "learned", "max_len": 64}), tmp_path / "b")
+    with pytest.raises(CheckpointError, match=r"pe\.weight: shape \[128, 32\] here, \[64, 32\] in the source"):
+        run(fine_tune(learned / CHECKPOINT_NAME, {"kind": "learned", "max_len": 128}), tmp_path / "c")
+    assert run(fine_tune(learned / CHECKPOINT_NAME, {"kind": "learned", "max_len": 64}, steps=1, warmup_steps=0),
+               tmp_path / "d").step == 1                                     # the same table: fine
+
+
+def test_init_from_refuses_a_source_changed_since_the_config_and_another_vocabulary(tmp_path, finished_run):
+    source = tmp_path / "source.pt"
+    source.write_bytes(finished_run.read_bytes())
+    cfg = fine_tune(source, {"kind": "yarn", "factor": 2.0})
+    ckpt = read_checkpoint(source)
+    save_checkpoint(source, {**ckpt, "losses": ckpt["losses"][:-1]})          # another file at the same path
+    with pytest.raises(CheckpointError, match=rf"init_from\.content_hash='{ckpt['content_hash']}': checkpoint "
+                                              rf".* changed since the config recorded it \(now sha256:"):
+        run(cfg, tmp_path / "a")
+    cfg = fine_tune(finished_run, {"kind": "yarn", "factor": 2.0})
+    with pytest.raises(CheckpointError, match=rf"model\.vocab_size={VOCAB + 1}: this run's tokenizer has "):
+        train(cfg, tmp_path / "b", batches=synthetic_batches(cfg), vocab_size=VOCAB + 1, progress=False, log=None)
 
 
 # ----- divergence ------------------------------------------------------------------------------------

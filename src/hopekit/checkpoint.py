@@ -21,6 +21,10 @@ It holds only tensors and plain containers, so it loads with ``torch.load(weight
 ``content_hash``   :func:`content_hash` of everything else, added by :func:`save_checkpoint`
 =================  ==============================================================================
 
+A run initialised from another checkpoint (``config.init_from``, ``hopekit train --init-from``)
+records its source in ``config``: ``init_from: {path, content_hash, train_len}`` (the source's
+content hash and original pre-training length); :func:`load_weights_from` is how it starts.
+
 :func:`read_checkpoint` refuses, with :class:`CheckpointError` naming the file and the reason, a
 truncated or corrupt file, one whose content hash does not match (bytes changed inside a tensor), one
 holding an object other than tensors and plain containers, a file that is not a hopekit checkpoint,
@@ -33,7 +37,9 @@ the data and whether they stream it) and ``train.steps`` (to lengthen or
 shorten a run; the cosine schedule then changes from the resume point on) — and one written on other
 training data. A fine-tuning run must also find the same base model: the weight digest decides, not
 ``hf`` (the name or path it is reached by may change), so a different base is refused in one line,
-and so is a decoder checkpoint resumed as a fine-tuning run and vice versa.
+and so is a decoder checkpoint resumed as a fine-tuning run and vice versa. Likewise a run initialised
+from a checkpoint is identified by its source's content hash, not by the path it was reached by
+(``init_from.path`` may differ).
 
 **The run directory.** :func:`prepare_run_dir` creates it, checks that it is writable (before any work
 is done), takes an exclusive lock on ``<out_dir>/.lock`` (so a second run on the same directory is
@@ -66,7 +72,8 @@ except ImportError:  # not POSIX: no run-directory lock
 
 __all__ = [
     "CHECKPOINT_NAME", "FORMAT", "FORMAT_VERSION", "RESUME_MAY_DIFFER", "CheckpointError", "RunLockedError",
-    "save_checkpoint", "read_checkpoint", "load_checkpoint", "check_resumable", "content_hash", "data_fingerprint",
+    "save_checkpoint", "read_checkpoint", "load_checkpoint", "load_weights_from", "check_resumable", "content_hash",
+    "data_fingerprint",
     "model_config_dict", "optimizer_state_by_name", "optimizer_state_by_index", "full_state", "load_full_state",
     "prepare_run_dir", "RunLock",
 ]
@@ -78,7 +85,8 @@ FORMAT_VERSION = 2           # 2: content_hash and data_hash
 READABLE_VERSIONS = (1, 2)   # 1: no hashes (read without verification)
 #: resolved-config fields (dotted prefixes) that may differ between a checkpoint and the run resuming it
 RESUME_MAY_DIFFER = ("name", "hf", "eval", "train.steps", "train.checkpoint_every", "train.log_every",
-                     "train.device", "train.fsdp", "train.compile", "data.num_proc", "data.streaming")
+                     "train.device", "train.fsdp", "train.compile", "data.num_proc", "data.streaming",
+                     "init_from.path")
 
 _REQUIRED = ("step", "config", "model_config", "model", "optimizer", "rng", "data", "losses", "tokens",
              "train_time")
@@ -158,10 +166,13 @@ def _why_unreadable(e: Exception, size: int) -> str:
     return f"the file is truncated or corrupt ({size:,} bytes; torch.load: {first[:160]})"
 
 
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
+                    verify: bool = True) -> dict[str, Any]:
     """Load and validate a checkpoint (weights-only unpickling); :class:`CheckpointError` names the
     file and the reason when it is unreadable, truncated, corrupt (content hash mismatch), holds a
-    disallowed object, is not a hopekit checkpoint or is another version."""
+    disallowed object, is not a hopekit checkpoint or is another version. ``verify=False``: a quick
+    look at its plain entries (``config``, ``model_config``, the stored ``content_hash``): the tensors
+    are memory-mapped, not read, and the content hash is not recomputed."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path}: no such file")
@@ -169,7 +180,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         with warnings.catch_warnings():  # random bytes can look like an exotic pickle protocol
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+            ckpt = torch.load(path, map_location=map_location, weights_only=True, **({} if verify else {"mmap": True}))
     except Exception as e:  # zip / pickle / weights-only errors: say what it means, not how it failed
         raise CheckpointError(f"checkpoint {path}: cannot be read: {_why_unreadable(e, size)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -181,7 +192,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [k for k in _REQUIRED + (_REQUIRED_V2 if version >= 2 else ()) if k not in ckpt]
     if missing:
         raise CheckpointError(f"checkpoint {path}: incomplete, missing {missing}")
-    if version >= 2:
+    if version >= 2 and verify:
         actual = content_hash(ckpt)
         if actual != ckpt["content_hash"]:
             raise CheckpointError(f"checkpoint {path}: the content hash does not match (corrupt file: its data "
@@ -214,6 +225,55 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {path}: model weights do not fit its model_config: {e}") from None
     return model.to(device).eval(), config, ckpt
+
+
+def load_weights_from(model: Decoder, model_cfg: dict[str, Any], source: str | Path,
+                      expected_hash: str | None = None) -> dict[str, Any]:
+    """Initialise ``model`` (a :class:`Decoder` built for this run: ``model_cfg``, its
+    :func:`model_config_dict`) with the weights of the checkpoint at ``source``, a reference decoder of
+    the same shape whose encoding may differ: every parameter comes from the source, the buffers stay
+    ``model``'s own (they follow from its encoding's configuration). Only weights: no optimiser state,
+    step or RNG state is read. Returns the source checkpoint (verified by :func:`read_checkpoint`).
+
+    Refused (one line naming the field): a source whose content hash is not ``expected_hash`` (it
+    changed since the run's config recorded it), a fine-tuned pretrained model, another shape or
+    vocabulary, and an encoding change that would drop learned positional weights of the source or
+    leave learned ones of this run untrained (learned → rope; rope → longrope / yarn / linear is fine:
+    neither has any)."""
+    ckpt = read_checkpoint(source)
+    actual = ckpt.get("content_hash") or content_hash(ckpt)
+    if expected_hash is not None and actual != expected_hash:
+        raise CheckpointError(f"init_from.content_hash={expected_hash!r}: checkpoint {source} changed since the "
+                              f"config recorded it (now {actual}); rebuild the config from the file as it is")
+    if ckpt.get("pretrained") is not None:
+        raise CheckpointError(f"init_from={str(source)!r}: a fine-tuned pretrained model "
+                              f"({ckpt['pretrained']['name']!r}); init_from takes a reference-decoder checkpoint")
+    src_cfg = ckpt["model_config"]
+    for key, value in model_cfg.items():
+        if key != "pe" and src_cfg.get(key) != value:
+            what = "this run's tokenizer has" if key == "vocab_size" else "this run has"
+            raise CheckpointError(f"model.{key}={value!r}: {what} {value!r}, the source checkpoint {source} "
+                                  f"{src_cfg.get(key)!r}; init_from keeps the source's shape and tokenizer")
+    with torch.device("meta"):
+        src_params = {n: tuple(p.shape) for n, p in
+                      Decoder(ModelConfig(**src_cfg)).named_parameters(remove_duplicate=False)}
+    ours = {n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=False)}
+    src_kind, kind = src_cfg["pe"]["kind"], model_cfg["pe"]["kind"]
+    dropped, untrained = sorted(src_params.keys() - ours.keys()), sorted(ours.keys() - src_params.keys())
+    if dropped:
+        raise CheckpointError(f"pe.kind={kind!r}: the source checkpoint {source} ({src_kind}) holds learned "
+                              f"weights {', '.join(dropped)} that {kind} has no place for; they would be dropped")
+    if untrained:
+        raise CheckpointError(f"pe.kind={kind!r}: its learned weights {', '.join(untrained)} would start untrained "
+                              f"(the source checkpoint {source}, {src_kind}, has none)")
+    for name in ours:
+        if ours[name] != src_params[name]:
+            raise CheckpointError(f"{name}: shape {list(ours[name])} here, {list(src_params[name])} in the source "
+                                  f"checkpoint {source} ({src_kind})")
+    state = model.state_dict()
+    state.update({name: ckpt["model"][name] for name in ours})
+    model.load_state_dict(state)
+    return ckpt
 
 
 # --- resuming ------------------------------------------------------------------------------------

@@ -91,12 +91,24 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from hopekit.config import load_config
-    from hopekit.train import train
+    from hopekit.config import load_config, load_pe_file, load_yaml, preset_path
+    from hopekit.train import read_checkpoint, train
 
+    if args.pe and args.pe_file:
+        raise ValueError(f"--pe {args.pe} and --pe-file {args.pe_file}: give one (pe.FIELD=VALUE overrides apply "
+                         "on top of either)")
+    # the base: --config, else the source's own config with --init-from, else finetune (--hf) or tiny
+    if args.config is None and args.init_from:
+        base = read_checkpoint(args.init_from, verify=False)["config"]
+    else:
+        base = load_yaml(preset_path(args.config or ("finetune" if args.hf else "tiny")))
+    if args.init_from:
+        base["init_from"] = args.init_from
+    if args.pe_file:
+        base["pe"] = load_pe_file(args.pe_file)
     sugar = [f"hf={json.dumps(args.hf)}"] if args.hf else []  # --hf / --pe: overrides, applied first
     sugar += [f"pe.kind={json.dumps(args.pe)}"] if args.pe else []
-    config = load_config(args.config or ("finetune" if args.hf else "tiny"), sugar + args.overrides)
+    config = load_config(base, sugar + args.overrides)
     if args.print_config:
         return _print_yaml(config.resolved())
     kind = (config.resolved()["pe"] or {"kind": "native"})["kind"]  # None: a pretrained model's own
@@ -559,14 +571,22 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", parents=[common, running], help="train one model (resumable; torchrun for DDP/FSDP)",
                         description="Train a decoder from a preset or YAML config with dotted overrides, e.g. "
                         "`hopekit train --config tiny pe.kind=alibi train.steps=200`, or fine-tune a pretrained "
-                        "model with another encoding: `hopekit train --hf smollm2 --pe hope_highfreq`. Under torchrun "
+                        "model with another encoding: `hopekit train --hf smollm2 --pe hope_highfreq`, or continue a "
+                        "checkpoint at a longer window with another encoding: `hopekit train --init-from CKPT --pe-file "
+                        "longrope.json train.train_len=1024 --out DIR` (weights only; a new optimiser from step 0; the "
+                        "encoding's train_len stays the source's original window). Under torchrun "
                         "(`torchrun --nproc_per_node 2 -m hopekit train ...`) it runs DDP, or FSDP with train.fsdp=true.")
-    tr.add_argument("--config", default=None, help="preset name (default: tiny, or finetune with --hf; see "
-                    "`hopekit presets`) or path to a YAML file")
+    tr.add_argument("--config", default=None, help="preset name (default: tiny, finetune with --hf, the source's "
+                    "own config with --init-from; see `hopekit presets`) or path to a YAML file")
     tr.add_argument("--hf", default=None, metavar="NAME", help="fine-tune a pretrained model: smollm2, a model "
                     "directory or a hub id (the override hf=NAME)")
     tr.add_argument("--pe", default=None, metavar="KIND", help="the positional encoding (sets pe.kind; its fields "
-                    "as pe.FIELD=VALUE; with --hf, unset keeps the model's own)")
+                    "as pe.FIELD=VALUE; with --hf or --init-from, unset keeps the model's own)")
+    tr.add_argument("--pe-file", default=None, metavar="FILE", help="the pe block from a JSON or YAML file, "
+                    '{"kind": ..., ...} (the override pe=... for long factor lists); pe.FIELD=VALUE applies on top')
+    tr.add_argument("--init-from", default=None, metavar="CKPT", help="start from the weights of this checkpoint of "
+                    "hopekit train or hopekit bench (its shape and tokenizer; a new optimiser from step 0; a method's "
+                    "unset train_len is its original training length; its config is the base unless --config)")
     tr.add_argument("--out", default=None, help="checkpoint directory (default: checkpoints/<name>-<pe kind>)")
     tr.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -22,6 +22,25 @@ known only once the model's config is read, so until then ``pe`` is kept as the 
 resolves it (:mod:`hopekit.integrations.hf.train`) and records every field in ``config.yaml`` and
 the checkpoint. A mapping that gives every field of its method (such a record) is parsed at once.
 ``hf`` appears in ``resolved()`` only when set.
+
+**Fine-tuning a checkpoint of the reference decoder** (``init_from``: the path of a ``hopekit train``
+or ``hopekit bench`` checkpoint; ``hopekit train --init-from CKPT``, e.g. progressive extension to a
+longer window with another encoding) follows the same rule. The source brings the model's shape
+(``model`` empty, or equal to the source's field by field) and its tokenizer (``data.tokenizer`` the
+same; for a BPE learned from the corpus the same training data too), and it owns the training length
+of the encoding: a method's ``train_len`` left unset becomes the source's **original** pre-training
+window (its ``train.train_len``), not ``train.train_len`` (the fine-tuning window); a ``pe.train_len``
+equal to that is allowed, any other refused. A source itself initialised from a checkpoint passes on
+its own original length, so a chain of fine-tunes keeps the first. ``pe`` unset is the source's
+encoding, and a rotary method's ``base`` and ``rotary_fraction`` left unset are the source's (when
+the source's encoding is rotary). The path is read **when the config is built** (its plain entries
+only; the tensors are memory-mapped, not read): ``init_from`` then becomes the record
+``{path, content_hash, train_len}`` (the source's content hash and original length) and ``model``
+the source's full shape, which ``resolved()`` stores, so a record read back (``config.yaml``, a
+checkpoint) is used as it is, without the source file. Training loads the weights only
+(:func:`hopekit.checkpoint.load_weights_from`, which checks the content hash again and refuses
+learned positional weights that would be dropped or left untrained) and starts a new optimiser at
+step 0. ``init_from`` appears in ``resolved()`` only when set.
 """
 
 from __future__ import annotations
@@ -38,6 +57,7 @@ from .pe.base import Params, check_bool, check_choice, check_int, check_real
 __all__ = [
     "DataConfig", "TrainConfig", "EvalConfig", "ExperimentConfig", "load_config", "apply_overrides",
     "CONFIG_DIR", "PRETRAINED_TOKENIZER", "preset_path", "load_yaml", "parse_yaml", "dump_yaml", "config_differences",
+    "load_pe_file",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "presets"
@@ -221,6 +241,7 @@ class ExperimentConfig:
 
     name: str = "experiment"
     hf: str | None = None            # a pretrained model to fine-tune (module docstring); None: the reference decoder
+    init_from: str | Mapping[str, Any] | None = None  # a decoder checkpoint to start from (module docstring)
     model: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     pe: Params | Mapping[str, Any] | None = None   # None: RopeParams(), or with hf the model's own encoding
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -234,24 +255,86 @@ class ExperimentConfig:
             _fail(self, "pe", 'expected a mapping that names its method, e.g. {"kind": "rope"}', TypeError)
         if not isinstance(self.model, Mapping):
             _fail(self, "model", "expected a mapping of ModelConfig fields", TypeError)
+        if self.hf is not None and self.init_from is not None:
+            raise ValueError(f"init_from={self.init_from!r}: starts the reference decoder from a checkpoint; not "
+                             f"with hf={self.hf!r} (a pretrained model brings its own weights)")
         if self.hf is not None:
             self._check_pretrained()
             return
         if self.data.tokenizer == PRETRAINED_TOKENIZER:
             raise ValueError(f"data.tokenizer={PRETRAINED_TOKENIZER!r}: names a pretrained model's own tokenizer; "
                              f"set hf (the model to fine-tune) or another tokenizer")
-        object.__setattr__(self, "pe", pe_lib.parse(RopeParams() if self.pe is None else self.pe,
-                                                    train_len=self.train.train_len))
-        for where, value in _train_lens(pe_lib.to_config(self.pe), "pe"):
-            if value != self.train.train_len and value != float("inf"):
-                raise ValueError(f"{where}={value!r}: differs from train.train_len={self.train.train_len}; the "
-                                 f"experiment owns the training length, leave {where} unset")
-        if self.train.positions == "randomized" and pe_lib.method_of(self.pe).encoding.uses_tokens:
-            raise ValueError(f"pe.kind={self.pe.kind!r}: derives its positions from the token ids; "
-                             f"train.positions='randomized' cannot apply to it")
         for name in ("vocab_size", "pe"):
             if name in self.model:
                 _fail(self, "model", f"must not contain {name!r} (set it through {'data.tokenizer' if name == 'vocab_size' else 'pe'})")
+        train_len = self.train.train_len              # the encoding's training length
+        if self.init_from is not None:
+            self._resolve_source()
+            train_len = self.init_from["train_len"]   # the source's original window
+        object.__setattr__(self, "pe", pe_lib.parse(RopeParams() if self.pe is None else self.pe,
+                                                    train_len=train_len))
+        for where, value in _train_lens(pe_lib.to_config(self.pe), "pe"):
+            if value == train_len or value == float("inf"):
+                continue
+            if self.init_from is not None:
+                raise ValueError(f"{where}={value!r}: differs from the original training length {train_len} of "
+                                 f"init_from={self.init_from['path']!r} (train.train_len={self.train.train_len} is "
+                                 f"the fine-tuning window); leave {where} unset")
+            raise ValueError(f"{where}={value!r}: differs from train.train_len={self.train.train_len}; the "
+                             f"experiment owns the training length, leave {where} unset")
+        if self.train.positions == "randomized" and pe_lib.method_of(self.pe).encoding.uses_tokens:
+            raise ValueError(f"pe.kind={self.pe.kind!r}: derives its positions from the token ids; "
+                             f"train.positions='randomized' cannot apply to it")
+
+    def _resolve_source(self) -> None:
+        """``init_from`` (module docstring): a record is checked and kept; a path is read now, checked
+        against ``model`` and ``data``, and replaced by its record, ``model`` by the source's shape and an
+        unset ``pe`` (or its unset rotary fields) by the source's."""
+        from . import pe as pe_lib
+        from .checkpoint import content_hash, read_checkpoint
+
+        if isinstance(self.init_from, Mapping):
+            _check_source_record(self)
+            return
+        if not isinstance(self.init_from, (str, Path)) or not str(self.init_from):
+            _fail(self, "init_from", "expected the path of a checkpoint of hopekit train or hopekit bench", TypeError)
+        path = str(self.init_from)
+        ckpt = read_checkpoint(path, verify=False)  # config and model_config; the tensors stay on disk
+        where = f"init_from={path!r}"
+        if ckpt.get("pretrained") is not None:
+            raise ValueError(f"{where}: a fine-tuned pretrained model ({ckpt['pretrained']['name']!r}); init_from "
+                             "takes a checkpoint of the reference decoder (hopekit train, hopekit bench)")
+        source = ckpt["config"]
+        shape = {k: v for k, v in ckpt["model_config"].items() if k not in ("vocab_size", "pe")}
+        for key, value in self.model.items():
+            if key not in shape:
+                raise ValueError(f"model.{key}={value!r}: not a model field (fields: {', '.join(shape)})")
+            if value != shape[key]:
+                raise ValueError(f"model.{key}={value!r}: the source checkpoint ({where}) has {key}={shape[key]!r}; "
+                                 "init_from keeps the source's shape, leave model empty")
+        data = json.loads(json.dumps(dataclasses.asdict(self.data)))
+        tokenizer = source["data"]["tokenizer"]
+        learned = re.fullmatch(r"bpe(?:[:-]\d+)?", tokenizer) is not None  # a BPE learned from the training data
+        names = ["tokenizer"] + (["vocab_size"] if tokenizer == "bpe" else [])
+        names += ["corpus", "text_column", "limit", "split", "data_files"] if learned else []
+        for name in names:
+            if data[name] != source["data"].get(name):
+                why = "the BPE tokenizer it was trained with was learned from that data" if name != "tokenizer" else \
+                    "init_from keeps the source's tokenizer"
+                raise ValueError(f"data.{name}={data[name]!r}: the source checkpoint ({where}) was trained with "
+                                 f"data.{name}={source['data'].get(name)!r}; {why}")
+        pe = source["pe"] if self.pe is None else self.pe
+        if isinstance(pe, Mapping) and "kind" in pe and pe is not source["pe"]:  # unset rotary fields: the source's
+            fields = {f.name for f in dataclasses.fields(pe_lib.method_of(pe["kind"]).params)}
+            rotary = [pe_lib.method_of(k).encoding.uses_rotate is True for k in (pe["kind"], source["pe"]["kind"])]
+            if all(rotary):
+                pe = {**{k: source["pe"][k] for k in ("base", "rotary_fraction") if k in fields}, **pe}
+        record = source.get("init_from")   # a chain: the first source's original length
+        original = record["train_len"] if isinstance(record, Mapping) else source["train"]["train_len"]
+        object.__setattr__(self, "model", shape)
+        object.__setattr__(self, "pe", pe)
+        digest = ckpt.get("content_hash") or content_hash(ckpt)  # version 1: no stored hash
+        object.__setattr__(self, "init_from", {"path": path, "content_hash": digest, "train_len": original})
 
     def _check_pretrained(self) -> None:
         """The fields a fine-tuning config (``hf`` set) must hold; ``pe`` checked but not yet resolved."""
@@ -287,13 +370,14 @@ class ExperimentConfig:
 
     def resolved(self) -> dict[str, Any]:
         """Plain JSON-able dict (what is printed, checkpointed and recorded), with every pe default
-        filled in (``hopekit.pe.to_config``). ``hf`` only when set; with ``hf``, ``pe`` is the mapping
-        given (or None) until training resolves it against the model."""
+        filled in (``hopekit.pe.to_config``). ``hf`` and ``init_from`` (its record) only when set; with
+        ``hf``, ``pe`` is the mapping given (or None) until training resolves it against the model."""
         from . import pe as pe_lib
 
         sections = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "pe"}
-        if self.hf is None:
-            del sections["hf"]
+        for name in ("hf", "init_from"):
+            if sections[name] is None:
+                del sections[name]
         plain = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in sections.items()}
         pe = pe_lib.to_config(self.pe) if isinstance(self.pe, Params) else self.pe
         return json.loads(json.dumps({**plain, "pe": pe}, default=list))
@@ -319,6 +403,21 @@ class ExperimentConfig:
                     raise ValueError(f"{key}.{bad[0]}: unknown key; {key} accepts {sorted(fields)}")
                 d[key] = sub(**value)
         return cls(**d)
+
+
+def _check_source_record(config: ExperimentConfig) -> None:
+    """An ``init_from`` record (``{path, content_hash, train_len}``, as ``resolved()`` stores it)."""
+    record = config.init_from
+    keys = ("path", "content_hash", "train_len")
+    if set(record) != set(keys):
+        _fail(config, "init_from", f"expected a checkpoint path, or a record with exactly the keys {list(keys)}")
+    for key in ("path", "content_hash"):
+        if not isinstance(record[key], str) or not record[key]:
+            _fail(config, "init_from", f"{key}: expected a non-empty string", TypeError)
+    length = record["train_len"]
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        _fail(config, "init_from", "train_len: expected the source's original training length, an int >= 1", TypeError)
+    object.__setattr__(config, "init_from", dict(record))
 
 
 def config_differences(saved: Mapping[str, Any], now: Mapping[str, Any], ignore: tuple[str, ...] = (), *,
@@ -450,8 +549,25 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     return out
 
 
-def load_config(name: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load a preset or YAML file, apply dotted overrides, validate."""
-    d = load_yaml(preset_path(name)) if name is not None else {}
+def load_pe_file(path: str | Path) -> dict[str, Any]:
+    """A ``pe`` block from a JSON or YAML file (``hopekit train --pe-file``: factor lists are long for
+    the command line): a mapping that names its method, ``{"kind": "longrope", ...}``. Errors name the
+    file; the fields are checked with the rest of the config."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pe file {path}: no such file")
+    block = parse_yaml(path.read_text(), str(path))  # JSON is YAML
+    if not isinstance(block, dict) or "kind" not in block:
+        got = f"keys {sorted(block)}" if isinstance(block, dict) else type(block).__name__
+        raise ValueError(f"{path}: expected a pe block, a mapping that names its method "
+                         f'({{"kind": "longrope", ...}}), got {got}')
+    return block
+
+
+def load_config(name: str | Path | Mapping[str, Any] | None = None, overrides: list[str] | None = None
+                ) -> ExperimentConfig:
+    """Load a preset or YAML file (or start from a config mapping, e.g. a checkpoint's), apply dotted
+    overrides, validate."""
+    d = dict(name) if isinstance(name, Mapping) else load_yaml(preset_path(name)) if name is not None else {}
     d = apply_overrides(d, overrides or [])
     return ExperimentConfig.from_dict(d)

@@ -26,6 +26,14 @@ rank) is saved in every checkpoint and restored on resume. Hence ``resume=True``
 **bit-identical** weights to an uninterrupted run on CPU (same machine, same thread count); on GPU,
 cuBLAS/SDPA kernels may be non-deterministic.
 
+**Starting from a checkpoint** (``config.init_from``, ``hopekit train --init-from CKPT``, e.g. to
+extend a decoder to a longer window with another encoding): the decoder is built as usual, then its
+weights are replaced by the source's (:func:`hopekit.checkpoint.load_weights_from`; the encoding may
+change when neither side has learned positional weights); the optimiser, the learning-rate schedule and
+the step start afresh, and the run's data stream is its own ``(train.seed, step)``. The source is named
+in ``config`` (path, content hash, original training length: :mod:`hopekit.config`). A resume of such a
+run continues from its own checkpoint and never reads the source again.
+
 **Optimiser.** AdamW with decoupled weight decay on the 2-D+ weights of the network (linear layers and
 the token embedding, which the LM head shares). Norm gains, biases and every parameter of the
 positional encoding (``pe.*`` in the decoder, ``model.hopekit_pe.*`` in a pretrained model: learned
@@ -105,6 +113,7 @@ from .checkpoint import (
     full_state,
     load_checkpoint,
     load_full_state,
+    load_weights_from,
     model_config_dict,
     prepare_run_dir,
     read_checkpoint,
@@ -426,8 +435,15 @@ def _train(config: ExperimentConfig, out_dir: Path, d: _Dist, *, resume: bool, b
     autocast = torch.autocast(d.device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
     # Model (from the seed; a resume then overwrites every tensor from the checkpoint), data, optimiser.
+    resuming = resume and path.exists()
     net = _model_and_data(config, batches, vocab_size, d.device)
     config, raw, batches = net.config, net.model, net.batches  # with hf: config.pe resolved against the model
+    if config.init_from is not None and not resuming:  # weights only: the optimiser and the step start afresh
+        source = load_weights_from(raw, net.model_config, config.init_from["path"], config.init_from["content_hash"])
+        log(f"initialised from {config.init_from['path']} (step {source['step']} of its run, "
+            f"{config.init_from['content_hash'][:19]}…): weights only; new optimiser from step 0; "
+            f"pe.train_len is its original training length {config.init_from['train_len']}")
+        del source
     data_hash = data_fingerprint(batches)
     model = _wrap(raw, cfg, d)
     sharded = cfg.fsdp and d.world > 1
@@ -448,7 +464,7 @@ def _train(config: ExperimentConfig, out_dir: Path, d: _Dist, *, resume: bool, b
 
     # Where to start: step 0, or the checkpoint's step with its losses and totals.
     start, losses, tokens_before, time_before = 0, [], 0, 0.0
-    if resume and path.exists():
+    if resuming:
         ckpt = _resume(path, config, net, model, optimizer, sharded, d, data_hash, log)
         start, losses = ckpt["step"], list(ckpt["losses"])
         tokens_before, time_before = ckpt["tokens"], ckpt["train_time"]
