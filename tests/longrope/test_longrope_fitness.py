@@ -9,7 +9,6 @@ answer positions. Models: a random 2-layer reference decoder with a fixed seed, 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import re
@@ -265,7 +264,8 @@ class Corrupt(nn.Module):
         logits, loss = self.model(idx)
         T = idx.shape[1]
         noise = torch.zeros_like(logits)
-        noise[:, self.rows(T)] = 10 * torch.randn(noise[:, self.rows(T)].shape, generator=torch.Generator().manual_seed(0))
+        rows = self.rows(T)
+        noise[:, rows] = 10 * torch.randn(noise[:, rows].shape, generator=torch.Generator().manual_seed(0))
         return logits + noise, loss
 
 

@@ -203,8 +203,10 @@ def test_patience_lets_an_improving_search_run_to_the_end():
     assert not result.stopped_early and len(result.curve) == 9
 
 
-@pytest.mark.xfail(strict=True, reason="search.py run(): stopped_early=stopped or self._stalled() reports an early "
-                                       "stop for a search that ran all its iterations")
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    'search.py run(): stopped_early=stopped or self._stalled() reports an early stop for a search that '
+    'ran all its iterations'
+))
 def test_a_search_that_ran_every_iteration_did_not_stop_early():
     space, seeds, _ = synthetic_problem()
     f = Counted(lambda c: 1.0)
@@ -307,9 +309,11 @@ def test_a_search_killed_after_any_evaluation_resumes_to_the_same_result_without
     assert sorted(keys) == sorted(want_state["history"])
 
 
-@pytest.mark.xfail(strict=True, reason="search.py run_search/load: a search killed while evaluating the initial "
-                                       "population leaves evaluations.jsonl but no search_state.json; resume refuses "
-                                       "('no search_state.json') and a fresh start refuses ('holds a search already')")
+@pytest.mark.xfail(strict=True, raises=SearchError, reason=(
+    'search.py run_search/load: a search killed while evaluating the initial population leaves '
+    "evaluations.jsonl but no search_state.json; resume refuses ('no search_state.json') and a fresh "
+    "start refuses ('holds a search already')"
+))
 @pytest.mark.parametrize("kill_at", [1, 5])
 def test_a_search_killed_during_the_initial_population_can_be_resumed(tmp_path, uninterrupted, kill_at):
     space, seeds, fitness = synthetic_problem()
@@ -388,8 +392,8 @@ def test_starting_into_a_directory_with_a_search_is_refused_and_resume_needs_a_s
 # ---- subprocesses: SIGKILL, two gloo ranks -------------------------------------------------------
 
 def worker(job: dict, *, nproc: int = 1) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
+    path = os.pathsep.join([str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     launcher = [sys.executable] if nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     return subprocess.Popen([*launcher, str(WORKER), json.dumps(job)], env=env, cwd=REPO, stdout=subprocess.PIPE,
@@ -451,7 +455,7 @@ def test_sigkill_mid_iteration_then_resume_is_bit_identical_and_recomputes_nothi
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     """The decoder search (tests/longrope/_search_worker.py) under torchrun with 2 gloo ranks and in
-    one process, started together."""
+    one process, started together (~20 s: the tests using it are marked slow)."""
     base = tmp_path_factory.mktemp("ranks")
     cfg = dict(population=8, parents=4, mutations=2, crossovers=2, iterations=3, seed=1)
     jobs = {n: {"kind": "decoder", "out_dir": str(base / f"nproc{n}"), "config": cfg} for n in (1, 2)}
@@ -461,6 +465,7 @@ def two_ranks(tmp_path_factory):
     return {n: Path(job["out_dir"]) for n, job in jobs.items()}, cfg
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_reach_the_one_process_result(two_ranks):
     dirs, _ = two_ranks
     one = json.loads((dirs[1] / "result-rank0.json").read_text())
@@ -472,6 +477,7 @@ def test_two_gloo_ranks_reach_the_one_process_result(two_ranks):
     assert len(set(s1["history"].values())) > len(s1["history"]) // 2
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_each_evaluate_about_half_the_candidates(two_ranks):
     dirs, cfg = two_ranks
     total = cfg["population"] + cfg["iterations"] * (cfg["mutations"] + cfg["crossovers"])
@@ -483,6 +489,7 @@ def test_two_gloo_ranks_each_evaluate_about_half_the_candidates(two_ranks):
     assert abs(len(r0) - len(r1)) <= cfg["iterations"] + 1 and min(len(r0), len(r1)) >= total // 2 - cfg["iterations"]
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_write_the_evaluation_log_once(two_ranks):
     dirs, _ = two_ranks
     for n in (1, 2):
@@ -490,8 +497,11 @@ def test_two_gloo_ranks_write_the_evaluation_log_once(two_ranks):
         assert sorted(keys) == sorted(json.loads((dirs[n] / STATE_NAME).read_text())["history"])
 
 
-@pytest.mark.xfail(strict=True, reason="run.py search_model: write_outputs runs on every rank, so under torchrun "
-                                       "each rank appends the search_result_ppl record (and rewrites the result files)")
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    'run.py search_model: write_outputs runs on every rank, so under torchrun each rank appends the '
+    'search_result_ppl record (and rewrites the result files)'
+))
 def test_two_gloo_ranks_write_one_result_record(two_ranks):
     dirs, cfg = two_ranks
     for n in (1, 2):
