@@ -175,10 +175,6 @@ def test_a_short_search_fills_the_short_set_at_train_len(tmp_path):
     assert (tmp_path / "factors.csv").read_text().splitlines() == [repr(v) for v in out.params.short_rescale]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "run.py search_model: lambda_max defaults to 'paper' for every search, so the short-context "
-    'readjustment gets λ_max = 1.25·s, not the documented lower s'
-))
 def test_a_short_search_has_the_lower_lambda_max_by_default(tmp_path):
     base = {"kind": "longrope", "train_len": L_SMALL, "factor": 2.0, "short_rescale": [1.0] * 8,
             "long_rescale": [2.0] * 8}
@@ -198,9 +194,6 @@ def test_start_tokens_are_searched_within_their_choices(tmp_path):
     assert (tmp_path / "rope_parameters.json").exists() == (out.params.start_tokens == 0)
 
 
-@pytest.mark.xfail(strict=True, raises=SearchError, reason="run.py _seeds: seeds are snapped with start_tokens=0 "
-                   "(space.snap(factors)), so a search whose n̂ choices exclude 0 (a fixed n̂, as in the n̂ sweep) "
-                   "refuses its own seeds as 'outside the search space'")
 def test_a_search_at_a_fixed_n_hat(tmp_path):
     out = small_search(tmp_path, factor=2.0, start_tokens=(4,))
     assert out.params.start_tokens == 4
@@ -208,10 +201,6 @@ def test_a_search_at_a_fixed_n_hat(tmp_path):
     assert not (tmp_path / "rope_parameters.json").exists()          # transformers has no n̂
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "run.py search_model: on_iteration appends an iteration's record after search.py has written the "
-    'state; a kill between the two loses that row for good (resume does not redo a committed iteration)'
-))
 def test_a_kill_between_the_state_and_the_record_keeps_one_record_per_iteration(tmp_path, monkeypatch):
     import hopekit.eval.records as records
 
@@ -253,10 +242,6 @@ def test_a_search_killed_mid_iteration_resumes_with_one_record_per_iteration(tmp
     assert resumed.seed_fitness == whole.seed_fitness
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "run.py search_model: seed_fitness is read from the state file, so without out_dir every seed's "
-    'fitness is NaN although each seed was evaluated'
-))
 def test_seed_fitness_without_an_output_directory():
     model = tiny_decoder()
     out = search_model(lambda p: with_pe(model, pe.to_config(p)), model.config.pe, synthetic_documents(), head_dim=16,
@@ -320,10 +305,6 @@ def test_plan_target_refusals_name_the_field(kwargs, match):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    'run.py plan_target: an explicit eval_len <= train_len for a long-set search is accepted, though the '
-    'long factors are never used there (every candidate scores the same)'
-))
 @pytest.mark.parametrize("eval_len", [32, 16])
 def test_a_long_search_refuses_an_eval_len_within_train_len(eval_len):
     with pytest.raises(ValueError, match=f"eval_len={eval_len}"):

@@ -27,9 +27,11 @@ deterministic fitness the result equals a one-process run. Only rank 0 writes fi
 the configuration, the iteration, the population with fitnesses, the history, the generator state and
 the per-iteration curve) and ``evaluations.jsonl`` (one line per evaluation, appended as each
 finishes). ``resume=True`` restarts from the state file; evaluations of an iteration that was killed
-half-way are read back from ``evaluations.jsonl`` instead of being recomputed. The generator state and
-the history are restored exactly, so a resumed search gives the same result, bit for bit, as one that
-was never interrupted.
+half-way are read back from ``evaluations.jsonl`` instead of being recomputed (and a search killed
+during its initial population restarts from that log alone). The generator state and the history are
+restored exactly, so a resumed search gives the same result, bit for bit, as one that was never
+interrupted. A resume may ask for more ``iterations`` (the number of iterations never steers the
+generator: a 3-iteration search is the first rows of a 6-iteration one); every other setting must match.
 """
 
 from __future__ import annotations
@@ -185,7 +187,7 @@ class _Search:
     def load(self) -> None:
         path = self.out_dir / STATE_NAME
         if not path.exists():
-            if not (self.out_dir / EVALUATIONS_NAME).exists():
+            if not self.out_dir.is_dir():
                 raise SearchError(f"--resume: no {STATE_NAME} in {self.out_dir}; start the search without --resume")
             self._read_evaluations()           # killed during the initial population: start it again, from the log
             return
@@ -196,6 +198,8 @@ class _Search:
         if state.get("format") != _FORMAT:
             raise SearchError(f"{path}: format {state.get('format')!r}, this hopekit writes {_FORMAT}")
         saved, now = state["config"], json.loads(json.dumps(self.describe()))
+        for cfg in (saved, now):            # more iterations may be asked for: they do not steer the generator
+            cfg.get("search", {}).pop("iterations", None)
         if saved != now:
             from ..config import config_differences
 
@@ -212,7 +216,7 @@ class _Search:
 
     def _read_evaluations(self) -> None:
         evaluations = self.out_dir / EVALUATIONS_NAME
-        if evaluations.exists():
+        if evaluations.exists():  # (absent when a search was killed before its first evaluation)
             for line in evaluations.read_text().splitlines():
                 try:
                     row = json.loads(line)
