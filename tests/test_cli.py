@@ -310,6 +310,29 @@ def test_eval_empty_extensions_means_none_and_quiet_prints_only_the_table(checkp
     assert err == ""
 
 
+def test_eval_longrope_file_needs_its_factor(checkpoint, tmp_path, capsys):
+    import math
+
+    from hopekit.eval import read_records
+
+    records, factors = tmp_path / "records.jsonl", tmp_path / "factors.json"
+    half = 4                                                             # d_model 16, 2 heads: 4 pairs
+    searched = {"short_rescale": [1.0] * half, "long_rescale": [1.0 + i for i in range(half)]}
+    factors.write_text(json.dumps(searched))
+    argv = ["eval", str(checkpoint), "--extensions", "", "--longrope", str(factors), "--records", str(records),
+            "eval.multiples=[1,2]", "eval.max_tokens=64", "--quiet"]
+    code, _, err = run(capsys, *argv)
+    assert_one_error_line(code, err, f"--longrope {factors}: longrope.factor: missing", "target ratio")
+    assert not records.exists()
+    factors.write_text(json.dumps({**searched, "factor": 4.0}))
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    rows = [r for r in read_records(records) if r["metric"] == "ppl" and r["method"] == "rope+longrope"]
+    assert [r["eval_len"] for r in rows] == [16, 32] and {r["params"]["factor"] for r in rows} == {4.0}
+    params = pe.parse(rows[0]["params"])
+    assert pe.schedules.longrope_attention_factor(params) == pytest.approx(math.sqrt(1 + math.log(4.0) / math.log(16)))
+
+
 def test_train_quiet_prints_only_the_result(tmp_path, capsys):
     code, out, err = run(capsys, "train", "--quiet", "--out", str(tmp_path / "run"), "train.steps=2", *TINY)
     assert code == 0

@@ -150,10 +150,14 @@ def _eval(args: argparse.Namespace) -> int:
         return _eval_finetuned(args, model, config, ckpt)
     longrope = None
     if args.longrope:
+        from hopekit.eval.extensions import check_longrope
+
         try:
-            longrope = json.loads(Path(args.longrope).read_text())
+            longrope = check_longrope(json.loads(Path(args.longrope).read_text()))
         except json.JSONDecodeError as e:
             raise ValueError(f"--longrope {args.longrope}: not valid JSON ({e})") from None
+        except ValueError as e:
+            raise ValueError(f"--longrope {args.longrope}: {e}") from None
     records = args.records or str(Path(args.checkpoint).parent / "records.jsonl")
     method = args.method or config.pe.kind
     log = _log(args)
@@ -618,7 +622,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--method", default=None, help="method name in records (default: the pe kind)")
     ev.add_argument("--extensions", default=None,
                     help="comma-separated eval-time extensions, '' for none (default: eval.extensions)")
-    ev.add_argument("--longrope", default=None, help="JSON file with short_rescale/long_rescale factors")
+    ev.add_argument("--longrope", default=None, help="JSON file with searched short_rescale/long_rescale factors and "
+                    "their factor (the target ratio L'/L they were searched for; sets the attention factor)")
     ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                     help="eval.* overrides, e.g. eval.protocol=sliding eval.multiples=[1,4]")
     ev.set_defaults(func=_eval)

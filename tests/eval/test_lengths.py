@@ -3,7 +3,9 @@ is recorded (an empty or too short test split, unknown extension names), and its
 
 from __future__ import annotations
 
+import functools
 import io
+import math
 import types
 
 import pytest
@@ -74,8 +76,8 @@ def test_another_split_budget_protocol_or_stride_is_measured(toy_split, tmp_path
 def test_another_longrope_factor_set_is_measured(toy_split, tmp_path):
     path, model = tmp_path / "records.jsonl", make()
     half = model.config.head_dim // 2
-    lr1 = {"short_rescale": [1.0] * half, "long_rescale": [2.0] * half}
-    lr2 = {"short_rescale": [1.0] * half, "long_rescale": [3.0] * half}
+    lr1 = {"short_rescale": [1.0] * half, "long_rescale": [2.0] * half, "factor": 4.0}
+    lr2 = {"short_rescale": [1.0] * half, "long_rescale": [3.0] * half, "factor": 4.0}
     first = run(model, config(), path, longrope=lr1)
     second = run(model, config(), path, longrope=lr2)
     assert ppl_rows(second)[:2] == ppl_rows(first)[:2]                             # the rope model: recorded
@@ -83,6 +85,45 @@ def test_another_longrope_factor_set_is_measured(toy_split, tmp_path):
         [("rope+longrope", 16, [3.0] * half), ("rope+longrope", 32, [3.0] * half)]  # other factors: measured
     assert len(ppl_rows(read_records(path))) == 6
     assert run(model, config(), path, longrope=lr2) == second and len(ppl_rows(read_records(path))) == 6
+
+
+def test_a_dynamic_ntk_row_recorded_with_factor_s_is_measured_again(toy_split, tmp_path, monkeypatch):
+    """Rows of the former dynamic_ntk rule (factor s = 2 at 2×) carry it in their params: the new rule
+    (factor 1) is measured, never served from them; the other rows are reused."""
+    path, model, cfg = tmp_path / "records.jsonl", make(), config(extensions=("ntk", "dynamic_ntk"))
+    with monkeypatch.context() as m:
+        m.setattr(lengths, "extension_configs", functools.partial(lengths.extension_configs, dynamic_factor=2.0))
+        old = {r["method"]: r for r in ppl_rows(run(model, cfg, path)) if r["eval_len"] == 32}
+    assert old["rope+dynamic_ntk"]["params"]["factor"] == 2.0
+    new = {r["method"]: r for r in ppl_rows(run(model, cfg, path)) if r["eval_len"] == 32}
+    assert new["rope"] == old["rope"] and new["rope+ntk"] == old["rope+ntk"]        # recorded: reused
+    assert new["rope+dynamic_ntk"]["params"]["factor"] == 1.0                        # measured anew
+    assert len([r for r in ppl_rows(read_records(path)) if r["method"] == "rope+dynamic_ntk"]) == 2
+    # one forward per window of 2L: factor 1 is static NTK with factor 2; factor 2 (effective 3) is not
+    assert new["rope+dynamic_ntk"]["value"] == new["rope+ntk"]["value"] != old["rope+dynamic_ntk"]["value"]
+
+
+def test_longrope_row_has_one_attention_factor_at_every_length(toy_split, tmp_path):
+    model = make()
+    half = model.config.head_dim // 2
+    lr = {"short_rescale": [1.0] * half, "long_rescale": [1.0 + i for i in range(half)], "factor": 8.0}
+    expected = math.sqrt(1.0 + math.log(8.0) / math.log(TRAIN_LEN))
+    jobs = [j for j in lengths._jobs(model, config(multiples=(1, 2, 16)), "rope", (), lr) if j.method == "rope+longrope"]
+    assert [j.eval_len for j in jobs] == [16, 32, 256] and all(j.params == jobs[0].params for j in jobs)
+    for job in jobs:   # the encoding each measurement runs, at its window length and below train_len
+        for seq_len in (job.eval_len, TRAIN_LEN - 1):
+            assert job.model.pe.spectrum(seq_len).attn_scale == pytest.approx(expected, rel=1e-15, abs=0.0)
+    rows = [r for r in ppl_rows(run(model, config(), tmp_path / "records.jsonl", longrope=lr))
+            if r["method"] == "rope+longrope"]
+    assert [r["eval_len"] for r in rows] == [16, 32] and rows[0]["params"] == rows[1]["params"] == jobs[0].params
+
+
+def test_longrope_without_its_factor_is_refused_before_recording(toy_split, tmp_path):
+    path, model = tmp_path / "records.jsonl", make()
+    half = model.config.head_dim // 2
+    with pytest.raises(ValueError, match=r"^longrope\.factor: missing"):
+        run(model, config(), path, longrope={"short_rescale": [1.0] * half, "long_rescale": [2.0] * half})
+    assert not path.exists()
 
 
 def test_rows_carry_every_key_field(toy_split, tmp_path):

@@ -4,6 +4,7 @@ caller's matplotlib backend alone."""
 from __future__ import annotations
 
 import json
+import math
 
 import matplotlib
 import pytest
@@ -121,3 +122,54 @@ def test_a_missing_seed_is_shown_not_averaged_away_and_orderings_use_log_perplex
     # arithmetic and geometric means disagree: a has the lower arithmetic mean, b the lower log mean
     skew = seeded("a", 16, [1.0, 30.0, 1.0]) + seeded("b", 16, [3.0, 3.0, 3.0])
     assert orderings(skew)[16].startswith("`b`")
+
+
+# --- the rule of each eval-time extension row, read from the rows' resolved parameters -------------
+
+def extension_rows(dynamic_factor=None) -> list[dict]:
+    """rope at 1×, 2×, 4× (train_len 16) and its extensions as the evaluation records them; dynamic_ntk
+    with ``dynamic_factor`` (None: the length ratio s at each length)."""
+    rows = [ppl("rope", L, 10.0 + L) for L in (16, 32, 64)]
+    lr = {"short_rescale": [1.0] * 4, "long_rescale": [2.0] * 4, "factor": 8.0, "train_len": 16}
+    for L in (32, 64):
+        s = L / 16
+        for kind, params in (("linear", {"factor": s}), ("ntk", {"factor": s}),
+                             ("dynamic_ntk", {"factor": s if dynamic_factor is None else dynamic_factor, "train_len": 16}),
+                             ("yarn", {"factor": s, "train_len": 16, "attention_factor": None})):
+            rows.append(dict(ppl(f"rope+{kind}", L, 9.0 + L), params={"kind": kind, "base": 10000.0, **params}))
+    rows += [dict(ppl("rope+longrope", L, 8.0 + L), params={"kind": "longrope", **lr}) for L in (16, 32, 64)]
+    return rows
+
+
+def test_extension_rules_follow_the_recorded_parameters():
+    from hopekit.eval.report import extension_rules
+
+    rules = extension_rules(extension_rows(dynamic_factor=1.0))
+    assert list(rules) == ["rope+linear", "rope+ntk", "rope+dynamic_ntk", "rope+yarn", "rope+longrope"]
+    assert rules["rope+linear"] == "Position Interpolation, factor ℓ/L"
+    assert rules["rope+ntk"] == "static NTK-aware base scaling, factor ℓ/L"
+    assert rules["rope+dynamic_ntk"].startswith("transformers' dynamic rule with factor 1 (effective NTK factor ℓ/L;")
+    assert rules["rope+yarn"] == "YaRN, factor ℓ/L (attention factor 0.1·ln factor + 1)"
+    su = math.sqrt(1.0 + math.log(8.0) / math.log(16.0))
+    assert rules["rope+longrope"] == (f"LongRoPE, searched factors for factor 8, attention factor {su:.4g} at every "
+                                      "length; short set at ℓ ≤ L, long set beyond")
+    # the same method name recorded under another rule describes that rule
+    old = extension_rules(extension_rows())["rope+dynamic_ntk"]
+    assert old == "transformers' dynamic rule with factor s = ℓ/L (effective NTK factor s² − s + 1 at ℓ = s·L)"
+    assert extension_rules(extension_rows(dynamic_factor=4.0))["rope+dynamic_ntk"].endswith(
+        "factor 4 (effective NTK factor 4·ℓ/L − 3)")
+    assert extension_rules(ROWS) == {"rope+yarn": "rope"}          # no factor recorded: the kind alone
+
+
+def test_report_setup_lists_each_extension_rule(tmp_path):
+    from hopekit.eval.report import extension_rules
+
+    rows = extension_rows(dynamic_factor=1.0)
+    append_records(tmp_path / "records.jsonl", rows)
+    report, _ = write_report(tmp_path)
+    line = next(x for x in report.read_text().splitlines() if x.startswith("- **Eval-time extensions**"))
+    assert all(f"`{m}`: {rule}" in line for m, rule in extension_rules(rows).items())
+    assert "rope+dynamic_ntk`: transformers' dynamic rule with factor 1 (effective NTK factor ℓ/L" in line
+    (tmp_path / "records.jsonl").write_text("")
+    append_records(tmp_path / "records.jsonl", ROWS[:4])
+    assert "Eval-time extensions" not in write_report(tmp_path)[0].read_text()   # no extension rows: no line

@@ -6,7 +6,8 @@ A measurement already in the records file is skipped, so a killed evaluation res
 stopped. "Already there" means a ``"ppl"`` row with the same :data:`KEY_FIELDS`, everything that
 decides the number: the model's weights (``model_digest``), the method and its resolved parameters,
 corpus, split, tokenizer, protocol, stride, window sampling, ``max_tokens`` and ``eval_len``. Another checkpoint,
-split or budget is measured anew.
+split or budget is measured anew, and so is an extension row whose configuration changed (e.g. a
+``dynamic_ntk`` row recorded with another ``factor``: its resolved parameters differ).
 """
 
 from __future__ import annotations
@@ -65,9 +66,11 @@ def evaluate_lengths(model: nn.Module, config: ExperimentConfig, records_path: s
                      log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Measure ``model`` (trained with ``config``) at ``config.eval.multiples`` × ``train_len`` and
     append records; for a rope model also its eval-time ``extensions`` (default
-    ``config.eval.extensions``; ``()`` for none) at multiples > 1. Returns the records of this
-    evaluation in order: the new ones, and for a measurement already recorded (same
-    :data:`KEY_FIELDS`) the recorded rows — never a row of another model, split or budget.
+    ``config.eval.extensions``; ``()`` for none) at multiples > 1, and with ``longrope`` (searched
+    factors and the ``factor`` they were searched for; :func:`~hopekit.eval.extensions.check_longrope`)
+    the ``longrope`` row at every multiple. Returns the records of this evaluation in order: the new
+    ones, and for a measurement already recorded (same :data:`KEY_FIELDS`) the recorded rows — never a
+    row of another model, split or budget.
 
     Refused before anything is measured or recorded: an unknown extension name, an extension
     configuration that does not validate, and a test split that gives no window at the longest

@@ -3,7 +3,8 @@
 ``write_report(run_dir)`` reads ``records.jsonl`` and writes ``report.md`` and its figures:
 
 * the setup: corpus, split, window sampling, scored tokens and documents per length, model size,
-  seeds, hardware, torch version, epochs and total time, all read from the records;
+  seeds, the rule of each eval-time extension row (:func:`extension_rules`, from the rows' resolved
+  parameters), hardware, torch version, epochs and total time, all read from the records;
 * per protocol, perplexity per method × evaluation length as **mean ± sd over seeds** (the best mean of
   each column in bold), the 95 % Student-t interval of every cell, and the change against the baseline
   (``rope``) **paired by seed** at every length, with its interval (:mod:`hopekit.eval.stats`);
@@ -27,7 +28,7 @@ from typing import Any
 from .records import read_records
 from .stats import Summary, paired_ratio, summarize
 
-__all__ = ["ppl_table", "ppl_cells", "markdown_table", "interval_table", "delta_table", "orderings",
+__all__ = ["ppl_table", "ppl_cells", "markdown_table", "interval_table", "delta_table", "orderings", "extension_rules",
            "plot_ppl_vs_length", "plot_loss_by_position", "plot_train_curves", "plot_score_vs_distance",
            "write_report"]
 
@@ -399,6 +400,73 @@ def _values(rows: list[dict[str, Any]], field: str) -> list[str]:
     return sorted({str(r.get(field)) for r in rows if r.get(field) is not None})
 
 
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _factor_rule(rows: list[dict[str, Any]]) -> str | None:
+    """How a row's ``factor`` was set over its lengths: ``"ℓ/L"`` when it is the evaluated length over the
+    training length at every one of several lengths, the value when it is one constant, else the values."""
+    pairs = [(r["params"].get("factor"), int(r["eval_len"]) / int(r["train_len"])) for r in rows]
+    if not pairs or not all(_number(f) for f, _ in pairs):
+        return None
+    if len({s for _, s in pairs}) > 1 and all(math.isclose(f, s, rel_tol=1e-12) for f, s in pairs):
+        return "ℓ/L"
+    return ", ".join(f"{v:g}" for v in sorted({float(f) for f, _ in pairs}))
+
+
+def _rule(kind: str, rows: list[dict[str, Any]]) -> str:
+    """One extension row's rule in words, from its resolved parameters (``kind`` and ``factor``)."""
+    factor = _factor_rule(rows)
+    params = rows[-1]["params"]
+    if factor is None:
+        return kind
+    if kind == "dynamic_ntk":
+        if factor == "ℓ/L":
+            return "transformers' dynamic rule with factor s = ℓ/L (effective NTK factor s² − s + 1 at ℓ = s·L)"
+        if factor == "1":
+            return ("transformers' dynamic rule with factor 1 (effective NTK factor ℓ/L; with one forward per "
+                    "window the same spectrum as static NTK with factor ℓ/L)")
+        if "," not in factor:
+            return (f"transformers' dynamic rule with factor {factor} (effective NTK factor "
+                    f"{factor}·ℓ/L − {float(factor) - 1:g})")
+        return f"transformers' dynamic rule with factor {factor}"
+    if kind == "longrope":
+        if factor == "ℓ/L" or "," in factor:
+            return f"LongRoPE, factor {factor} (attention factor follows the factor), short set at ℓ ≤ L, long set beyond"
+        from .. import pe as pe_lib
+
+        try:
+            attn = pe_lib.schedules.longrope_attention_factor(
+                pe_lib.make_params("longrope", **{k: v for k, v in params.items() if k != "kind"}))
+        except (TypeError, ValueError):
+            attn = None
+        attn_text = "" if attn is None else f", attention factor {attn:.4g} at every length"
+        return f"LongRoPE, searched factors for factor {factor}{attn_text}; short set at ℓ ≤ L, long set beyond"
+    names = {"linear": "Position Interpolation", "ntk": "static NTK-aware base scaling", "yarn": "YaRN",
+             "llama3": "Llama-3.1 wavelength bands"}
+    text = f"{names.get(kind, kind)}, factor {factor}"
+    if kind == "yarn" and all(params.get(k) is None for k in ("attention_factor", "mscale", "mscale_all_dim")):
+        text += " (attention factor 0.1·ln factor + 1)"
+    return text
+
+
+def extension_rules(records: list[dict[str, Any]]) -> dict[str, str]:
+    """``{method: rule}`` for every eval-time extension row (``<model>+<kind>``) of the perplexity
+    records, in first-seen order: the method's rule in words, derived from the resolved parameters
+    each row carries (ℓ: the evaluated length, L: the training length), so records measured under
+    another rule describe themselves."""
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if r.get("metric") == "ppl" and "+" in str(r.get("method")) and isinstance(r.get("params"), dict):
+            by_method.setdefault(r["method"], []).append(r)
+    out = {}
+    for method, rows in by_method.items():
+        kinds = {str(r["params"].get("kind")) for r in rows}
+        out[method] = " / ".join(_rule(k, [r for r in rows if str(r["params"].get("kind")) == k]) for k in sorted(kinds))
+    return out
+
+
 def _setup(records: list[dict[str, Any]], ppl: list[dict[str, Any]]) -> str:
     """The setup section: what was measured, on what, with what, and how long it took."""
     lines = []
@@ -423,6 +491,10 @@ def _setup(records: list[dict[str, Any]], ppl: list[dict[str, Any]]) -> str:
             parts.append(f"{L}: {tok_text} tokens from {doc_text} documents")
         lines.append("- **Scored per measurement**: " + "; ".join(parts) + ".")
     lines.append(f"- **Models**: {', '.join(_values(ppl, 'model'))}.")
+    rules = extension_rules(ppl)
+    if rules:
+        lines.append("- **Eval-time extensions** (ℓ: the evaluated length, L: the training length): "
+                     + "; ".join(f"`{m}`: {rule}" for m, rule in rules.items()) + ".")
     seeds = _values(ppl, "seed")
     lines.append(f"- **Seeds**: {len(seeds)} ({', '.join(seeds)}); every method trained once per seed, compared "
                  "paired by seed.")

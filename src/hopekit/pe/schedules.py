@@ -148,7 +148,10 @@ def ntk(p: NTKParams, rotary_dim: int, seq_len: int | None = None) -> Spectrum:
 class DynamicNTKParams(NTKParams):
     """Dynamic NTK (emozilla 2023): at length ℓ = max(seq_len, L), base′ = b·(s·ℓ/L − (s−1))^(r/(r−2)).
 
-    Equals RoPE for ℓ ≤ L and static NTK at ℓ = s·L. The length is an argument; nothing is mutated.
+    s = ``factor`` as in transformers' ``dynamic``. Equals RoPE for ℓ ≤ L. With ``factor`` 1 the
+    effective NTK factor is ℓ/L, so at every length ℓ it equals static NTK with factor ℓ/L (the
+    Dynamic-NTK the YaRN and LongRoPE papers compare against); with ``factor`` s it is s·ℓ/L − (s − 1),
+    which at ℓ = s·L is s² − s + 1, not s. The length is an argument; nothing is mutated.
     """
 
     train_len: int
@@ -275,9 +278,11 @@ class LongRoPEParams(RopeParams):
 
     * Two factor sets chosen by length (the HF/Phi rule): ``long_rescale`` iff ``seq_len > train_len``,
       else ``short_rescale``. Each has ``rotary_dim // 2`` entries.
-    * ``attention_factor``: ``"su"`` = sqrt(1 + ln s / ln L) (HF default), ``"yarn"`` = 0.1·ln s + 1, or
-      an explicit float; s = ``factor`` (the target/original length ratio, a constant as in HF). It is 1
-      when s ≤ 1 and is applied to both sets, as in HF.
+    * ``attention_factor``: ``"su"`` = sqrt(1 + ln F / ln L) (HF default), ``"yarn"`` = 0.1·ln F + 1, or
+      an explicit float; F = ``factor``, the target ratio L′/L the rescale factors were searched for: a
+      constant of the configuration as transformers' ``factor`` is, never the length being evaluated,
+      so the attention factor is the same at every length. It is 1 when F ≤ 1 and is applied to both
+      sets (also at inputs ≤ ``train_len``), as in HF.
     * ``start_tokens`` n̂ (paper §3.2, not in HF): positions < n̂ use un-interpolated θ_i. With n̂ > 0
       the method is no longer relative (by design: sink tokens keep their positions).
     """
