@@ -89,10 +89,12 @@ PAGES: dict[str, Page] = {
         refs=[("Llama 2 shape, factor 16", {"kind": "dynamic_ntk", "factor": 16.0}, LLAMA2)],
         chosen="`factor` is required and `train_len` comes from the experiment's `train.train_len`. hopekit "
                "keeps transformers' meaning of `factor`: at the current length ℓ the base uses the NTK factor "
-               "s·ℓ/L − (s − 1), which at ℓ = s·L is s² − s + 1 (241 at s = 16), so at its target length it "
-               "interpolates far more than static NTK. The bench passes factor = eval_len / train_len and "
-               "evaluates one window of ℓ = eval_len; src/hopekit/eval/extensions.py explains why factor 1 "
-               "(YaRN's dynamic scaling) was not used: with one forward per window it would equal `ntk`."),
+               "s·ℓ/L − (s − 1), which at ℓ = s·L is s² − s + 1 (241 at s = 16), so with factor s it interpolates "
+               "far more than static NTK at its target length. The bench's `rope+dynamic_ntk` row uses factor 1, "
+               "the Dynamic-NTK that YaRN and LongRoPE compare against (NTK factor ℓ/L at length ℓ); with one "
+               "forward per window of ℓ = eval_len its spectrum is static `ntk`'s at factor eval_len/train_len "
+               "exactly, so the two rows agree and differ only where one forward spans several lengths "
+               "(generation; src/hopekit/eval/extensions.py)."),
     "yarn": Page(
         bench={"kind": "yarn"},
         refs=[("Llama 2 shape, factor 16", {"kind": "yarn", "factor": 16.0}, LLAMA2)],
