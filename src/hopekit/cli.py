@@ -138,7 +138,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.hf is not None:
         return _eval_hf(args)
-    hf_only = [f"--{k.replace('_', '-')}" for k in ("pe", "text", "bos", "dtype", "lengths") if getattr(args, k)]
+    hf_only = [f"--{k.replace('_', '-')}" for k in ("pe", "pe_file", "text", "bos", "dtype", "lengths") if getattr(args, k)]
     if args.checkpoint is None or hf_only:
         raise ValueError(f"{', '.join(hf_only)}: only with --hf NAME" if hf_only
                          else "give a checkpoint or --hf NAME (a pretrained model)")
@@ -188,9 +188,16 @@ def _eval_hf(args: argparse.Namespace) -> int:
         raise ValueError(f"{bad[0]}: with --hf only pe.* (with --pe KIND) and eval.* overrides are allowed "
                          f"(lengths: --lengths; method: --pe)")
     pe_overrides = [o for o in overrides if o.startswith("pe.")]
-    if pe_overrides and args.pe is None:
-        raise ValueError(f"{pe_overrides[0]}: pe.* overrides need --pe KIND")
-    pe = apply_overrides({"pe": {"kind": args.pe}}, pe_overrides)["pe"] if args.pe else None
+    if args.pe and args.pe_file:
+        raise ValueError(f"--pe {args.pe} and --pe-file {args.pe_file}: give one")
+    if pe_overrides and args.pe is None and not args.pe_file:
+        raise ValueError(f"{pe_overrides[0]}: pe.* overrides need --pe KIND (or --pe-file)")
+    if args.pe_file:
+        from hopekit.config import load_pe_file
+
+        pe = apply_overrides({"pe": load_pe_file(args.pe_file)}, pe_overrides)["pe"]
+    else:
+        pe = apply_overrides({"pe": {"kind": args.pe}}, pe_overrides)["pe"] if args.pe else None
     eval_config = ExperimentConfig.from_dict(apply_overrides({}, [o for o in overrides if o.startswith("eval.")])).eval
     lengths = _lengths(args.lengths)
     dtype = getattr(torch, args.dtype or "float32")
@@ -317,6 +324,8 @@ def _longrope(args: argparse.Namespace) -> int:
 
     if (args.checkpoint is None) == (args.hf is None):
         raise ValueError("hopekit longrope: give a checkpoint or --hf NAME (one of the two)")
+    if args.factor is None and not args.short:
+        raise ValueError("--factor: missing; give the target extension L'/L (e.g. --factor 8), or --short")
     if args.hf is None and (args.text or args.dtype):
         raise ValueError("--text / --dtype: for a transformers model (--hf NAME)")
     lambda_max: Any = args.lambda_max
@@ -331,6 +340,8 @@ def _longrope(args: argparse.Namespace) -> int:
     if args.base:
         from hopekit.config import load_yaml
 
+        if not Path(args.base).is_file():
+            raise FileNotFoundError(f"--base {args.base}: no such file")
         base = load_yaml(args.base)
     bos: Any = args.bos
     if bos not in ("auto", "none"):
@@ -357,9 +368,9 @@ def _longrope(args: argparse.Namespace) -> int:
                   log=_log(args))
     if args.hf:
         dtype = getattr(torch, args.dtype or "float32")
-        result = search_pretrained(args.hf, out, text=args.text, dtype=dtype, **common)
+        result = search_pretrained(args.hf, out, text=args.text, dtype=dtype, device=args.device, **common)
     else:
-        result = search_checkpoint(args.checkpoint, out, **common)
+        result = search_checkpoint(args.checkpoint, out, device=args.device, **common)
     r = result.result
     if r is None or not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
             or torch.distributed.get_rank() == 0:
@@ -368,8 +379,10 @@ def _longrope(args: argparse.Namespace) -> int:
               f"({r.evaluations} evaluations); seeds: {seeds_line}")
         print(f"{result.slot} factors: {', '.join(f'{v:g}' for v in (result.params.long_rescale if result.slot == 'long' else result.params.short_rescale))}"
               + (f"; start_tokens {result.params.start_tokens}" if result.params.start_tokens else ""))
-        print(f"wrote {out}/longrope.json (use: hopekit eval CKPT --longrope {out}/longrope.json), factors.csv, "
-              f"records.jsonl, best_per_iteration.csv, search_curve.png")
+        use = f"hopekit eval {args.checkpoint} --longrope {out}/longrope.json" if args.checkpoint else \
+            f"hopekit eval --hf {args.hf} --pe-file {out}/longrope.json"
+        print(f"wrote {out}/longrope.json (use: {use}), factors.csv, records.jsonl, best_per_iteration.csv, "
+              f"search_curve.png")
     return 0
 
 
@@ -610,6 +623,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "a model directory, a .gguf file or a hub id; at --lengths, records in results/hf-NAME/")
     ev.add_argument("--pe", default=None, metavar="KIND", help="with --hf: patch this encoding in (pe.field=value "
                     "overrides; base and train_len default to the model's); default: the model's own")
+    ev.add_argument("--pe-file", default=None, metavar="FILE", help="with --hf: the encoding from a JSON or YAML "
+                    "pe block (e.g. a LongRoPE search's longrope.json)")
     ev.add_argument("--text", default=None, metavar="FILE", help="with --hf: score this .txt/.jsonl file (or "
                     "directory) instead of the embedded corpus' test split")
     ev.add_argument("--bos", action="store_true", help="with --hf: start every document with the BOS token")
@@ -644,7 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-tokenizer", action="store_true", help="do not save a tokenizer")
     ex.set_defaults(func=_export)
 
-    lr = sub.add_parser("longrope", parents=[common, running], help="search LongRoPE rescale factors for a checkpoint or --hf model",
+    lr = sub.add_parser("longrope", parents=[common], help="search LongRoPE rescale factors for a checkpoint or --hf model",
                         description="LongRoPE's evolutionary search (Ding et al. 2024) of per-pair rescale factors for a "
                         "target length L' = factor x L, scored by perplexity at exactly L' on validation documents "
                         "(one truncated window each, BOS first). A rope model gets a long set; a longrope model (or "
@@ -683,6 +698,8 @@ def build_parser() -> argparse.ArgumentParser:
     lr.add_argument("--bos", default="auto", help="auto (the tokenizer's BOS if any), none, or a token id")
     lr.add_argument("--text", default=None, metavar="FILE", help="with --hf: documents from this .txt/.jsonl file or directory")
     lr.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"), help="with --hf: the model's dtype")
+    lr.add_argument("--device", default="cpu", help="where candidates are scored (default cpu; e.g. cuda)")
+    lr.add_argument("-q", "--quiet", action="store_true", help="no log lines and no progress bars")
     lr.add_argument("--no-progress", action="store_true", help="no progress bars")
     lr.set_defaults(func=_longrope)
 

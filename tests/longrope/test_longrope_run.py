@@ -183,6 +183,19 @@ def test_a_short_search_has_the_lower_lambda_max_by_default(tmp_path):
     assert _state_config(tmp_path)["space"]["lambda_max"] == 2.0
 
 
+def test_a_short_search_keeps_the_configurations_n_hat(tmp_path):
+    """The short set shares n̂ with the long set: a short search of a configuration with n̂ = 4 keeps 4 for
+    every candidate (and the long set's n̂ in the result), and refuses other choices."""
+    base = {"kind": "longrope", "train_len": L_SMALL, "factor": 2.0, "short_rescale": [1.0] * 8,
+            "long_rescale": [2.0] * 8, "start_tokens": 4}
+    cfg = SearchConfig(population=8, parents=4, mutations=2, crossovers=2, iterations=1)
+    out = small_search(tmp_path / "a", base=base, short=True, config=cfg)
+    history = json.loads((tmp_path / "a" / STATE_NAME).read_text())["history"]
+    assert {Candidate.from_key(k).start_tokens for k in history} == {4} and out.params.start_tokens == 4
+    with pytest.raises(ValueError, match="shares n̂ with the long set"):
+        small_search(tmp_path / "b", base=base, short=True, config=cfg, start_tokens=(0, 4))
+
+
 def test_start_tokens_are_searched_within_their_choices(tmp_path):
     out = small_search(tmp_path, factor=2.0, start_tokens=(0, 2),
                        config=SearchConfig(population=8, parents=4, mutations=2, crossovers=2, iterations=6))

@@ -9,6 +9,7 @@ arithmetic of the loop (P + T·(mutations + crossovers) evaluations).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import math
 import os
@@ -65,7 +66,9 @@ def states(out: Path, monkeypatch):
 
     def keep(self):
         write(self)
-        seen.append(json.loads((out / STATE_NAME).read_text()))
+        state = json.loads((out / STATE_NAME).read_text())
+        if state["iteration"] >= 0:          # (iteration −1: the settings, written before any evaluation)
+            seen.append(state)
     monkeypatch.setattr(search_module._Search, "_write_state", keep)
     return seen, lambda row: None
 
@@ -505,3 +508,17 @@ def test_two_gloo_ranks_write_one_result_record(two_ranks):
         rows = [json.loads(line) for line in (dirs[n] / "records.jsonl").read_text().splitlines()]
         assert [r["iteration"] for r in rows if r["metric"] == "search_best_ppl"] == list(range(cfg["iterations"] + 1))
         assert sum(r["metric"] == "search_result_ppl" for r in rows) == 1, n
+
+
+def test_a_log_of_an_unfinished_initial_population_is_reused_only_by_the_same_search(tmp_path):
+    """The settings are written before the first evaluation, so a search killed during its initial
+    population cannot lend its fitnesses to a resume with other settings (another model, another p)."""
+    space, seeds, fitness = synthetic_problem()
+    with pytest.raises(Counted.Killed):
+        run_search(RESUME_CFG, space, seeds, Counted(fitness, 5), tmp_path, meta={"model": "A"}, **quiet())
+    assert json.loads((tmp_path / STATE_NAME).read_text())["iteration"] == -1
+    other = SearchConfig(**{**dataclasses.asdict(RESUME_CFG), "mutation_prob": 0.5})
+    with pytest.raises(SearchError, match="made by a different search"):
+        run_search(other, space, seeds, fitness, tmp_path, resume=True, meta={"model": "A"}, **quiet())
+    with pytest.raises(SearchError, match="model: saved 'A', now 'B'"):
+        run_search(RESUME_CFG, space, seeds, fitness, tmp_path, resume=True, meta={"model": "B"}, **quiet())

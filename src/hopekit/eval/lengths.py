@@ -24,7 +24,7 @@ from torch import nn
 
 from .. import pe as pe_lib
 from ..config import ExperimentConfig
-from .extensions import EXTENSIONS, extension_configs, extension_name, with_pe
+from .extensions import EXTENSIONS, check_longrope, extension_configs, extension_name, with_pe
 from .perplexity import LengthLimitError, eval_kwargs, has_window, perplexity
 from .records import append_records, model_descriptor, model_digest, ppl_records, read_records, skipped_records
 
@@ -113,7 +113,17 @@ def _jobs(model: nn.Module, config: ExperimentConfig, method: str, extensions: S
     t_len = config.train.train_len
     trained_pe = pe_lib.to_config(config.pe)
     jobs = [_Job(model, method, trained_pe, m * t_len) for m in config.eval.multiples]
+    if trained_pe.get("kind") == "longrope" and longrope is not None:
+        # a LongRoPE model (e.g. fine-tuned with searched factors) with factors searched on it: swapped in whole
+        searched = {**trained_pe, **check_longrope(longrope)}
+        swapped = with_pe(model, searched)
+        jobs += [_Job(swapped, f"{method}+searched", pe_lib.to_config(swapped.config.pe), m * t_len)
+                 for m in config.eval.multiples]
+        return jobs
     if trained_pe.get("kind") != "rope":
+        if longrope is not None:
+            raise ValueError(f"--longrope: searched factors apply to a rope or longrope model; this one is "
+                             f"{trained_pe.get('kind')!r}")
         return jobs
     for multiple in config.eval.multiples:
         configs = extension_configs(trained_pe, t_len, multiple * t_len, kinds=kinds, longrope=longrope)

@@ -100,6 +100,9 @@ def plan_target(model_pe: pe_lib.Params, *, head_dim: int, train_len: int, facto
         if template is None:
             raise ValueError("short=True: the short-context readjustment completes a LongRoPE configuration; give "
                              "base= (e.g. a searched longrope.json) or a longrope model")
+        if factor is not None:
+            raise ValueError(f"factor={factor!r}: a short-set search keeps the configuration's factor "
+                             f"({template.factor:g}); leave factor unset")
         L = template.train_len
         eval_len = L if eval_len is None else eval_len
         if isinstance(eval_len, bool) or not isinstance(eval_len, int) or not 1 <= eval_len <= L:
@@ -162,6 +165,12 @@ def search_model(apply: Callable[[LongRoPEParams], nn.Module], model_pe: pe_lib.
     (validation). See the module docstring for the kinds of search; writes to ``out_dir`` when given."""
     target, eval_len, ratio = plan_target(model_pe, head_dim=head_dim, train_len=train_len, factor=factor,
                                           short=short, base=base, eval_len=eval_len)
+    template_n = target.template.start_tokens
+    if template_n and tuple(start_tokens) == (0,):   # a model with n̂ keeps it unless other choices are given
+        start_tokens = (template_n,)
+    if short and tuple(start_tokens) != (template_n,):
+        raise ValueError(f"start_tokens={list(start_tokens)}: the short set shares n̂ with the long set "
+                         f"(start_tokens={template_n} in the configuration); it is not searched with --short")
     if lambda_max is None:                 # the short set's default bound is lower: s instead of 1.25·s
         lambda_max = float(ratio) if short else "paper"
     upper = lambda_max_for(lambda_max, ratio)
@@ -287,7 +296,7 @@ def plot_search_curve(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Pa
     _log_axis_ticks(ax)
     first = rows[-1]
     ax.set_xlabel("iteration")
-    ax.set_ylabel(f"best perplexity at {first['eval_len']} (validation)")
+    ax.set_ylabel(f"best perplexity at {first['eval_len']} ({first['corpus']})")
     ax.set_title(f"LongRoPE search: {first['config']['target']['slot']} set, L={first['train_len']}, "
                  f"eval_len={first['eval_len']}", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
@@ -310,6 +319,7 @@ def search_checkpoint(checkpoint: str | Path, out_dir: str | Path | None, *, fac
     from ..data.prepare import load_corpus_from_config, tokenizer_from_config
     from ..eval.extensions import with_pe
 
+    _check_split(split)
     model, config, ckpt = load_checkpoint(checkpoint, device)
     if ckpt.get("pretrained") is not None:
         raise ValueError(f"checkpoint {checkpoint}: a fine-tuned pretrained model; use hopekit longrope --hf")
@@ -325,7 +335,7 @@ def search_checkpoint(checkpoint: str | Path, out_dir: str | Path | None, *, fac
 
 def search_pretrained(name: str, out_dir: str | Path | None, *, factor: float | None = None, split: str = "validation",
                       text: str | Path | None = None, corpus: str = "shakespeare", bos: str | int | None = "auto",
-                      dtype: torch.dtype = torch.float32, **kwargs: Any) -> SearchOutput:
+                      dtype: torch.dtype = torch.float32, device: str = "cpu", **kwargs: Any) -> SearchOutput:
     """A search on a transformers model (``smollm2``, a directory, a .gguf file or a hub id), patched with
     each candidate through :func:`hopekit.integrations.hf.patch_model`; documents from ``text`` or the
     ``split`` of ``corpus``. Other arguments: :func:`search_model`."""
@@ -334,7 +344,8 @@ def search_pretrained(name: str, out_dir: str | Path | None, *, factor: float | 
     from ..integrations.hf.patch import native_params
     from ..integrations.hf.rope import head_dim_of
 
-    lm = load_pretrained(name, dtype=dtype)
+    _check_split(split)
+    lm = load_pretrained(name, dtype=dtype, device=device)
     model = lm.model
     native = native_params(model)
     text_data = pretrained_text(lm.tokenizer, text=text, corpus=corpus, split=split)
@@ -350,6 +361,12 @@ def search_pretrained(name: str, out_dir: str | Path | None, *, factor: float | 
 
     return search_model(apply, native, text_data.documents, head_dim=head_dim_of(model.config), train_len=L,
                         factor=factor, out_dir=out_dir, bos=bos_id, encode=lm.tokenizer.encode, meta=meta, **kwargs)
+
+
+def _check_split(split: str) -> None:
+    if split in ("test", "all"):
+        raise ValueError(f"split={split!r}: the fitness is measured on held-out documents that are not the "
+                         f"test split (LongRoPE uses validation documents); use split='validation' or 'train'")
 
 
 def _bos(bos: str | int | None, tokenizer: Any) -> int | None:

@@ -27,10 +27,11 @@ deterministic fitness the result equals a one-process run. Only rank 0 writes fi
 the configuration, the iteration, the population with fitnesses, the history, the generator state and
 the per-iteration curve) and ``evaluations.jsonl`` (one line per evaluation, appended as each
 finishes). ``resume=True`` restarts from the state file; evaluations of an iteration that was killed
-half-way are read back from ``evaluations.jsonl`` instead of being recomputed (and a search killed
-during its initial population restarts from that log alone). The generator state and the history are
+half-way are read back from ``evaluations.jsonl`` instead of being recomputed The generator state and the history are
 restored exactly, so a resumed search gives the same result, bit for bit, as one that was never
-interrupted. A resume may ask for more ``iterations`` (the number of iterations never steers the
+interrupted. The state is first written before any evaluation (iteration −1: the settings and the
+generator's initial state), so even a log of an unfinished initial population is reused only by a search
+with the same settings. A resume may ask for more ``iterations`` (the number of iterations never steers the
 generator: a 3-iteration search is the first rows of a 6-iteration one); every other setting must match.
 """
 
@@ -98,6 +99,9 @@ class SearchConfig:
         if self.parents + self.mutations + self.crossovers != self.population:
             raise ValueError(f"SearchConfig.population={self.population}: must equal parents + mutations + crossovers "
                              f"= {self.parents} + {self.mutations} + {self.crossovers}, so the population keeps its size")
+        if self.mutations + self.crossovers < 1:
+            raise ValueError(f"SearchConfig.parents={self.parents}: equals the population, so no child would be made; "
+                             f"keep fewer parents than population={self.population}")
         if self.crossovers and self.parents < 2:
             raise ValueError(f"SearchConfig.parents={self.parents}: crossovers need at least 2 parents")
         if self.patience is not None:
@@ -187,10 +191,7 @@ class _Search:
     def load(self) -> None:
         path = self.out_dir / STATE_NAME
         if not path.exists():
-            if not self.out_dir.is_dir():
-                raise SearchError(f"--resume: no {STATE_NAME} in {self.out_dir}; start the search without --resume")
-            self._read_evaluations()           # killed during the initial population: start it again, from the log
-            return
+            raise SearchError(f"--resume: no {STATE_NAME} in {self.out_dir}; start the search without --resume")
         try:
             state = json.loads(path.read_text())
         except json.JSONDecodeError as e:
@@ -409,6 +410,8 @@ def run_search(config: SearchConfig, space: SearchSpace, seeds: Mapping[str, Can
                 raise SearchError(f"{out}: holds a search already; pass --resume to continue it, or choose "
                                   f"another directory")
             out.mkdir(parents=True, exist_ok=True)
+            search._write_state()   # iteration -1: the settings, so that a resume of a search killed during its
+            #                         initial population is checked against them before its log is reused
     elif resume:
         raise SearchError("resume=True needs out_dir, where the state file is")
     return search.run()
