@@ -15,7 +15,9 @@ Stages, each resumable (searches from their state files, measurements skipped wh
    start_tokens n̂ ∈ {0, 1, 2, 4, 8, 16, 32, 64};
 4. **progressive**: fine-tune each rope model at 8× with its 8× factors (``hopekit train --init-from``),
    search a 16× multiplier on top, and re-search the short set at 1×; perplexity at 1×, 8× and 16×;
-5. **report**: records -> ``longrope.md`` (mean ± sd over seeds) and ``longrope.png``.
+5. **hf** (with ``--hf-search DIR``, a ``hopekit longrope --hf smollm2 --factor 2`` output): SmolLM2 at 16k
+   with its own RoPE, yarn, dynamic NTK and the searched factors;
+6. **report**: records -> ``longrope.md`` (mean ± sd over seeds) and ``longrope.png``.
 
 Every measurement is a record (``records.jsonl``: resolved pe config, protocol, seed, git commit).
 """
@@ -38,7 +40,7 @@ from hopekit.checkpoint import load_checkpoint
 from hopekit.eval.extensions import extension_configs, with_pe
 from hopekit.eval.lengths import test_documents
 from hopekit.eval.perplexity import perplexity
-from hopekit.eval.records import append_records, model_descriptor, ppl_records, read_records
+from hopekit.eval.records import append_records, model_descriptor, model_digest, ppl_records, read_records
 from hopekit.eval.stats import paired_ratio, summarize
 from hopekit.longrope import SearchConfig
 from hopekit.longrope.run import read_search_records, search_checkpoint
@@ -62,17 +64,21 @@ class Recorder:
         if path.exists():
             for r in read_records(path):
                 if r.get("metric") == "ppl":
-                    self.done.add(self.key(r["method"], r["seed"], r["eval_len"], r["experiment_protocol"]))
+                    self.done.add(self.key(r["method"], r["seed"], r["eval_len"], r["experiment_protocol"],
+                                           r.get("model_digest"), r["params"]))
 
     @staticmethod
-    def key(method, seed, eval_len, protocol):
-        return (method, seed, eval_len, protocol)
+    def key(method, seed, eval_len, protocol, digest, params):
+        # the same model (weights digest) with the same encoding: a re-run search or retrained bench re-measures
+        return (method, seed, eval_len, protocol, digest, json.dumps(params, sort_keys=True))
 
     def measure(self, model, config, cfg: dict, method: str, seed: int, eval_len: int, protocol: str, stage: str):
-        if self.key(method, seed, eval_len, protocol) in self.done:
-            return
         tokenizer, docs = test_documents(config)
         swapped = with_pe(model, cfg)
+        digest, params = model_digest(model), pe_lib.to_config(swapped.config.pe)
+        key = self.key(method, seed, eval_len, protocol, digest, json.loads(json.dumps(params)))
+        if key in self.done:
+            return
         if protocol == "bench":
             e = config.eval
             res = perplexity(swapped, docs, eval_len, e.protocol, max_tokens=e.max_tokens, batch_size=e.batch_size,
@@ -80,11 +86,11 @@ class Recorder:
         else:
             res = perplexity(swapped, docs, eval_len, "truncate", bos=tokenizer.bos_id, max_tokens=None,
                              sampling="prefix", batch_size=1)
-        rows = ppl_records(res, method=method, params=pe_lib.to_config(swapped.config.pe), train_len=config.train.train_len,
-                           seed=seed, model=model_descriptor(model), corpus=config.data.corpus, split=config.eval.split,
-                           experiment_protocol=protocol, stage=stage, seconds=res.seconds)
+        rows = ppl_records(res, method=method, params=params, train_len=config.train.train_len,
+                           seed=seed, model=model_descriptor(model), model_digest=digest, corpus=config.data.corpus,
+                           split=config.eval.split, experiment_protocol=protocol, stage=stage, seconds=res.seconds)
         append_records(self.path, rows)
-        self.done.add(self.key(method, seed, eval_len, protocol))
+        self.done.add(key)
         log(f"  {stage:<11} seed {seed} {method:<26} {eval_len:>5} {protocol:<6} ppl {res.ppl:9.3f}")
 
 
@@ -146,9 +152,11 @@ def stage_progressive(args, seeds, budget, rec: Recorder):
         factors = args.out / "searches" / f"seed{seed}-8x" / "longrope.json"
         ft_dir = args.out / "finetuned" / f"seed{seed}"
         ft_ckpt = ft_dir / "checkpoint.pt"
+        base, config_b, _ = load_checkpoint(base_ckpt)
+        L = config_b.train.train_len
         if not (ft_dir / "done").exists():
             cmd = [sys.executable, "-m", "hopekit", "train", "--init-from", str(base_ckpt), "--pe-file", str(factors),
-                   "--out", str(ft_dir), "--no-progress", f"train.train_len={8 * 128}", f"train.steps={args.ft_steps}",
+                   "--out", str(ft_dir), "--no-progress", f"train.train_len={8 * L}", f"train.steps={args.ft_steps}",
                    "train.lr=1e-3", "train.min_lr=1e-4", "train.warmup_steps=10", f"train.batch_size={args.ft_batch}",
                    f"train.checkpoint_every={args.ft_steps}", f"train.seed={seed}"]
             if ft_ckpt.exists():
@@ -159,9 +167,7 @@ def stage_progressive(args, seeds, budget, rec: Recorder):
             log(f"fine-tune seed {seed}: {time.perf_counter() - t0:.0f}s")
         search(ft_ckpt, args.out / "searches" / f"seed{seed}-ft-16x", budget, factor=16.0)
         search(ft_ckpt, args.out / "searches" / f"seed{seed}-ft-short", budget, short=True)
-        base, config_b, _ = load_checkpoint(base_ckpt)
         ft, config_f, _ = load_checkpoint(ft_ckpt)
-        L = 128
         lr8 = load_factors(args.out / "searches" / f"seed{seed}-8x")
         prog = load_factors(args.out / "searches" / f"seed{seed}-ft-16x")
         short = load_factors(args.out / "searches" / f"seed{seed}-ft-short")
@@ -226,7 +232,7 @@ def paired(c, a, b, n) -> str:
         return "—"
     s = paired_ratio([math.log(va[k]) for k in seeds], [math.log(vb[k]) for k in seeds])
     mark = "*" if s.low > 0 or s.high < 0 else ""
-    return f"{s.mean * 100:+.1f}% [{s.low * 100:+.1f}, {s.high * 100:+.1f}]{mark}"
+    return f"{s.mean:+.1f}% [{s.low:+.1f}, {s.high:+.1f}]{mark}"
 
 
 def search_summary(args, seeds) -> list[str]:
@@ -252,8 +258,7 @@ def plot(rows, path: Path, L: int) -> None:
     from hopekit.eval.report import _figure, _log_axis_ticks, _plain_ticks
 
     fig, axes = _figure(1, 2, size=(12, 4.6))
-    methods = ["rope", "rope+linear", "rope+ntk", "rope+dynamic_ntk", "rope+yarn", "rope+longrope(8x)",
-               "rope+longrope(16x)"]
+    methods = ["rope", "rope+linear", "rope+ntk", "rope+yarn", "rope+longrope(8x)", "rope+longrope(16x)"]
     for ax, protocol in zip(axes[0], PROTOCOLS):
         c = cells(rows, protocol, "extensions")
         for m in methods:
@@ -263,7 +268,8 @@ def plot(rows, path: Path, L: int) -> None:
             stats = [summarize(list(c[(m, n)].values())) for n in xs]
             means = [s.mean for s in stats]
             sds = [s.sd if s.sd == s.sd else 0.0 for s in stats]
-            ax.plot(xs, means, marker="o", ms=3, label=m, ls="-" if "longrope" in m else "--")
+            label = "rope+ntk (= rope+dynamic_ntk)" if m == "rope+ntk" else m
+            ax.plot(xs, means, marker="o", ms=3, label=label, ls="-" if "longrope" in m else "--")
             ax.fill_between(xs, [a - b for a, b in zip(means, sds)], [a + b for a, b in zip(means, sds)], alpha=0.15)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -279,47 +285,81 @@ def plot(rows, path: Path, L: int) -> None:
     fig.savefig(path)
 
 
+def _facts(args, seeds, rows) -> dict:
+    """What the report states about its setup, read from the records (nothing assumed)."""
+    ext = [r for r in rows if r.get("metric") == "ppl" and r.get("stage") == "extensions"]
+    L = ext[0]["train_len"]
+    model = ext[0]["model"]
+    fitness = {}
+    for name in ("8x", "16x", "ft-16x", "ft-short"):
+        d = args.out / "searches" / f"seed{seeds[0]}-{name}"
+        if (d / "records.jsonl").exists():
+            r = read_records(d / "records.jsonl")[-1]
+            fitness[name] = (r["config"]["fitness"], r["eval_len"], r["config"]["target"]["ratio"],
+                             r["config"]["corpus"])
+    docs = {}
+    for r in ext:
+        docs.setdefault((r["experiment_protocol"], r["eval_len"]), (r["tokens"], r["documents"], r["windows"]))
+    return {"L": L, "model": model, "fitness": fitness, "docs": docs}
+
+
 def stage_report(args, seeds) -> None:
     rows = read_records(args.out / "records.jsonl")
-    L = 128
+    facts = _facts(args, seeds, rows)
+    L = facts["L"]
     lengths = [m * L for m in MULTIPLES]
     ext_methods = ["rope", "rope+linear", "rope+ntk", "rope+dynamic_ntk", "rope+yarn", "rope+longrope(8x)",
                    "rope+longrope(16x)"]
     md = ["# LongRoPE on the bench's RoPE decoders", ""]
     md += [f"Generated by `python scripts/longrope_experiment.py --bench {args.bench} --out {args.out} "
-           f"--budget {args.budget}` from `records.jsonl` (every row: the resolved encoding, protocol, seed and "
-           f"commit). Models: the default bench's rope decoders (4 layers, d_model 128, head_dim 32 → 16 rotary "
-           f"pairs, base 10,000, byte tokens, trained at L = 128 on the embedded Shakespeare corpus), seeds "
-           f"{', '.join(map(str, seeds))}. Cells: mean ± sd over the seeds; bold: best mean per column.", ""]
+           f"--budget {args.budget}` from `records.jsonl` (every row: the resolved encoding, protocol, seed, model "
+           f"digest and commit). Models: the rope decoders of the bench in `{args.bench}` ({facts['model']}, trained "
+           f"at L = {L}), seeds {', '.join(map(str, seeds))}, with no fine-tuning except in the last section. "
+           f"Cells: mean ± sd over the seeds; bold: best mean per column.", ""]
+    fit_lines = []
+    for name, (fit, n, ratio, corpus) in facts["fitness"].items():
+        bos = "no BOS (the tokenizer has none)" if fit["bos"] is None else f"BOS id {fit['bos']} first"
+        fit_lines.append(f"{name}: {fit['kind']} at {n} tokens on {fit['documents']} documents of {corpus}, {bos}")
     md += ["## Searches", "",
-           f"Budget `{args.budget}`: {json.dumps(dataclasses.asdict(BUDGETS[args.budget]))}. Fitness: perplexity at "
-           "exactly L′ on the first validation documents long enough (4 plays at 8×, 3 at 16×), one truncated window "
-           "each; the byte tokenizer has no BOS token, so none is prepended. λ_max = 1.25·s (the paper's). Seeds: "
-           "PI, NTK, YaRN and the code's linear-in-λ YaRN.", ""]
-    md += search_summary(args, seeds) + [""]
+           f"Budget `{args.budget}`: {json.dumps(dataclasses.asdict(BUDGETS[args.budget]))}. λ_max = 1.25·s (the "
+           "paper's) for long sets, s for the short set. Seeds: PI, NTK, YaRN and the code's linear-in-λ YaRN (and "
+           "for the short set also plain RoPE and the long set clipped to λ_max). Fitness (one truncated window per "
+           "document, the first documents long enough): " + "; ".join(fit_lines) + ".", ""]
+    md += search_summary(args, seeds) + ["", "Wall times are on 2 CPU cores shared with other jobs (the searches ran "
+                                         "next to tests and each other); the lowest of a row is the closest to an "
+                                         "idle machine.", ""]
     for protocol in PROTOCOLS:
         c = cells(rows, protocol, "extensions")
-        title = {"bench": "Test perplexity, bench protocol (non-overlapping windows spread over the test split, "
-                          "32,768 scored tokens per length)",
-                 "search": "Test perplexity, search protocol (one window per test document, its first eval_len "
-                           "tokens; 4 documents)"}[protocol]
-        md += [f"## {title}", ""] + table(c, ext_methods, lengths, L) + [""]
-        md += ["Paired change in perplexity, searched LongRoPE vs the best fixed baseline at each length "
-               "(mean over seeds of the log-ratio, 95 % t interval, `*` = excludes 0):", "",
+        tok = "; ".join(f"{n // L}×: {facts['docs'][(protocol, n)][0]:,} tokens, {facts['docs'][(protocol, n)][2]} "
+                        f"windows from {facts['docs'][(protocol, n)][1]} documents"
+                        for n in lengths if (protocol, n) in facts["docs"])
+        title = {"bench": "Test perplexity, bench protocol (non-overlapping windows spread over the test split)",
+                 "search": "Test perplexity, search protocol (one window per test document: its first eval_len "
+                           "tokens)"}[protocol]
+        md += [f"## {title}", "", f"Scored: {tok}.", ""] + table(c, ext_methods, lengths, L) + [""]
+        md += ["Paired change in perplexity, searched LongRoPE vs YaRN and NTK (mean over seeds of the log-ratio, "
+               "as a % change, with its 95 % t interval; `*`: the interval excludes 0):", "",
                "| length | longrope(8x) vs yarn | longrope(16x) vs yarn | longrope(8x) vs ntk | longrope(16x) vs ntk |",
                "|---|---|---|---|---|"]
         for n in lengths:
             md.append(f"| {n // L}× | " + " | ".join(paired(c, a, b, n) for b in ("rope+yarn", "rope+ntk")
                                                      for a in ("rope+longrope(8x)", "rope+longrope(16x)")) + " |")
         md.append("")
-    md += ["## n̂: keeping the first positions un-interpolated (8×)", ""]
+    md += ["`rope+dynamic_ntk` (transformers' dynamic rule with factor 1: NTK factor ℓ/L at length ℓ) equals "
+           "`rope+ntk` at factor eval_len/L in every cell, as it must with one forward per window.", ""]
+    md += [f"## n̂: keeping the first positions un-interpolated ({8}×)", ""]
     for protocol in PROTOCOLS:
         c = cells(rows, protocol, "start_tokens")
         md += [f"{protocol} protocol:", "", "| n̂ | PI (λ = 8, no attention factor) | searched 8× factors |", "|---|---|---|"]
         for n in START_TOKENS:
             md.append(f"| {n} | {fmt(c.get((f'pi n̂={n}', 8 * L), {}))} | {fmt(c.get((f'longrope(8x) n̂={n}', 8 * L), {}))} |")
         md.append("")
-    md += ["## Progressive extension and short-context readjustment", ""]
+    md += ["## Progressive extension and short-context readjustment", "",
+           f"Each rope model fine-tuned {args.ft_steps} steps at 8·L = {8 * L} with its own 8× factors "
+           "(`hopekit train --init-from`, weights only, a new optimiser); then a 16× search of a multiplier on "
+           "those factors (`ft8x + searched 16x`), and a search of the short set at L (`ft8x short=searched`). "
+           "`short=long`: the long factors also below L; `short=1`: plain RoPE below L. Transformers' rule: the "
+           "attention factor of s = 8 applies at every length, also with the short set.", ""]
     for protocol in PROTOCOLS:
         c = cells(rows, protocol, "progressive")
         md += [f"{protocol} protocol:", "", "| model and factors | 1× | 8× | 16× |", "|---|---|---|---|"]
@@ -327,10 +367,69 @@ def stage_report(args, seeds) -> None:
                   "ft8x short=searched", "ft8x longrope(8x)", "ft8x + searched 16x"):
             md.append(f"| {m} | " + " | ".join(fmt(c.get((m, n), {})) for n in (L, 8 * L, 16 * L)) + " |")
         md.append("")
+    md += hf_section(args, rows)
     md.append("![perplexity vs length](longrope.png)")
     (args.out / "longrope.md").write_text("\n".join(md) + "\n")
     plot(rows, args.out / "longrope.png", L)
     log(f"wrote {args.out / 'longrope.md'}")
+
+
+# ---- a pretrained model -----------------------------------------------------------------------------
+
+def stage_hf(args) -> None:
+    """SmolLM2 (8k context) at 2× its window: its own RoPE, yarn, dynamic NTK (factor 1) and the factors of the
+    search in ``--hf-search`` (``hopekit longrope --hf smollm2 --factor 2 ...``), on the first ``--hf-docs``
+    test documents under the search protocol (one truncated window each, BOS first)."""
+    from hopekit.eval.pretrained import HFLogits, pretrained_text
+    from hopekit.integrations.hf import load_pretrained, patch_model
+    from hopekit.integrations.hf.patch import native_params
+
+    rows = read_records(args.out / "records.jsonl") if (args.out / "records.jsonl").exists() else []
+    searched = json.loads((args.hf_search / "longrope.json").read_text())
+    lm = load_pretrained("smollm2")
+    native = pe_lib.to_config(native_params(lm.model))
+    L = int(lm.model.config.max_position_embeddings)
+    n = int(round(L * searched["factor"]))
+    text = pretrained_text(lm.tokenizer, split="test")
+    docs = [d for d in text.documents if d.numel() >= n][:args.hf_docs]
+    configs = {"smollm2": native,
+               "smollm2+yarn": {**native, "kind": "yarn", "factor": searched["factor"], "train_len": L},
+               "smollm2+dynamic_ntk": {**native, "kind": "dynamic_ntk", "factor": 1.0, "train_len": L},
+               "smollm2+longrope(searched)": searched}
+    done = {(r["method"], r["eval_len"]) for r in rows if r.get("stage") == "hf" and r.get("metric") == "ppl"}
+    for name, cfg in configs.items():
+        if (name, n) in done:
+            continue
+        patch_model(lm.model, cfg)
+        t0 = time.perf_counter()
+        res = perplexity(HFLogits(lm.model), docs, n, "truncate", bos=text.bos_id, max_tokens=None, sampling="prefix",
+                         batch_size=1)
+        params = pe_lib.to_config(pe_lib.parse(lm.model.config.hopekit_pe))
+        append_records(args.out / "records.jsonl", ppl_records(
+            res, method=name, params=params, train_len=L, seed=0, model="hf:smollm2", corpus="shakespeare", split="test",
+            experiment_protocol="search", stage="hf", seconds=res.seconds, text_digest=text.digest))
+        log(f"  hf {name:<28} {n} ppl {res.ppl:.3f} ({res.documents} documents, {time.perf_counter() - t0:.0f}s)")
+
+
+def hf_section(args, rows) -> list[str]:
+    hf = [r for r in rows if r.get("stage") == "hf" and r.get("metric") == "ppl"]
+    if not hf or args.hf_search is None or not (args.hf_search / "records.jsonl").exists():
+        return []
+    final = [r for r in read_records(args.hf_search / "records.jsonl") if r["metric"] == "search_result_ppl"][-1]
+    s = final["search"]
+    fit = final["config"]["fitness"]
+    lines = ["## A pretrained model: SmolLM2-135M (8k → 16k)", "",
+             f"Search: `hopekit longrope --hf smollm2 --factor 2` with P {s['population']}, {s['parents']} parents, "
+             f"{s['mutations']} + {s['crossovers']} children, {s['iterations']} iterations ({final['evaluations']} "
+             f"evaluations, {final['seconds'] / 60:.0f} min on 2 CPU cores), fitness on {fit['documents']} validation "
+             f"document(s) of {final['config']['corpus']} at {fit['eval_len']} tokens: best {final['value']:.4g}; "
+             "seeds " + ", ".join(f"{k} {v:.4g}" for k, v in final["seed_fitness"].items()) + ". A reduced budget: "
+             "one 16k forward takes about a minute on this machine.", "",
+             f"Test perplexity at {hf[0]['eval_len']} tokens, search protocol ({hf[0]['documents']} test documents, "
+             f"{hf[0]['tokens']:,} tokens; one model, no seeds):", "", "| encoding | ppl |", "|---|---|"]
+    for r in hf:
+        lines.append(f"| {r['method']} | {r['value']:.4g} |")
+    return lines + [""]
 
 
 def main() -> None:
@@ -342,6 +441,8 @@ def main() -> None:
     p.add_argument("--stages", default="search,extensions,start_tokens,progressive,report")
     p.add_argument("--ft-steps", type=int, default=100)
     p.add_argument("--ft-batch", type=int, default=8)
+    p.add_argument("--hf-search", type=Path, default=None, help="a hopekit longrope --hf smollm2 output directory")
+    p.add_argument("--hf-docs", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -357,6 +458,8 @@ def main() -> None:
         stage_start_tokens(args, seeds, rec)
     if "progressive" in stages:
         stage_progressive(args, seeds, budget, rec)
+    if "hf" in stages:
+        stage_hf(args)
     if "report" in stages:
         stage_report(args, seeds)
 
