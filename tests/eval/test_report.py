@@ -173,3 +173,19 @@ def test_report_setup_lists_each_extension_rule(tmp_path):
     (tmp_path / "records.jsonl").write_text("")
     append_records(tmp_path / "records.jsonl", ROWS[:4])
     assert "Eval-time extensions" not in write_report(tmp_path)[0].read_text()   # no extension rows: no line
+
+
+def test_extension_rules_describe_the_rows_the_tables_use():
+    """A measurement re-made under a new rule (dynamic NTK from factor s to factor 1) is described by its
+    last row only, as the tables use it; the superseded rows' factors do not appear."""
+    from hopekit.eval.report import extension_rules
+
+    def row(factor, eval_len):
+        return {"metric": "ppl", "method": "rope+dynamic_ntk", "eval_len": eval_len, "seed": 0,
+                "protocol": "nonoverlapping", "train_len": 16, "value": 5.0,
+                "params": {"kind": "dynamic_ntk", "base": 10000.0, "factor": factor, "train_len": 16}}
+
+    old = [row(2.0, 32), row(4.0, 64)]
+    new = [row(1.0, 32), row(1.0, 64)]
+    assert extension_rules(old + new) == extension_rules(new)
+    assert extension_rules(old) != extension_rules(new)

@@ -455,11 +455,15 @@ def extension_rules(records: list[dict[str, Any]]) -> dict[str, str]:
     """``{method: rule}`` for every eval-time extension row (``<model>+<kind>``) of the perplexity
     records, in first-seen order: the method's rule in words, derived from the resolved parameters
     each row carries (ℓ: the evaluated length, L: the training length), so records measured under
-    another rule describe themselves."""
-    by_method: dict[str, list[dict[str, Any]]] = {}
+    another rule describe themselves. Only the rows the tables show count: a measurement recorded twice
+    (re-measured under a new rule) is described by its last row, as :func:`ppl_cells` uses it."""
+    last: dict[tuple, dict[str, Any]] = {}
     for r in records:
         if r.get("metric") == "ppl" and "+" in str(r.get("method")) and isinstance(r.get("params"), dict):
-            by_method.setdefault(r["method"], []).append(r)
+            last[(r["method"], r.get("eval_len"), r.get("seed"), r.get("protocol"))] = r
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for r in last.values():
+        by_method.setdefault(r["method"], []).append(r)
     out = {}
     for method, rows in by_method.items():
         kinds = {str(r["params"].get("kind")) for r in rows}
