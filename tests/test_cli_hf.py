@@ -122,3 +122,23 @@ def test_the_records_of_a_text_name_the_file(tiny_dir, text_file, tmp_path, caps
     row = ppl_rows(records)[0]
     assert row["corpus"] == f"file:{text_file.resolve()}" and row["split"] is None
     assert json.loads(json.dumps(row["hf_source"])) == {"path": str(tiny_dir)}
+
+
+def test_eval_hf_reads_the_encoding_from_a_pe_file(tiny_dir, tmp_path, capsys):
+    """``--pe-file`` (e.g. a LongRoPE search's longrope.json) gives the same encoding as ``--pe`` with
+    overrides; ``pe.*`` overrides apply on top; ``--pe`` with ``--pe-file`` is refused."""
+    import json
+
+    import yaml
+
+    path = tmp_path / "yarn.json"
+    path.write_text(json.dumps({"kind": "yarn", "factor": 4}))
+    code, from_file, err = run(capsys, "eval", "--hf", str(tiny_dir), "--pe-file", str(path), "--print-config")
+    assert code == 0, err
+    code, from_flags, err = run(capsys, "eval", "--hf", str(tiny_dir), "--pe", "yarn", "pe.factor=4", "--print-config")
+    assert code == 0, err
+    assert yaml.safe_load(from_file)["pe"] == yaml.safe_load(from_flags)["pe"]
+    code, out, err = run(capsys, "eval", "--hf", str(tiny_dir), "--pe-file", str(path), "pe.factor=2", "--print-config")
+    assert code == 0 and yaml.safe_load(out)["pe"]["factor"] == 2.0, err
+    code, _, err = run(capsys, "eval", "--hf", str(tiny_dir), "--pe-file", str(path), "--pe", "yarn")
+    assert code == 2 and "--pe yarn and --pe-file" in err
