@@ -272,12 +272,12 @@ def write_outputs(output: SearchOutput, *, head_dim: int, final_record: dict[str
             w.writerow([r["iteration"], r["value"], r["evaluations"], r["seconds"], r["params"]["start_tokens"]])
     plot_search_curve(rows, out / "search_curve.png")
     try:
-        from ..integrations.hf.rope import RopeNotExpressible, rope_fields
+        from ..integrations.hf.rope import RopeNotExpressible, portable_rope_fields
     except ImportError:
         log("rope_parameters.json not written: transformers is not installed (pip install 'hopekit[hf]')")
         return
     try:
-        fields = rope_fields(params, head_dim=head_dim, major=5)
+        fields = portable_rope_fields(params, head_dim=head_dim)   # 5.x's rope_parameters and 4.x's rope_scaling
     except RopeNotExpressible as e:
         log(f"rope_parameters.json not written: {e}")
         return
