@@ -249,15 +249,7 @@ def _eval_finetuned(args: argparse.Namespace, model: Any, config: Any, ckpt: dic
 
 def _lengths(text: str | None) -> list[int] | None:
     """``--lengths 2048,4096`` as ints (None: the default)."""
-    if text is None:
-        return None
-    try:
-        lengths = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        lengths = []
-    if not lengths or any(L < 1 for L in lengths):
-        raise ValueError(f"--lengths {text}: expected comma-separated ints >= 1, e.g. 2048,4096,8192")
-    return lengths
+    return None if text is None else _int_list(text, "--lengths", low=1, example="2048,4096,8192")
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -309,11 +301,15 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _int_list(text: str, option: str) -> list[int]:
+def _int_list(text: str, option: str, *, low: int, example: str) -> list[int]:
+    """A comma-separated option (``--lengths 2048,4096``) as ints >= ``low``; one line naming it otherwise."""
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        values = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise ValueError(f"{option} {text!r}: expected comma-separated integers") from None
+        values = []
+    if not values or any(v < low for v in values):
+        raise ValueError(f"{option} {text}: expected comma-separated ints >= {low}, e.g. {example}")
+    return values
 
 
 def _longrope(args: argparse.Namespace) -> int:
@@ -334,7 +330,8 @@ def _longrope(args: argparse.Namespace) -> int:
             lambda_max = float(lambda_max)
         except ValueError:
             raise ValueError(f"--lambda-max {args.lambda_max!r}: expected paper, code or a number") from None
-    start = list(PAPER_START_TOKENS) if args.start_tokens == "paper" else _int_list(args.start_tokens, "--start-tokens")
+    start = list(PAPER_START_TOKENS) if args.start_tokens == "paper" else \
+        _int_list(args.start_tokens, "--start-tokens", low=0, example="0,1,2,4")
     seeds = None if args.seeds is None else [s.strip() for s in args.seeds.split(",") if s.strip()]
     base = None
     if args.base:

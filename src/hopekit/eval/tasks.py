@@ -41,6 +41,7 @@ and per-token accuracy of the generated tokens.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import random
@@ -178,30 +179,38 @@ def _device(model: nn.Module) -> torch.device:
     return next(iter(model.parameters())).device
 
 
-def score_likelihood(model: nn.Module, instances: Sequence[TaskInstance]) -> list[TaskScore]:
-    """Teacher-forced scoring: one forward of each instance (all tokens but the last), the answer tokens'
-    NLL, rank and argmax (module docstring)."""
-    out = []
+@contextlib.contextmanager
+def _evaluating(model: nn.Module):
+    """Eval mode and no gradients for the block; the model's mode restored after."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for inst in instances:
-                ids = torch.tensor(inst.prompt + inst.answer, dtype=torch.long, device=_device(model))
-                x = ids[:-1][None]
-                logits = model(x)
-                logits = logits[0] if isinstance(logits, tuple) else logits
-                a = len(inst.answer)
-                rows = logits[:, x.shape[1] - a:x.shape[1]].float()[0]            # (a, V): predicts the answer
-                target = ids[-a:]
-                logp = torch.log_softmax(rows, dim=-1)
-                true = logp.gather(1, target[:, None])[:, 0]
-                rank = (logp > true[:, None]).sum(dim=-1) + 1                    # 1 + tokens scored higher
-                right = rows.argmax(dim=-1) == target                             # greedy's choice (ties: lowest id)
-                out.append(TaskScore(correct=bool(right.all()), token_accuracy=float(right.float().mean()),
-                                     nll=float(-true.mean()), mean_rank=float(rank.float().mean())))
+            yield
     finally:
         model.train(was_training)
+
+
+def score_likelihood(model: nn.Module, instances: Sequence[TaskInstance]) -> list[TaskScore]:
+    """Teacher-forced scoring: one forward of each instance (all tokens but the last), the answer tokens'
+    NLL, rank and argmax (module docstring)."""
+    out = []
+    with _evaluating(model):
+        for inst in instances:
+            ids = torch.tensor(inst.prompt + inst.answer, dtype=torch.long, device=_device(model))
+            x = ids[:-1][None]
+            logits = model(x)
+            logits = logits[0] if isinstance(logits, tuple) else logits
+            a = len(inst.answer)
+            # (a, V) rows predicting the answer, in float64: a search compares candidates closer than float32
+            rows = logits[:, x.shape[1] - a:x.shape[1]].double()[0]
+            target = ids[-a:]
+            logp = torch.log_softmax(rows, dim=-1)
+            true = logp.gather(1, target[:, None])[:, 0]
+            rank = (logp > true[:, None]).sum(dim=-1) + 1                    # 1 + tokens scored higher
+            right = rows.argmax(dim=-1) == target                             # greedy's choice (ties: lowest id)
+            out.append(TaskScore(correct=bool(right.all()), token_accuracy=float(right.float().mean()),
+                                 nll=float(-true.mean()), mean_rank=float(rank.float().mean())))
     return out
 
 
@@ -209,15 +218,10 @@ def score_generation(model: nn.Module, instances: Sequence[TaskInstance]) -> lis
     """Greedy decoding of ``len(answer)`` tokens after each prompt through the model's KV cache
     (``model.generate(ids, n, temperature=0)``, :class:`hopekit.model.Decoder`'s contract)."""
     out = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for inst in instances:
-                ids = torch.tensor([inst.prompt], dtype=torch.long, device=_device(model))
-                generated = model.generate(ids, len(inst.answer), temperature=0)[0, len(inst.prompt):].tolist()
-                right = [g == a for g, a in zip(generated, inst.answer)]
-                out.append(TaskScore(correct=all(right), token_accuracy=sum(right) / len(right)))
-    finally:
-        model.train(was_training)
+    with _evaluating(model):
+        for inst in instances:
+            ids = torch.tensor([inst.prompt], dtype=torch.long, device=_device(model))
+            generated = model.generate(ids, len(inst.answer), temperature=0)[0, len(inst.prompt):].tolist()
+            right = [g == a for g, a in zip(generated, inst.answer)]
+            out.append(TaskScore(correct=all(right), token_accuracy=sum(right) / len(right)))
     return out

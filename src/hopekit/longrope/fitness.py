@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..eval.perplexity import perplexity
+from ..eval.tasks import TaskInstance, score_likelihood
 from ..pe.schedules import LongRoPEParams
 from .genome import Candidate
 
@@ -121,9 +122,8 @@ class NeedleFitness:
 
     def __init__(self, apply: Callable[[LongRoPEParams], nn.Module], target: Target,
                  documents: Sequence[torch.Tensor], eval_len: int, *, encode: Callable[[str], list[int]],
-                 bos: int | None, seed: int = 0, device: torch.device | str | None = None):
+                 bos: int | None, seed: int = 0):
         self.apply, self.target, self.eval_len, self.bos = apply, target, eval_len, bos
-        self.device = torch.device(device) if device is not None else None
         rng = random.Random(seed)
         self.inputs: list[torch.Tensor] = []
         self.answer_lens: list[int] = []
@@ -148,24 +148,11 @@ class NeedleFitness:
             raise ValueError(f"eval_len={eval_len}: no fitness document is long enough for a needle window")
 
     def answer_nll(self, model: nn.Module) -> list[float]:
-        """Mean NLL of each document's answer tokens."""
-        out = []
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                for ids, a in zip(self.inputs, self.answer_lens):
-                    device = self.device or next(model.parameters()).device
-                    x, y = ids[:-1][None].to(device), ids[1:][None].to(device)
-                    logits = model(x)
-                    logits = logits[0] if isinstance(logits, tuple) else logits
-                    T = x.shape[1]
-                    rows = logits[:, T - a:T].float()
-                    nll = torch.nn.functional.cross_entropy(rows.reshape(-1, rows.shape[-1]), y[0, T - a:])
-                    out.append(float(nll))
-        finally:
-            model.train(was_training)
-        return out
+        """Mean NLL of each document's answer tokens (one teacher-forced forward each)."""
+        instances = [TaskInstance(task="needle", prompt=ids[:-a].tolist(), answer=ids[-a:].tolist(),
+                                  length=len(ids), depth=0.0, seed=0, position=0)
+                     for ids, a in zip(self.inputs, self.answer_lens)]
+        return [s.nll for s in score_likelihood(model, instances)]
 
     def __call__(self, c: Candidate) -> float:
         nll = self.answer_nll(self.apply(self.target.params(c)))

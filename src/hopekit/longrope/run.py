@@ -44,7 +44,7 @@ from .. import pe as pe_lib
 from ..pe.schedules import LongRoPEParams, RopeParams
 from .fitness import NeedleFitness, PerplexityFitness, Target, fitness_documents
 from .genome import SEED_METHODS, Candidate, SearchSpace, seed_factors
-from .search import SearchConfig, SearchResult, run_search
+from .search import SearchConfig, SearchResult, _dist, run_search
 
 __all__ = ["SearchOutput", "plan_target", "lambda_max_for", "search_model", "search_checkpoint", "search_pretrained",
            "write_outputs", "read_search_records", "LAMBDA_MAX_RULES", "FITNESSES"]
@@ -180,29 +180,26 @@ def search_model(apply: Callable[[LongRoPEParams], nn.Module], model_pe: pe_lib.
     seed_candidates = _seeds(target, space, ratio, seeds)
     if fitness not in FITNESSES:
         raise ValueError(f"fitness={fitness!r}: expected one of {FITNESSES}")
+    if fitness == "needle" and encode is None:
+        raise ValueError("fitness='needle': needs encode (the tokenizer's text -> ids)")
+    docs = fitness_documents(documents, eval_len, fitness_docs, bos=bos)
     if fitness == "ppl":
-        docs = fitness_documents(documents, eval_len, fitness_docs, bos=bos)
         score = PerplexityFitness(apply, target, docs, eval_len, bos=bos, device=device)
     else:
-        if encode is None:
-            raise ValueError("fitness='needle': needs encode (the tokenizer's text -> ids)")
-        docs = fitness_documents(documents, eval_len, fitness_docs, bos=bos)
-        score = NeedleFitness(apply, target, docs, eval_len, encode=encode, bos=bos, seed=config.seed, device=device)
+        score = NeedleFitness(apply, target, docs, eval_len, encode=encode, bos=bos, seed=config.seed)
     describe = {"target": {"slot": target.slot, "eval_len": eval_len, "ratio": ratio, "lambda_max_rule": lambda_max,
                            "template": pe_lib.to_config(target.template),
                            "multiply": None if target.multiply is None else list(target.multiply)},
                 "fitness": score.describe(), **(meta or {})}
     out = Path(out_dir) if out_dir is not None else None
-    records: list[dict[str, Any]] = []
 
     def on_iteration(row: dict[str, Any]) -> None:
         if out is None:
             return
         from ..eval.records import append_records
 
-        rec = _record(row, target, eval_len, describe, config, value=row["best"], metric="search_best_ppl")
-        records.append(rec)
-        append_records(out / "records.jsonl", [rec])
+        append_records(out / "records.jsonl",
+                       [_record(row, target, eval_len, describe, config, value=row["best"], metric="search_best_ppl")])
 
     log(f"longrope search: {target.slot} set at eval_len {eval_len} (L={target.template.train_len}, ratio "
         f"{ratio:g}), {space.pairs} pairs in [1, {upper:g}], n̂ in {list(space.start_tokens)}, "
@@ -212,7 +209,7 @@ def search_model(apply: Callable[[LongRoPEParams], nn.Module], model_pe: pe_lib.
     seed_fitness = {name: result.history.get(c.key, math.nan) for name, c in seed_candidates.items()}
     params = target.params(result.best)
     output = SearchOutput(params=params, slot=target.slot, result=result, seed_fitness=seed_fitness, out_dir=out)
-    if out is not None and _rank() == 0:
+    if out is not None and _dist()[0] == 0:   # rank 0 writes, as in the search
         write_outputs(output, head_dim=head_dim, final_record=_record(
             {"iteration": result.curve[-1]["iteration"], "best_key": result.best.key,
              "evaluations": result.evaluations, "seconds": result.curve[-1]["seconds"]},
@@ -220,12 +217,6 @@ def search_model(apply: Callable[[LongRoPEParams], nn.Module], model_pe: pe_lib.
             extra={"seed_fitness": seed_fitness, "stopped_early": result.stopped_early,
                    "params": pe_lib.to_config(params)}), log=log)
     return output
-
-
-def _rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _record(row: Mapping[str, Any], target: Target, eval_len: int, describe: Mapping[str, Any], config: SearchConfig,
