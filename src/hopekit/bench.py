@@ -16,7 +16,12 @@ vs distance of each method's encoding, the wall time of each invocation), ``repo
 one seed before the next. The run is resumable at every level: a finished method is not retrained
 (its checkpoint is complete), a method killed mid-training resumes from its last checkpoint, and a
 length already in the records is not re-measured. Re-running into a directory made with a different
-config is refused; methods and seeds may be added.
+config is refused; methods and seeds may be added, and another ``suite`` measured.
+
+``suite`` (the preset's key, ``--suite`` on the command line): ``ppl`` (the default) measures perplexity,
+``tasks`` the long-context tasks of ``eval.tasks`` (:func:`hopekit.eval.tasks.evaluate_tasks`: accuracy by
+length and depth, the rope model's extensions too), ``all`` both; the report has a section for each kind
+of record it finds.
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ from .config import ExperimentConfig, apply_overrides, config_differences, load_
 
 __all__ = ["BenchConfig", "load_bench", "run_bench", "bench_shape", "BENCH_PRESETS"]
 
-BENCH_PRESETS = ("smoke", "default", "code", "gpu")  # presets/bench_<name>.yaml
+BENCH_PRESETS = ("smoke", "default", "code", "gpu", "tasks")  # presets/bench_<name>.yaml
+#: what a bench measures: perplexity at every length, the long-context tasks (eval.tasks), or both
+SUITES = ("ppl", "tasks", "all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +51,7 @@ class BenchConfig:
     methods: dict[str, pe_lib.Params]
     extensions_of: str = "rope"
     seeds: tuple[int, ...] = (0,)
+    suite: str = "ppl"
 
     def method_config(self, name: str, seed: int | None = None) -> ExperimentConfig:
         """The experiment of one method (with ``train.seed = seed`` when given)."""
@@ -55,25 +63,30 @@ class BenchConfig:
     def resolved(self) -> dict[str, Any]:
         return {"name": self.name, "experiment": self.experiment.resolved(),
                 "methods": {name: pe_lib.to_config(p) for name, p in self.methods.items()},
-                "extensions_of": self.extensions_of, "seeds": list(self.seeds)}
+                "extensions_of": self.extensions_of, "seeds": list(self.seeds), "suite": self.suite}
 
 
 def load_bench(preset: str | Path = "default", overrides: list[str] | None = None,
-               methods: list[str] | None = None, seeds: int | None = None) -> BenchConfig:
-    """A bench preset name (smoke, default, code, gpu) or YAML path, with ``experiment.*`` / ``methods.*``
-    dotted overrides (``train.steps=50`` is shorthand for ``experiment.train.steps=50``; ``seeds=5``
-    sets the number of seeds, as does the ``seeds`` argument)."""
+               methods: list[str] | None = None, seeds: int | None = None, suite: str | None = None) -> BenchConfig:
+    """A bench preset name (smoke, default, code, gpu, tasks) or YAML path, with ``experiment.*`` /
+    ``methods.*`` dotted overrides (``train.steps=50`` is shorthand for ``experiment.train.steps=50``;
+    ``seeds=5`` sets the number of seeds, as does the ``seeds`` argument; ``suite`` (:data:`SUITES`) what
+    is measured, default the preset's ``suite``, else ``ppl``)."""
     path = preset_path(preset, prefix="bench_")
     raw = load_yaml(path)
-    unknown = sorted(set(raw) - {"name", "experiment", "methods", "extensions_of", "seeds"})
+    unknown = sorted(set(raw) - {"name", "experiment", "methods", "extensions_of", "seeds", "suite"})
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {unknown}; a bench has name, experiment, methods, extensions_of, "
-                         f"seeds")
+                         f"seeds, suite")
     sections = ("name", "model", "pe", "data", "train", "eval")
     expanded = [f"experiment.{o}" if o.split("=", 1)[0].split(".")[0] in sections else o for o in (overrides or [])]
     raw = apply_overrides(raw, expanded)
     if seeds is not None:
         raw["seeds"] = seeds
+    if suite is not None:
+        raw["suite"] = suite
+    if raw.get("suite", "ppl") not in SUITES:
+        raise ValueError(f"suite={raw.get('suite')!r}: expected one of {', '.join(SUITES)}")
     n_seeds = raw.get("seeds", 1)
     if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
         raise ValueError(f"seeds={n_seeds!r}: expected the number of training seeds, an int >= 1")
@@ -98,7 +111,7 @@ def load_bench(preset: str | Path = "default", overrides: list[str] | None = Non
     first = experiment.train.seed
     return BenchConfig(name=str(raw.get("name", path.stem)), experiment=experiment, methods=parsed,
                        extensions_of=str(raw.get("extensions_of", "rope")),
-                       seeds=tuple(range(first, first + n_seeds)))
+                       seeds=tuple(range(first, first + n_seeds)), suite=str(raw.get("suite", "ppl")))
 
 
 def bench_shape(preset: str | Path = "default") -> dict[str, int]:
@@ -112,13 +125,13 @@ def bench_shape(preset: str | Path = "default") -> dict[str, int]:
 
 
 def run_bench(preset: str | Path = "default", *, run_dir: str | Path | None = None, overrides: list[str] | None = None,
-              methods: list[str] | None = None, seeds: int | None = None, progress: bool = True,
-              log: Callable[[str], None] = print) -> Path:
+              methods: list[str] | None = None, seeds: int | None = None, suite: str | None = None,
+              progress: bool = True, log: Callable[[str], None] = print) -> Path:
     """Run (or resume) a bench; returns the run directory holding records, report and plots. The run
     directory is locked for the duration (a second bench on it is refused, naming the holder)."""
     from .checkpoint import prepare_run_dir
 
-    bench = load_bench(preset, overrides, methods, seeds)
+    bench = load_bench(preset, overrides, methods, seeds, suite)
     run_dir = Path(run_dir) if run_dir is not None else Path("results") / bench.name
     lock = prepare_run_dir(run_dir, files=())
     try:
@@ -131,6 +144,7 @@ def run_bench(preset: str | Path = "default", *, run_dir: str | Path | None = No
 def _run_bench(bench: BenchConfig, run_dir: Path, *, progress: bool, log: Callable[[str], None]) -> None:
     from .eval.lengths import evaluate_lengths
     from .eval.report import write_report
+    from .eval.tasks import evaluate_tasks
     from .train import corpus_batches, train
 
     _save_config(bench, run_dir)
@@ -159,7 +173,11 @@ def _run_bench(bench: BenchConfig, run_dir: Path, *, progress: bool, log: Callab
             _record_training(records_path, name, cfg, model, result, batches)
             log(f"{tag} trained in {time.perf_counter() - t0:.1f}s; evaluating")
             extensions = exp.eval.extensions if name == bench.extensions_of else ()
-            evaluate_lengths(model, cfg, records_path, method=name, extensions=extensions, progress=progress, log=log)
+            if bench.suite in ("ppl", "all"):
+                evaluate_lengths(model, cfg, records_path, method=name, extensions=extensions, progress=progress,
+                                 log=log)
+            if bench.suite in ("tasks", "all"):
+                evaluate_tasks(model, cfg, records_path, method=name, extensions=extensions, progress=progress, log=log)
 
     from .eval.records import append_records, make_record
 
@@ -185,7 +203,8 @@ def _save_config(bench: BenchConfig, run_dir: Path) -> None:
     if config_path.exists():
         saved = json.loads(config_path.read_text())
         common = [m for m in resolved["methods"] if m in saved.get("methods", {})]
-        pick = lambda d: {**d, "methods": {m: d["methods"][m] for m in common}, "seeds": None}  # noqa: E731
+        pick = lambda d: {**d, "methods": {m: d["methods"][m] for m in common}, "seeds": None,  # noqa: E731
+                          "suite": None}
         diffs = config_differences(pick(saved), pick(resolved))
         if diffs:
             raise ValueError(f"{run_dir}: holds a bench made with a different config ({config_path}); use another "

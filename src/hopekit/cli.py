@@ -83,9 +83,10 @@ def _bench(args: argparse.Namespace) -> int:
 
     methods = args.methods.split(",") if args.methods else None
     if args.print_config:
-        return _print_yaml(load_bench(args.preset, args.overrides, methods, args.seeds).resolved())
+        return _print_yaml(load_bench(args.preset, args.overrides, methods, args.seeds, args.suite).resolved())
     run_dir = run_bench(args.preset, run_dir=args.run_dir, overrides=args.overrides, methods=methods,
-                        seeds=args.seeds, progress=not (args.no_progress or args.quiet), log=_log(args))
+                        seeds=args.seeds, suite=args.suite, progress=not (args.no_progress or args.quiet),
+                        log=_log(args))
     print((run_dir / "report.md").read_text())
     return 0
 
@@ -122,13 +123,26 @@ def _eval_config(config: Any, args: argparse.Namespace) -> Any:
     """The checkpoint's config with the eval overrides (``eval.*`` and ``--extensions``) applied."""
     from hopekit.config import ExperimentConfig, apply_overrides
 
-    bad = [o for o in args.overrides if not o.startswith("eval.")]
+    bad = [o for o in args.overrides if not o.startswith(("eval.", "data.task_style="))]
     if bad:
-        raise ValueError(f"only eval.* overrides are allowed at evaluation time, got {bad}")
+        raise ValueError(f"only eval.* overrides (and data.task_style) are allowed at evaluation time, got {bad}")
     overrides = list(args.overrides)
+    if getattr(args, "task", None):
+        overrides.append(f"eval.tasks={json.dumps(_task_names(args.task))}")
     if args.extensions is not None:  # '' means none
         overrides.append(f"eval.extensions={json.dumps([e for e in args.extensions.split(',') if e.strip()])}")
     return ExperimentConfig.from_dict(apply_overrides(config.resolved(), overrides)) if overrides else config
+
+
+def _task_names(text: str) -> list[str]:
+    """``--task passkey,copy`` (or ``all``) as a list of task names, an unknown one refused."""
+    from hopekit.eval.tasks import TASKS
+
+    names = list(TASKS) if text.strip() == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in names if t not in TASKS]
+    if bad or not names:
+        raise ValueError(f"--task {text}: expected comma-separated names from {', '.join(TASKS)} (or all)")
+    return names
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -147,6 +161,9 @@ def _eval(args: argparse.Namespace) -> int:
     if args.print_config:
         return _print_yaml(config.resolved())
     if ckpt.get("pretrained") is not None:
+        if args.task:
+            raise ValueError(f"--task {args.task}: long-context tasks are measured on checkpoints of the reference "
+                             f"decoder, not a fine-tuned pretrained model")
         return _eval_finetuned(args, model, config, ckpt)
     longrope = None
     if args.longrope:
@@ -161,6 +178,17 @@ def _eval(args: argparse.Namespace) -> int:
     records = args.records or str(Path(args.checkpoint).parent / "records.jsonl")
     method = args.method or config.pe.kind
     log = _log(args)
+    if args.task:
+        from hopekit.eval.task_report import task_table
+        from hopekit.eval.tasks import evaluate_tasks
+
+        rows = evaluate_tasks(model, config, records, method=method, extensions=config.eval.extensions,
+                              longrope=longrope, progress=not args.quiet, log=log)
+        for task in config.eval.tasks:
+            print(f"\n{task}: accuracy (%), mean over depths {', '.join(f'{d:g}' for d in config.eval.task_depths)}\n")
+            print(task_table(rows, task))
+        log(f"heat maps and tables of every measurement in the file: hopekit report {Path(records).parent}")
+        return 0
     rows = evaluate_lengths(model, config, records, method=method, extensions=config.eval.extensions,
                             longrope=longrope, progress=not args.quiet, log=log)
     print(markdown_table(rows, baseline=method, protocol=config.eval.protocol))  # this checkpoint's rows only
@@ -177,6 +205,8 @@ def _eval_hf(args: argparse.Namespace) -> int:
 
     if args.extensions is not None or args.longrope:
         raise ValueError("--extensions / --longrope: for checkpoints; with --hf, one encoding per run: --pe KIND")
+    if args.task:
+        raise ValueError(f"--task {args.task}: long-context tasks are measured on checkpoints of the reference decoder")
     overrides = list(args.overrides)
     if args.checkpoint is not None:   # the first KEY=VALUE lands in the optional checkpoint slot
         if "=" not in args.checkpoint:
@@ -571,12 +601,15 @@ def build_parser() -> argparse.ArgumentParser:
                            "and budget), evaluate perplexity at multiples of the training length, add eval-time "
                            "extensions of the rope model, write records.jsonl, report.md (mean ± sd and 95% "
                            "intervals over seeds) and plots. Resumable: re-run the same command to continue.")
-    bench.add_argument("--preset", default="default", help="smoke | default | code | gpu | path to a bench YAML "
+    bench.add_argument("--preset", default="default", help="smoke | default | code | gpu | tasks | path to a bench YAML "
                        "(see `hopekit presets`)")
     bench.add_argument("--run-dir", default=None, help="output directory (default: results/<preset name>)")
     bench.add_argument("--methods", default=None, help="comma-separated subset of the preset's methods")
     bench.add_argument("--seeds", type=int, default=None, metavar="N",
                        help="train every method with N seeds: train.seed, train.seed + 1, ... (default: the preset's)")
+    bench.add_argument("--suite", default=None, choices=("ppl", "tasks", "all"),
+                       help="what to measure: perplexity (ppl), the long-context tasks of eval.tasks (tasks), or both "
+                       "(default: the preset's suite, else ppl)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
     bench.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="dotted overrides, e.g. train.steps=100 eval.multiples=[1,2]")
@@ -636,8 +669,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated eval-time extensions, '' for none (default: eval.extensions)")
     ev.add_argument("--longrope", default=None, help="JSON file with searched short_rescale/long_rescale factors and "
                     "their factor (the target ratio L'/L they were searched for; sets the attention factor)")
+    ev.add_argument("--task", default=None, metavar="NAMES",
+                    help="long-context tasks instead of perplexity: comma-separated from passkey, copy, needle, kv "
+                    "(or all), at every eval.multiples x train_len and eval.task_depths (eval.task_instances each, "
+                    "scored by eval.task_scoring: likelihood or generation; format data.task_style)")
     ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                    help="eval.* overrides, e.g. eval.protocol=sliding eval.multiples=[1,4]")
+                    help="eval.* overrides, e.g. eval.protocol=sliding eval.multiples=[1,4] (and data.task_style)")
     ev.set_defaults(func=_eval)
 
     ex = sub.add_parser("export", parents=[common], help="write a Hugging Face model directory (checkpoint or --hf model)",

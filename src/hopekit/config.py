@@ -69,6 +69,17 @@ def _fail(obj: Any, name: str, why: str, exc: type[Exception] = ValueError) -> N
     raise exc(f"{type(obj).__name__}.{name}={getattr(obj, name)!r}: {why}")
 
 
+def _check_names(obj: Any, name: str, known: tuple[str, ...]) -> None:
+    """A non-empty list of distinct names from ``known``, stored as a tuple."""
+    value = getattr(obj, name)
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
+        _fail(obj, name, f"expected a non-empty list of names from {list(known)}", TypeError)
+    bad = [v for v in value if v not in known]
+    if bad or len(set(value)) != len(value):
+        _fail(obj, name, f"unknown or repeated name(s) {bad or list(value)}; known: {list(known)}")
+    object.__setattr__(obj, name, tuple(value))
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
     """Where tokens come from. ``corpus``: "shakespeare" (embedded), a local path, or "hf:<dataset>[:<config>]"
@@ -87,6 +98,11 @@ class DataConfig:
     * ``data_files``: passed to ``datasets.load_dataset`` (a path or glob, a list, or a mapping from the
       dataset's split names to them).
     * ``num_proc``: tokenising processes (0: as many as useful, up to the CPU count).
+
+    Task mixture (:class:`hopekit.data.TaskMixture`): ``task_fraction`` of the training rows (each row
+    independently) are instances of ``tasks`` (:data:`hopekit.eval.tasks.TASKS`) of exactly the training
+    window, in ``task_style`` (also the format ``hopekit eval --task`` and the bench's task suite use),
+    their filler from the corpus' train split; 0 (the default) trains on the corpus alone.
     """
 
     corpus: str = "shakespeare"
@@ -98,8 +114,13 @@ class DataConfig:
     split: str | Mapping[str, str] | None = None
     data_files: str | list[str] | Mapping[str, str | list[str]] | None = None
     num_proc: int = 0
+    task_fraction: float = 0.0
+    tasks: tuple[str, ...] = ("passkey", "copy")
+    task_style: str = "standard"     # "standard" (the published formats) or "compact" (short windows)
 
     def __post_init__(self) -> None:
+        from .eval.tasks import STYLES, TASKS
+
         for name in ("corpus", "tokenizer", "text_column"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 _fail(self, name, "expected a non-empty string", TypeError)
@@ -109,6 +130,12 @@ class DataConfig:
             object.__setattr__(self, "limit", 0)
         check_int(self, "limit", low=0)
         check_int(self, "num_proc", low=0)
+        check_real(self, "task_fraction", low=0.0, high=1.0, high_open=True)
+        _check_names(self, "tasks", TASKS)
+        check_choice(self, "task_style", STYLES)
+        if self.task_fraction and self.corpus.startswith("hf:"):
+            _fail(self, "task_fraction", f"task instances take their filler from an embedded or local corpus, not "
+                                         f"corpus={self.corpus!r}")
         self._check_split()
         self._check_data_files()
         if not self.corpus.startswith("hf:"):
@@ -215,8 +242,15 @@ class EvalConfig:
     batch_size: int = 4
     split: str = "test"
     extensions: tuple[str, ...] = ("linear", "ntk", "dynamic_ntk", "yarn")  # eval-time, for rope models
+    # long-context tasks (hopekit eval --task, the bench's task suite; hopekit.eval.tasks)
+    tasks: tuple[str, ...] = ("passkey", "copy")
+    task_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    task_instances: int = 8            # per (task, length, depth)
+    task_scoring: str = "likelihood"   # teacher-forced argmax (greedy's verdict in one forward) or "generation"
 
     def __post_init__(self) -> None:
+        from .eval.tasks import SCORINGS, TASKS
+
         object.__setattr__(self, "multiples", tuple(self.multiples))
         object.__setattr__(self, "extensions", tuple(self.extensions))
         if not self.multiples or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.multiples):
@@ -230,6 +264,15 @@ class EvalConfig:
         bad = [e for e in self.extensions if e not in ("linear", "ntk", "dynamic_ntk", "yarn", "longrope")]
         if bad:
             _fail(self, "extensions", f"unknown eval-time extension(s) {bad}")
+        _check_names(self, "tasks", TASKS)
+        depths = self.task_depths
+        if isinstance(depths, (list, tuple)):
+            object.__setattr__(self, "task_depths", tuple(depths))
+        if not isinstance(depths, (list, tuple)) or not depths or any(
+                isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d <= 1.0 for d in depths):
+            _fail(self, "task_depths", "expected a non-empty list of numbers in [0, 1]")
+        check_int(self, "task_instances", low=1)
+        check_choice(self, "task_scoring", SCORINGS)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -423,7 +466,9 @@ def _check_source_record(config: ExperimentConfig) -> None:
 def config_differences(saved: Mapping[str, Any], now: Mapping[str, Any], ignore: tuple[str, ...] = (), *,
                        saved_as: str = "saved") -> list[str]:
     """``"key.path: <saved_as> X, now Y"`` for every dotted key whose value differs between two resolved
-    configs (a key present on one side only shows as ``(absent)``), except keys under ``ignore``."""
+    configs (a key present on one side only shows as ``(absent)``), except keys under ``ignore``. A
+    ``data`` / ``train`` / ``eval`` field absent from ``saved`` (written before the field existed) and at
+    its default now is no difference: the default is what the older code did."""
     a, b = _flatten(saved), _flatten(now)
     missing = object()
     lines = []
@@ -431,10 +476,28 @@ def config_differences(saved: Mapping[str, Any], now: Mapping[str, Any], ignore:
         if any(key == p or key.startswith(p + ".") for p in ignore):
             continue
         va, vb = a.get(key, missing), b.get(key, missing)
+        if va is missing and vb == _section_default(key):
+            continue
         if va != vb:
             show = lambda v: "(absent)" if v is missing else repr(v)  # noqa: E731
             lines.append(f"{key}: {saved_as} {show(va)}, now {show(vb)}")
     return lines
+
+
+def _section_default(key: str) -> Any:
+    """The resolved default of a dotted ``…data.<field>`` / ``…train.<field>`` / ``…eval.<field>`` key (a
+    unique object for any other key, so it never equals a value)."""
+    parts = key.split(".")
+    sections = {"data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
+    if len(parts) < 2 or parts[-2] not in sections:
+        return _NO_DEFAULT
+    field = next((f for f in dataclasses.fields(sections[parts[-2]]) if f.name == parts[-1]), None)
+    if field is None or field.default is dataclasses.MISSING:
+        return _NO_DEFAULT
+    return json.loads(json.dumps(field.default))   # as resolved() stores it (tuples as lists)
+
+
+_NO_DEFAULT = object()
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

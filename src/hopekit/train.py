@@ -85,6 +85,7 @@ resume, so ``out_dir`` must be visible to all ranks (one node, or a shared file 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -324,9 +325,11 @@ def corpus_batches(config: ExperimentConfig, tokenizer: Any = None) -> tuple[Bat
     :class:`hopekit.data.TrainBatches` keyed by ``(train.seed, step)``. An ``hf:`` corpus is tokenised
     once into a cached memory-mapped token file (:func:`hopekit.data.prepare_tokens`) and sampled in
     place; the others are tokenised in memory. ``batches.__self__`` is the sampler (``num_tokens``,
-    ``epochs(steps)``). ``tokenizer``: a pretrained model's own (needed when ``config.hf`` is set),
-    instead of ``data.tokenizer``."""
-    from .data import TrainBatches, corpus_tokens, tokenizer_from_config
+    ``epochs(steps)``). With ``data.task_fraction`` a :class:`hopekit.data.TaskMixture` replaces that
+    share of the rows by task instances (:func:`hopekit.eval.tasks.training_instance`). ``tokenizer``: a
+    pretrained model's own (needed when ``config.hf`` is set), instead of ``data.tokenizer``."""
+    from .data import TaskMixture, TrainBatches, corpus_tokens, tokenizer_from_config
+    from .eval.tasks import training_instance
 
     data, t = config.data, config.train
     if tokenizer is None:
@@ -335,6 +338,10 @@ def corpus_batches(config: ExperimentConfig, tokenizer: Any = None) -> tuple[Bat
         tokenizer = tokenizer_from_config(data)
     config.pe.check_tokenizer(tokenizer)  # e.g. bipe's boundary ids against this tokenizer
     sampler = TrainBatches(corpus_tokens(data, "train", tokenizer), t.batch_size, t.train_len, seed=t.seed)
+    if data.task_fraction:
+        sampler = TaskMixture(sampler, data.task_fraction, functools.partial(
+            training_instance, tokenizer, tasks=data.tasks, length=t.train_len + 1, corpus=data.corpus, split="train",
+            style=data.task_style))
     return sampler.batch, tokenizer.vocab_size
 
 

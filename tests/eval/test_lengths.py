@@ -108,7 +108,7 @@ def test_longrope_row_has_one_attention_factor_at_every_length(toy_split, tmp_pa
     half = model.config.head_dim // 2
     lr = {"short_rescale": [1.0] * half, "long_rescale": [1.0 + i for i in range(half)], "factor": 8.0}
     expected = math.sqrt(1.0 + math.log(8.0) / math.log(TRAIN_LEN))
-    jobs = [j for j in lengths._jobs(model, config(multiples=(1, 2, 16)), "rope", (), lr) if j.method == "rope+longrope"]
+    jobs = [j for j in lengths.measurement_jobs(model, config(multiples=(1, 2, 16)), "rope", (), lr) if j.method == "rope+longrope"]
     assert [j.eval_len for j in jobs] == [16, 32, 256] and all(j.params == jobs[0].params for j in jobs)
     for job in jobs:   # the encoding each measurement runs, at its window length and below train_len
         for seq_len in (job.eval_len, TRAIN_LEN - 1):

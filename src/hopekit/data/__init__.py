@@ -39,6 +39,7 @@ from .batching import (
     SLIDING,
     TRUNCATE,
     EvalWindow,
+    TaskMixture,
     TrainBatches,
     check_token_ids,
     encode_document,
@@ -95,7 +96,7 @@ from .tokenizer import (
 __all__ = [
     "BIPE_BOUNDARY_CHARS", "DEFAULT_CORPUS", "DEFAULT_PROTOCOL", "DEFAULT_SPLIT_SEED", "EMBEDDED",
     "ENDOFTEXT", "NONOVERLAP", "PROTOCOLS", "SLIDING", "SPLITS", "TRUNCATE", "ByteTokenizer",
-    "Document", "EvalWindow", "HFTokenizer", "Tokenizer", "TrainBatches", "assign_splits",
+    "Document", "EvalWindow", "HFTokenizer", "TaskMixture", "Tokenizer", "TrainBatches", "assign_splits",
     "boundary_ids_for", "cache_dir", "canonical_id", "check_token_ids", "corpus_stats", "corpus_tokens",
     "embedded_manifest", "encode_document", "encode_documents", "eval_windows", "is_hf_corpus", "join_tokens",
     "load_corpus", "load_corpus_from_config", "load_directory", "load_embedded", "load_jsonl", "load_local",

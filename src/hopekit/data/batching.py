@@ -5,6 +5,7 @@ stream (documents joined by a separator). The batch at ``step`` is a pure functi
 ``(stream, batch_size, train_len, seed, step, rank)``: each step seeds its own
 ``torch.Generator`` from a hash of ``(seed, step, rank)``. There is no sampler state to save;
 resuming at step ``k`` replays exactly the batches an uninterrupted run would have seen.
+:class:`TaskMixture` replaces a fraction of those rows by task instances, the same way.
 
 Evaluation: the three perplexity protocols of the field (DESIGN §5), each named by a string
 constant that every record carries. A window is ``(input_ids, target_ids, loss_mask)``, three
@@ -28,7 +29,7 @@ Stream protocols run over one stream (documents joined by ``separator``) or, wit
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -217,6 +218,62 @@ class TrainBatches:
         w = self.windows(step, rank=rank)
         return w[:, :-1], w[:, 1:]
 
+
+
+@dataclass(frozen=True, eq=False)
+class TaskMixture:
+    """:class:`TrainBatches` with a ``fraction`` of its rows replaced by task instances (e.g. pass-key
+    retrieval, :func:`hopekit.eval.tasks.training_instance`), still a pure function of ``(seed, step,
+    rank)``.
+
+    Each row of a step is a task row with probability ``fraction``, drawn with the row's instance
+    seed from a generator of its own (keyed by ``(seed, step, rank)``, apart from the window
+    starts', which stay those of ``base``): ``instance(seed)`` gives its ``train_len + 1`` token ids.
+    The other rows are ``base``'s windows, unchanged, so ``fraction=0`` gives ``base``'s batches.
+    """
+
+    base: TrainBatches
+    fraction: float
+    instance: Callable[[int], Sequence[int]]
+
+    def __post_init__(self):
+        if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) \
+                or not 0.0 <= self.fraction < 1.0:
+            raise ValueError(f"fraction={self.fraction!r}: expected a number in [0, 1)")
+
+    @property
+    def num_tokens(self) -> int:
+        return self.base.num_tokens
+
+    def epochs(self, steps: int) -> float:
+        """Passes over the corpus stream: the expected share of corpus rows of :meth:`TrainBatches.epochs`."""
+        return self.base.epochs(steps) * (1.0 - self.fraction)
+
+    def task_rows(self, step: int, *, rank: int = 0) -> dict[int, int]:
+        """``{row: instance seed}`` of the task rows of ``step``."""
+        g = torch.Generator(device="cpu")
+        g.manual_seed(step_seed(self.base.seed, step, rank) ^ _TASK_STREAM)
+        picked = torch.rand(self.base.batch_size, generator=g) < self.fraction
+        seeds = torch.randint(0, 1 << 62, (self.base.batch_size,), generator=g, dtype=torch.long)
+        return {int(i): int(seeds[i]) for i in picked.nonzero()[:, 0]}
+
+    def windows(self, step: int, *, rank: int = 0) -> torch.Tensor:
+        w = self.base.windows(step, rank=rank)
+        for row, seed in self.task_rows(step, rank=rank).items():
+            ids = torch.as_tensor(list(self.instance(seed)), dtype=torch.long)
+            if ids.numel() != w.shape[1]:
+                raise ValueError(f"task instance of seed {seed}: {ids.numel()} tokens, expected train_len + 1 = "
+                                 f"{w.shape[1]}")
+            w[row] = ids
+        return w
+
+    def batch(self, step: int, *, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self.windows(step, rank=rank)
+        return w[:, :-1], w[:, 1:]
+
+
+#: xor-ed into a step's seed for the task rows' generator, so it is not the window starts' stream
+_TASK_STREAM = 0x5DEECE66D
 
 
 # --- evaluation windows --------------------------------------------------------------------------

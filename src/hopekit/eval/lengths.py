@@ -28,7 +28,7 @@ from .extensions import EXTENSIONS, check_longrope, extension_configs, extension
 from .perplexity import LengthLimitError, eval_kwargs, has_window, perplexity
 from .records import append_records, model_descriptor, model_digest, ppl_records, read_records, skipped_records
 
-__all__ = ["KEY_FIELDS", "test_documents", "evaluate_lengths"]
+__all__ = ["KEY_FIELDS", "test_documents", "evaluate_lengths", "measurement_jobs"]
 
 #: the record fields that decide a perplexity number: a measurement is skipped when a "ppl" row
 #: with the same values is already recorded
@@ -51,7 +51,7 @@ def test_documents(config: ExperimentConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Job:
+class Job:
     """One measurement: ``model`` (the trained one, or an extension swapped in) under ``method``."""
 
     model: nn.Module
@@ -76,7 +76,7 @@ def evaluate_lengths(model: nn.Module, config: ExperimentConfig, records_path: s
     configuration that does not validate, and a test split that gives no window at the longest
     length. ``progress``: a progress bar over the windows of each length (when stderr is a terminal).
     """
-    jobs = _jobs(model, config, method, extensions, longrope)
+    jobs = measurement_jobs(model, config, method, extensions, longrope)
     tokenizer, docs = test_documents(config)
     _check_scorable(docs, config, tokenizer.eos_id, max(job.eval_len for job in jobs))
     records_path = Path(records_path)
@@ -104,20 +104,20 @@ def evaluate_lengths(model: nn.Module, config: ExperimentConfig, records_path: s
     return out
 
 
-def _jobs(model: nn.Module, config: ExperimentConfig, method: str, extensions: Sequence[str] | None,
-          longrope: Mapping[str, Any] | None) -> list[_Job]:
+def measurement_jobs(model: nn.Module, config: ExperimentConfig, method: str, extensions: Sequence[str] | None,
+          longrope: Mapping[str, Any] | None) -> list[Job]:
     """Every measurement in order: the trained model at each multiple, then for a rope model each
     eval-time extension at each multiple > 1 (longrope at 1× too; the others *are* rope there).
     Names and configurations are checked here, before anything is loaded or measured."""
     kinds = _extension_kinds(config.eval.extensions if extensions is None else extensions, longrope)
     t_len = config.train.train_len
     trained_pe = pe_lib.to_config(config.pe)
-    jobs = [_Job(model, method, trained_pe, m * t_len) for m in config.eval.multiples]
+    jobs = [Job(model, method, trained_pe, m * t_len) for m in config.eval.multiples]
     if trained_pe.get("kind") == "longrope" and longrope is not None:
         # a LongRoPE model (e.g. fine-tuned with searched factors) with factors searched on it: swapped in whole
         searched = {**trained_pe, **check_longrope(longrope)}
         swapped = with_pe(model, searched)
-        jobs += [_Job(swapped, f"{method}+searched", pe_lib.to_config(swapped.config.pe), m * t_len)
+        jobs += [Job(swapped, f"{method}+searched", pe_lib.to_config(swapped.config.pe), m * t_len)
                  for m in config.eval.multiples]
         return jobs
     if trained_pe.get("kind") != "rope":
@@ -130,7 +130,7 @@ def _jobs(model: nn.Module, config: ExperimentConfig, method: str, extensions: S
         for kind, ext in configs.items():
             if kind != "rope" and (multiple > 1 or kind == "longrope"):
                 swapped = with_pe(model, ext)
-                jobs.append(_Job(swapped, extension_name(kind), pe_lib.to_config(swapped.config.pe), multiple * t_len))
+                jobs.append(Job(swapped, extension_name(kind), pe_lib.to_config(swapped.config.pe), multiple * t_len))
     return jobs
 
 
@@ -179,7 +179,7 @@ def _key(fields: Mapping[str, Any]) -> str:
     return json.dumps({f: fields.get(f) for f in KEY_FIELDS}, sort_keys=True, default=list)
 
 
-def _measure(job: _Job, docs: Sequence[torch.Tensor], separator: int | None, kwargs: Mapping[str, Any],
+def _measure(job: Job, docs: Sequence[torch.Tensor], separator: int | None, kwargs: Mapping[str, Any],
              common: Mapping[str, Any], progress: bool, log: Callable[[str], None]) -> list[dict[str, Any]]:
     """The record rows of one measurement: ppl / nll / loss curve, or a skip for a length limit."""
     t0 = time.perf_counter()

@@ -548,13 +548,23 @@ def _training_table(records: list[dict[str, Any]]) -> str | None:
 def write_report(run_dir: str | Path, *, baseline: str = "rope") -> tuple[Path, Path]:
     """Regenerate ``report.md`` and its figures in ``run_dir`` from its ``records.jsonl`` (a malformed row
     is refused by :func:`~hopekit.eval.records.read_records`, naming file and line). Returns the report
-    and the perplexity plot."""
+    and the perplexity plot (the task accuracy plot for records of long-context tasks alone). Task
+    records add their section (:func:`hopekit.eval.task_report.task_section`)."""
+    from .task_report import task_section
+
     run_dir = Path(run_dir)
     records_path = run_dir / "records.jsonl"
     if not records_path.exists():
         raise FileNotFoundError(f"{records_path}: no records to report (run `hopekit bench` first)")
     records = read_records(records_path)
     ppl = [r for r in records if r.get("metric") == "ppl"]
+    if not ppl:   # a task evaluation alone (hopekit eval --task)
+        tasks = task_section(records, run_dir)
+        if not tasks:
+            raise ValueError(f"{records_path}: no perplexity or task records to report")
+        report = run_dir / "report.md"
+        report.write_text(f"# {run_dir.name}: long-context tasks\n" + tasks.replace("\n## ", "\n# ", 1))
+        return report, run_dir / "tasks_accuracy.png"
     protocols = sorted({str(r.get("protocol", "?")) for r in ppl})
     pretrained = any("hf" in r for r in ppl)
     parts = [f"# {run_dir.name}: perplexity vs evaluation length\n\n", _setup(records, ppl), "\n",
@@ -585,6 +595,7 @@ def write_report(run_dir: str | Path, *, baseline: str = "rope") -> tuple[Path, 
                          "of the same split (bootstrap over windows, treated as independent) and with another "
                          "training seed. Every method and seed is scored on the same windows, so the window noise "
                          "is shared by the rows being compared.\n\n" + noise)
+    parts.append(task_section(records, run_dir))
     training = _training_table(records)
     if training:
         parts.append("\n## Training\n\n" + training)
