@@ -329,8 +329,8 @@ def test_finetune_and_evaluate_write_records(tmp_path):
     predictions = [json.loads(x) for x in (tmp_path / "run" / "predictions-validation.jsonl").read_text().splitlines()]
     assert [p["prediction"] for p in predictions] == result.predictions
     assert any(line.startswith("scrolls: qasper validation (2 inputs, local): f1") for line in lines)
-    reloaded, _ = S.load_scrolls_config(tmp_path / "run" / "scrolls.yaml")
-    assert reloaded.resolved() == result.train.config.resolved()
+    reloaded, reloaded_task = S.load_scrolls_config(tmp_path / "run" / "scrolls.yaml")
+    assert reloaded.resolved() == result.train.config.resolved() and reloaded_task == task
 
     again = S.run_scrolls(config, task, tmp_path / "run", resume=True, progress=False, log=lines.append)
     assert again.predictions is None and again.metrics["f1"] == row["value"]   # recorded: not repeated

@@ -75,6 +75,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import hashlib
 import json
 import random
 import re
@@ -514,54 +515,59 @@ def encode_pair(tokenizer: Any, text: str, output: str | None, *, max_input: int
 class ScrollsBatches:
     """Training rows ``prompt + answer`` (:func:`encode_pair`) right-padded to ``train_len``, with the loss on
     the answer only, drawn in an order shuffled per epoch from ``(seed, epoch)``: ``batch(step)`` is a pure
-    function of ``(seed, step)``. ``stream`` (every row, for :func:`hopekit.checkpoint.data_fingerprint`)
-    lets a resume see any change to the data."""
+    function of ``(seed, step)``. Rows are kept as int32 tensors. ``stream`` is the SHA-256 of every row (and
+    of ``train_len`` and ``pad_id``) as a small tensor: :func:`hopekit.checkpoint.data_fingerprint` digests
+    it, so a resume sees any change to the data."""
 
     def __init__(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *, batch_size: int, train_len: int,
                  seed: int, pad_id: int):
         if not pairs:
             raise ValueError("ScrollsBatches: no training pairs")
+        self.batch_size, self.train_len, self.seed, self.pad_id = batch_size, train_len, seed, pad_id
+        self.rows: list[tuple[torch.Tensor, int]] = []           # (prompt + answer, len(prompt))
+        h = hashlib.sha256(f"{train_len}:{pad_id}".encode())
         for i, (prompt, answer) in enumerate(pairs):
-            if not prompt or not answer or len(prompt) + len(answer) > train_len + 1:
+            if not len(prompt) or not len(answer) or len(prompt) + len(answer) > train_len + 1:
                 raise ValueError(f"ScrollsBatches: pair {i} has {len(prompt)} prompt and {len(answer)} answer tokens; "
                                  f"needs >= 1 of each and at most train_len + 1 = {train_len + 1} together")
-        self.pairs = [(list(p), list(a)) for p, a in pairs]
-        self.batch_size, self.train_len, self.seed, self.pad_id = batch_size, train_len, seed, pad_id
+            seq = torch.tensor([*prompt, *answer], dtype=torch.int32)
+            self.rows.append((seq, len(prompt)))
+            h.update(f"|{len(prompt)}:".encode())
+            h.update(seq.numpy().astype("<i4").tobytes())
+        self.stream = torch.tensor(list(h.digest()), dtype=torch.long)
         self._orders: dict[int, list[int]] = {}
-        flat = [t for p, a in self.pairs for t in (len(p), len(a), *p, *a)]
-        self.stream = torch.tensor([train_len, pad_id, *flat], dtype=torch.long)
 
     def __len__(self) -> int:
-        return len(self.pairs)
+        return len(self.rows)
 
     def order(self, epoch: int) -> list[int]:
         """The rows of ``epoch`` in their shuffled order (from ``(seed, epoch)`` alone)."""
         if epoch not in self._orders:
             if len(self._orders) > 4:
                 self._orders.clear()
-            order = list(range(len(self.pairs)))
+            order = list(range(len(self.rows)))
             random.Random(f"scrolls:{self.seed}:{epoch}").shuffle(order)
             self._orders[epoch] = order
         return self._orders[epoch]
 
     def row(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and targets of pair ``index``, each ``(train_len,)``."""
-        prompt, answer = self.pairs[index]
-        seq = prompt + answer
+        seq, prompt = self.rows[index]
+        n = len(seq)
         x = torch.full((self.train_len,), self.pad_id, dtype=torch.long)
         y = torch.full((self.train_len,), -1, dtype=torch.long)
-        x[:len(seq) - 1] = torch.tensor(seq[:-1])
-        y[len(prompt) - 1:len(seq) - 1] = torch.tensor(answer)   # the targets that predict the answer
+        x[:n - 1] = seq[:-1]
+        y[prompt - 1:n - 1] = seq[prompt:]                        # the targets that predict the answer
         return x, y
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows ``step·B … step·B + B − 1`` of the concatenated epoch orders."""
-        n = len(self.pairs)
+        n = len(self.rows)
         rows = [self.row(self.order(g // n)[g % n]) for g in range(step * self.batch_size, (step + 1) * self.batch_size)]
         return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
 
     def epochs(self, steps: int) -> float:
-        return steps * self.batch_size / len(self.pairs)
+        return steps * self.batch_size / len(self.rows)
 
 
 # ==================================================================================================
