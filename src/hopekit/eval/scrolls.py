@@ -76,10 +76,12 @@ import collections
 import dataclasses
 import functools
 import hashlib
+import importlib.util
 import json
 import random
 import re
 import string
+import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -107,6 +109,7 @@ SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "scrolls_sample"
 SCROLLS_PRESET_DIR = Path(__file__).resolve().parent.parent / "presets" / "scrolls"
 _ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 _INSTALL = "pip install 'hopekit[scrolls]'"
+_OFFLINE_VARS = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
 
 
 def score_key(task: str) -> str:
@@ -302,14 +305,12 @@ def _auto_source(task: str, splits: Sequence[str], hub: str) -> tuple[str, str]:
     from ..hub import check_hub_access, hub_endpoint
 
     local = f"using the local sample ({SAMPLE_DIR / task})"
-    try:
-        import datasets  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("datasets") is None:
         why = f"the datasets package is not installed ({_INSTALL}); {local}"
     else:
         try:
-            check_hub_access("scrolls.source=auto", what=f"{hub} on the hub",
-                             offline_vars=("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"), advice=local)
+            check_hub_access("scrolls.source=auto", what=f"{hub} on the hub", offline_vars=_OFFLINE_VARS,
+                             advice=local)
             return "hub", f"the hub ({hub_endpoint()}) answers: reading {hub}"
         except ValueError as e:
             why = str(e).removeprefix("scrolls.source=auto: ")
@@ -327,14 +328,25 @@ def _hub_rows(task: str, split: str, hub: str) -> tuple[str, Iterable[Mapping[st
         import datasets
     except ImportError:
         raise ImportError(f"scrolls.source=hub needs the datasets package: {_INSTALL}") from None
-    from ..hub import hub_endpoint
+    from ..hub import check_hub_access, hub_endpoint, offline_variable
 
-    url = f"{hub_endpoint()}/datasets/{hub}/resolve/main/{task}.zip"
+    endpoint = hub_endpoint()
+    url = f"{endpoint}/datasets/{hub}/resolve/main/{task}.zip"
     location = f"zip://{task}/{split}.jsonl::{url}"
+    offline = offline_variable(_OFFLINE_VARS)
+    if offline is None and urllib.parse.urlparse(endpoint).scheme in ("http", "https"):
+        # fail in seconds, not after datasets' retries; offline, datasets reads its own cache
+        check_hub_access("scrolls.source=hub", what=f"{hub} on the hub", offline_vars=_OFFLINE_VARS,
+                         advice=f"use scrolls.source=local, or set {_OFFLINE_VARS[0]}=1 to read datasets' cache")
     try:
         ds = datasets.load_dataset("json", data_files={split: location}, split=split)
     except FileNotFoundError:
-        raise ValueError(f"scrolls: no {split} split of {task} at {location}") from None
+        why = f" ({offline} is set, and datasets has no cached copy)" if offline else ""
+        raise ValueError(f"scrolls: no {split} split of {task} at {location}{why}") from None
+    except OSError as e:   # connection errors (requests' and huggingface_hub's are OSErrors too)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        why = f"; {offline} is set, and datasets has no cached copy" if offline else ""
+        raise ValueError(f"scrolls: reading {location} failed ({type(e).__name__}: {first}){why}") from None
     return location, ds
 
 
