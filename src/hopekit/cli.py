@@ -413,6 +413,21 @@ def _longrope(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scrolls(args: argparse.Namespace) -> int:
+    from hopekit.eval.scrolls import load_scrolls_config, run_scrolls
+
+    config, task = load_scrolls_config(args.config, args.overrides)
+    if args.print_config:
+        return _print_yaml({**config.resolved(), "scrolls": task.resolved()})
+    result = run_scrolls(config, task, args.out, resume=args.resume, progress=not (args.no_progress or args.quiet),
+                         log=_log(args))
+    score = result.metrics["scrolls_score"]
+    print(f"{task.task} {task.eval_split} ({len(result.data.examples)} inputs, {result.data.source}): "
+          f"{task.metric if task.metric != 'rouge' else 'rouge/geometric_mean'} {score:.2f} after {result.train.step} "
+          f"steps; records {result.records_path}")
+    return 0
+
+
 def _method_table() -> dict[str, dict[str, Any]]:
     from hopekit import pe
     from hopekit.bench import bench_shape
@@ -736,6 +751,22 @@ def build_parser() -> argparse.ArgumentParser:
     lr.add_argument("-q", "--quiet", action="store_true", help="no log lines and no progress bars")
     lr.add_argument("--no-progress", action="store_true", help="no progress bars")
     lr.set_defaults(func=_longrope)
+
+    sc = sub.add_parser("scrolls", parents=[common, running], help="fine-tune on a SCROLLS task, then generate and score",
+                        description="Fine-tune the reference decoder (from scratch, or init_from=CKPT) or a pretrained "
+                        "model (hf=NAME data.tokenizer=model) on a SCROLLS-format task (input + separator + output, loss "
+                        "on the output), then generate greedily on the eval split and score with the task's SCROLLS "
+                        "metric (ROUGE, F1 or exact match); records and predictions in --out. Data: the hub's tau/scrolls "
+                        "(scrolls.source=hub), the local sample (local), or auto. Resumable with --resume, e.g. "
+                        "`hopekit scrolls scrolls.task=qasper train.steps=100 --out runs/qasper`.")
+    sc.add_argument("--config", default=None, help="scrolls preset (default: scrolls) or a YAML file with a scrolls: "
+                    "section (e.g. a run's scrolls.yaml)")
+    sc.add_argument("--out", required=True, help="run directory: checkpoint, records.jsonl, predictions")
+    sc.add_argument("--resume", action="store_true", help="continue the training run in --out")
+    sc.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sc.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="dotted overrides, e.g. scrolls.task=qasper scrolls.max_output=32 train.steps=100 pe.kind=alibi")
+    sc.set_defaults(func=_scrolls)
 
     report = sub.add_parser("report", parents=[common], help="regenerate report.md and ppl_vs_length.png from records")
     report.add_argument("run_dir")
