@@ -347,14 +347,46 @@ def test_hf_model_with_a_patched_encoding(tiny_dir):
     assert lm.generate_until(requests("generate_until", ("the king", {"until": [], "max_gen_toks": 10}))) == [want]
 
 
+def test_fine_tuned_pretrained_checkpoint(tiny_dir, tmp_path):
+    from hopekit.integrations import hf
+    from hopekit.train import train
+    from tests.eval._tiny_hf import words
+
+    (tmp_path / "corpus" / "train").mkdir(parents=True)
+    for i, text in enumerate(words()):
+        (tmp_path / "corpus" / "train" / f"doc{i}.txt").write_text(text)
+    config = ExperimentConfig.from_dict({
+        "name": "ft", "hf": str(tiny_dir), "pe": {"kind": "yarn", "factor": 2.0},
+        "data": {"corpus": str(tmp_path / "corpus"), "tokenizer": "model"},
+        "train": {"train_len": 24, "batch_size": 2, "steps": 1, "warmup_steps": 0, "checkpoint_every": 1}})
+    train(config, tmp_path / "run", progress=False, log=None)
+    lm = HopekitLM(checkpoint=str(tmp_path / "run" / "checkpoint.pt"), device="cpu", batch_size=2)
+    assert lm.max_length == 24 and lm.tokenizer.encode("the king") == hf.load_tokenizer(str(tiny_dir)).encode("the king")
+    assert hf.encoding_of(lm.model).params.kind == "yarn"
+    context, continuation = lm.tokenizer.encode("the queen is"), lm.tokenizer.encode(" fair")
+    got = lm.loglikelihood(requests("loglikelihood", ("the queen is", " fair")))[0]
+    assert got[0] == pytest.approx(naive_loglikelihood(lm.model, context, continuation, 24)[0], abs=1e-4)
+    with pytest.raises(ValueError, match="^pe='alibi': checkpoint .* is a fine-tuned"):
+        HopekitLM(checkpoint=str(tmp_path / "run" / "checkpoint.pt"), pe="alibi", device="cpu")
+
+
 @pytest.mark.slow
 @pytest.mark.pretrained
 def test_smollm2_with_yarn(smollm2):
-    lm = HopekitLM(hf="smollm2", pe="yarn", factor=2, device="cpu", batch_size=2)
-    assert lm.max_length == 8192 and lm.tokenizer.name == "hf:smollm2"
+    import copy
+
+    from hopekit.integrations import hf
+
+    model = hf.patch_model(copy.deepcopy(smollm2.model), {"kind": "yarn", "factor": 2})
+    lm = HopekitLM.from_model(model, smollm2.tokenizer, batch_size=2)
+    assert lm.max_length == 8192 and lm.prefix_token_id == lm.eot_token_id  # <|endoftext|>, its pre-training window
     context = "The capital of France is"
     got = lm.loglikelihood(requests("loglikelihood", (context, " Paris"), (context, " Rome")))
-    assert got[0][0] > got[1][0]                                           # it still knows
-    ctx = lm.tokenizer.encode(context)
-    assert got[0][0] == pytest.approx(naive_loglikelihood(lm.model, ctx, lm.tokenizer.encode(" Paris"), 8192)[0],
+    assert got[0][0] > got[1][0] + 1.0                                     # it still knows
+    tok = lm.tokenizer
+    assert got[0][0] == pytest.approx(naive_loglikelihood(model, tok.encode(context), tok.encode(" Paris"), 8192)[0],
                                       abs=1e-3)
+    prompt = tok.encode(context)
+    new = hf.generate(model, torch.tensor([prompt]), 20)[0, len(prompt):].tolist()
+    want = tok.decode(new[:new.index(tok.eos_id)] if tok.eos_id in new else new).split(".")[0]
+    assert lm.generate_until(requests("generate_until", (context, {"until": ["."], "max_gen_toks": 20}))) == [want]

@@ -2,7 +2,7 @@
 
 Any lm-eval task runs on a hopekit checkpoint (the reference decoder and its tokenizer, or a fine-tuned
 pretrained model) or on a Hugging Face model with a hopekit encoding patched in.
-``pip install 'hopekit[lm_eval]'`` (lm-eval 0.4).
+``pip install 'hopekit[lm_eval]'`` (lm-eval 0.4.9 or later 0.4).
 
 **Command line.** lm-eval 0.4 finds a model type only once the module that registers it has been
 imported, so this module registers ``hopekit`` and then runs lm-eval's own command line; every lm-eval
@@ -33,29 +33,35 @@ lm-eval releases, where plain ``lm_eval --model hopekit ...`` finds it without t
 **Model arguments** (``--model_args key=value,...``; a missing, unknown or ill-typed one is refused in
 one line naming it):
 
-=============== ==================================================================================
-``checkpoint``  a hopekit checkpoint (``hopekit train`` / ``bench``): the reference decoder with its
-                tokenizer (``data.tokenizer``), or a fine-tuned pretrained model with its base model's
-``hf``          a pretrained model instead: ``smollm2``, a model directory, a ``.gguf`` file or a hub
-                id (:func:`hopekit.integrations.hf.load_pretrained`). Give one of the two.
-``pe``          an encoding to run with, by kind; its fields as further arguments (``factor=2``, or
-                ``pe.factor=2`` as on hopekit's command line). With ``hf``: patched into the model
-                (:func:`~hopekit.integrations.hf.patch_model`: ``base`` and ``train_len`` default to
-                the model's). With ``checkpoint``: an eval-time swap of the decoder's encoding
-                (:func:`hopekit.eval.extensions.with_pe`: ``base`` and ``rotary_fraction`` kept,
-                ``train_len`` = the checkpoint's ``train.train_len``), e.g. ``pe=yarn,factor=4``.
-``pe_file``     the encoding from a JSON / YAML file (``hopekit longrope``'s ``longrope.json``);
-                field arguments override it
-``max_length``  the window: ``loglikelihood_rolling`` scores windows of this many tokens, longer
-                contexts are cut on the left to it. Default: the training length (a checkpoint's
-                ``train.train_len``; a pretrained model's pre-training window, the ``train_len`` of
-                its encoding or else ``max_position_embeddings``). Set it higher to measure
-                extrapolation.
+================ =================================================================================
+``checkpoint``   a hopekit checkpoint (``hopekit train`` / ``bench``): the reference decoder with its
+                 tokenizer (``data.tokenizer``), or a fine-tuned pretrained model with its base
+                 model's tokenizer
+``hf``           a pretrained model instead: ``smollm2``, a model directory, a ``.gguf`` file or a
+                 hub id (:func:`hopekit.integrations.hf.load_pretrained`). Give one of the two.
+``pe``           an encoding to run with, by kind; its fields as further arguments (``factor=2``, or
+                 ``pe.factor=2`` as on hopekit's command line). With ``hf``: patched into the model
+                 (:func:`~hopekit.integrations.hf.patch_model`: ``base`` and ``train_len`` default to
+                 the model's). With ``checkpoint``: an eval-time swap of the decoder's encoding
+                 (:func:`hopekit.eval.extensions.with_pe`: ``base`` and ``rotary_fraction`` kept,
+                 ``train_len`` = the checkpoint's ``train.train_len``), e.g. ``pe=yarn,factor=4``.
+``pe_file``      the encoding from a JSON / YAML file (``hopekit longrope``'s ``longrope.json``);
+                 field arguments override it
+``max_length``   the window: ``loglikelihood_rolling`` scores windows of this many tokens, longer
+                 contexts are cut on the left to it. Default: the training length (a checkpoint's
+                 ``train.train_len``; a pretrained model's pre-training window, the ``train_len`` of
+                 its encoding or else ``max_position_embeddings``). Set it higher to measure
+                 extrapolation.
 ``max_gen_toks`` ``generate_until``'s budget when a task sets none (256)
-``batch_size``  sequences per forward for the log-likelihoods (lm-eval's ``--batch_size``; 1)
-``device``      ``cpu``, ``cuda``, ``cuda:1`` … (lm-eval's ``--device``; unset: cuda if available)
-``dtype``       ``float32`` (default), ``bfloat16`` or ``float16``
-=============== ==================================================================================
+``batch_size``   sequences per forward for the log-likelihoods (lm-eval's ``--batch_size``; 1)
+``device``       ``cpu``, ``cuda``, ``cuda:1`` … (lm-eval's ``--device``, whose default is
+                 ``cuda:0``: on a machine without CUDA pass ``--device cpu``; in Python, unset means
+                 cuda if available)
+``dtype``        ``float32`` (default), ``bfloat16`` or ``float16``
+================ =================================================================================
+
+``trust_remote_code``, which lm-eval's ``--trust_remote_code`` adds for the datasets, is accepted and
+unused (hopekit loads only architectures that transformers ships).
 
 **What is computed.**
 
