@@ -114,6 +114,8 @@ _ARGUMENTS = ("checkpoint", "hf", "pe", "pe_file", "max_length", "max_gen_toks",
 _SAMPLING_ONLY = ("temperature", "top_p", "top_k")
 #: the first generation chunk; each later one is twice as long (see ``_greedy_until``)
 _FIRST_CHUNK = 16
+#: a scored sequence: (request index, input token ids, continuation ids: the last rows' targets)
+_Item = tuple[int, list[int], list[int]]
 
 
 # --- the two kinds of model ----------------------------------------------------------------------
@@ -340,7 +342,8 @@ class HopekitLM(TemplateLM):
         elif hasattr(model, "get_decoder") and hasattr(model, "get_output_embeddings"):
             self._model = _Pretrained(model)
         else:
-            raise TypeError(f"model: expected a hopekit Decoder or a transformers causal LM, got {type(model).__name__}")
+            raise TypeError(f"model: expected a hopekit Decoder or a transformers causal LM, "
+                            f"got {type(model).__name__}")
         for attr in ("encode", "decode", "eos_id", "bos_id"):
             if not hasattr(tokenizer, attr):
                 raise TypeError(f"tokenizer: {type(tokenizer).__name__} has no {attr!r}; expected hopekit's "
@@ -385,10 +388,10 @@ class HopekitLM(TemplateLM):
 
     # --- log-likelihoods -------------------------------------------------------------------------
 
-    def _batches(self, items: list[tuple[int, list[int], list[int]]]) -> Iterator[list[tuple[int, list[int], list[int]]]]:
+    def _batches(self, items: list[_Item]) -> Iterator[list[_Item]]:
         """Consecutive groups of at most ``batch_size`` (``items`` sorted by input length); for a
         length-dependent spectrum, of equal input length only."""
-        batch: list[tuple[int, list[int], list[int]]] = []
+        batch: list[_Item] = []
         for item in items:
             if batch and (len(batch) == self.batch_size
                           or (self._model.length_dependent and len(item[1]) != len(batch[0][1]))):
