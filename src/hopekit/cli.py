@@ -123,9 +123,10 @@ def _eval_config(config: Any, args: argparse.Namespace) -> Any:
     """The checkpoint's config with the eval overrides (``eval.*`` and ``--extensions``) applied."""
     from hopekit.config import ExperimentConfig, apply_overrides
 
-    bad = [o for o in args.overrides if not o.startswith(("eval.", "data.task_style="))]
+    bad = [o for o in args.overrides if not o.startswith(("eval.", "data.task_style=", "data.task_filler="))]
     if bad:
-        raise ValueError(f"only eval.* overrides (and data.task_style) are allowed at evaluation time, got {bad}")
+        raise ValueError(f"only eval.* overrides (and data.task_style, data.task_filler) are allowed at evaluation "
+                         f"time, got {bad}")
     overrides = list(args.overrides)
     if getattr(args, "task", None):
         overrides.append(f"eval.tasks={json.dumps(_task_names(args.task))}")

@@ -101,8 +101,8 @@ class DataConfig:
 
     Task mixture (:class:`hopekit.data.TaskMixture`): ``task_fraction`` of the training rows (each row
     independently) are instances of ``tasks`` (:data:`hopekit.eval.tasks.TASKS`) of exactly the training
-    window, in ``task_style`` (also the format ``hopekit eval --task`` and the bench's task suite use),
-    their filler from the corpus' train split; 0 (the default) trains on the corpus alone.
+    window, in ``task_style`` with ``task_filler`` (also the format ``hopekit eval --task`` and the bench's
+    task suite use), corpus filler from the corpus' train split; 0 (the default) trains on the corpus alone.
     """
 
     corpus: str = "shakespeare"
@@ -117,9 +117,10 @@ class DataConfig:
     task_fraction: float = 0.0
     tasks: tuple[str, ...] = ("passkey", "copy")
     task_style: str = "standard"     # "standard" (the published formats) or "compact" (short windows)
+    task_filler: str = "auto"        # "auto" (repeated sentences for the pass key, the corpus otherwise), "corpus", "repeat"
 
     def __post_init__(self) -> None:
-        from .eval.tasks import STYLES, TASKS
+        from .eval.tasks import FILLERS, STYLES, TASKS
 
         for name in ("corpus", "tokenizer", "text_column"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
@@ -133,6 +134,7 @@ class DataConfig:
         check_real(self, "task_fraction", low=0.0, high=1.0, high_open=True)
         _check_names(self, "tasks", TASKS)
         check_choice(self, "task_style", STYLES)
+        check_choice(self, "task_filler", FILLERS)
         if self.task_fraction and self.corpus.startswith("hf:"):
             _fail(self, "task_fraction", f"task instances take their filler from an embedded or local corpus, not "
                                          f"corpus={self.corpus!r}")

@@ -341,7 +341,7 @@ def corpus_batches(config: ExperimentConfig, tokenizer: Any = None) -> tuple[Bat
     if data.task_fraction:
         sampler = TaskMixture(sampler, data.task_fraction, functools.partial(
             training_instance, tokenizer, tasks=data.tasks, length=t.train_len + 1, corpus=data.corpus, split="train",
-            style=data.task_style))
+            style=data.task_style, filler=data.task_filler))
     return sampler.batch, tokenizer.vocab_size
 
 

@@ -28,9 +28,10 @@ Tasks (:data:`TASKS`):
 * ``kv`` — ``pairs`` key–value pairs of random hexadecimal strings; the question asks for the value of
   the key at ``depth`` of the list (multi-key retrieval: the other keys are distractors).
 
-Filler: ``"corpus"`` (the default) takes consecutive text of an embedded corpus' ``split`` (from an
-offset drawn from the seed; documents joined by blank lines), ``"repeat"`` the classic "The grass is
-green. The sky is blue. ..." sentences.
+Filler: ``"corpus"`` takes consecutive text of an embedded corpus' ``split`` (from an offset drawn from
+the seed; documents joined by blank lines), ``"repeat"`` the classic "The grass is green. The sky is
+blue. ..." sentences; ``"auto"`` (the default) is ``repeat`` for the pass key (its published format) and
+``corpus`` for the others.
 
 **Scorings.** :func:`score_likelihood`: one forward of the whole instance, the answer tokens' NLL, their
 rank under the model, and whether each is the argmax; ``correct`` (every answer token is the argmax) is
@@ -54,7 +55,7 @@ __all__ = ["TASKS", "FILLERS", "STYLES", "SCORINGS", "TaskInstance", "TaskScore"
            "score_likelihood", "score_generation"]
 
 TASKS = ("passkey", "copy", "needle", "kv")
-FILLERS = ("corpus", "repeat")
+FILLERS = ("auto", "corpus", "repeat")
 STYLES = ("standard", "compact")
 SCORINGS = ("likelihood", "generation")
 
@@ -100,6 +101,8 @@ def _corpus_text(corpus: str, split: str) -> str:
 
 
 def _filler(kind: str, rng: random.Random, chars: int, corpus: str, split: str) -> str:
+    if kind not in FILLERS or kind == "auto":
+        raise ValueError(f"filler={kind!r}: expected one of {FILLERS}")
     if kind == "repeat":
         return (_REPEAT * (chars // len(_REPEAT) + 2))[:chars]
     if kind != "corpus":
@@ -130,7 +133,7 @@ def _fit(encode: Callable[[str], list[int]], head: str, info: str, tail: str, an
     return prompt, ans, len(fixed[0]) + cut, room, cut
 
 
-def make_task(task: str, tokenizer: Any, *, length: int, depth: float, seed: int, filler: str = "corpus",
+def make_task(task: str, tokenizer: Any, *, length: int, depth: float, seed: int, filler: str = "auto",
               corpus: str = "shakespeare", split: str = "validation", style: str = "standard", digits: int = 5,
               span: int | None = None, pairs: int | None = None) -> TaskInstance:
     """One instance of ``task`` (:data:`TASKS`) of exactly ``length`` tokens with its information at
@@ -156,6 +159,8 @@ def make_task(task: str, tokenizer: Any, *, length: int, depth: float, seed: int
     rng = random.Random(f"{task}:{seed}")
     encode = tokenizer.encode
     chars = 8 * length + 256                      # enough characters for `length` tokens of any tokenizer here
+    if filler == "auto":                          # the pass key's published format repeats its sentences
+        filler = "repeat" if task == "passkey" else "corpus"
     text = _filler(filler, rng, chars, corpus, split)
     meta: dict[str, Any] = {}
     if task == "passkey":
@@ -195,19 +200,19 @@ def make_task(task: str, tokenizer: Any, *, length: int, depth: float, seed: int
         answer = f" {values[asked]}"
         meta.update(key=keys[asked], value=values[asked], asked=asked)
     prompt, ans, position, room, before = _fit(encode, head, info, tail, answer, text, length, depth)
-    meta.update(filler_tokens=room, filler_before=before)
+    meta.update(filler=filler, filler_tokens=room, filler_before=before)
     return TaskInstance(task=task, prompt=prompt, answer=ans, length=length, depth=float(depth), seed=seed,
                         position=position, meta=meta)
 
 
 def training_instance(tokenizer: Any, seed: int, *, tasks: Sequence[str], length: int, corpus: str,
-                      split: str = "train", style: str = "standard") -> list[int]:
+                      split: str = "train", style: str = "standard", filler: str = "auto") -> list[int]:
     """The ``length`` token ids (prompt and answer) of one task instance for training on: the task
     drawn from ``tasks`` and the depth uniform in [0, 1], both from ``seed``, the filler from
     ``split`` of ``corpus`` (the task mixture of ``data.task_fraction``)."""
     rng = random.Random(f"train-task:{seed}")
     inst = make_task(tasks[rng.randrange(len(tasks))], tokenizer, length=length, depth=rng.random(), seed=seed,
-                     corpus=corpus, split=split, style=style)
+                     filler=filler, corpus=corpus, split=split, style=style)
     return inst.prompt + inst.answer
 
 
@@ -291,18 +296,18 @@ def score_generation(model: nn.Module, instances: Sequence[TaskInstance], *, bat
 
 #: the record fields that decide a task number: a cell is skipped when an "accuracy" row with the same
 #: values is already recorded
-TASK_KEY_FIELDS = ("method", "params", "model_digest", "corpus", "split", "tokenizer", "task", "style", "scoring",
-                   "eval_len", "depth", "instances")
+TASK_KEY_FIELDS = ("method", "params", "model_digest", "corpus", "split", "tokenizer", "task", "style", "filler",
+                   "scoring", "eval_len", "depth", "instances")
 #: the metrics of one (task, length, depth) cell; ``accuracy`` is the share of instances answered whole
 TASK_METRICS = ("accuracy", "token_accuracy", "answer_nll", "answer_rank")
 
 
 def task_instances(task: str, tokenizer: Any, *, length: int, depth: float, instances: int, corpus: str, split: str,
-                   style: str) -> list[TaskInstance]:
+                   style: str, filler: str = "auto") -> list[TaskInstance]:
     """The ``instances`` instances of one cell, seeds 0 … instances − 1: the same for every model and
     method, so they are compared paired."""
-    return [make_task(task, tokenizer, length=length, depth=depth, seed=j, corpus=corpus, split=split, style=style)
-            for j in range(instances)]
+    return [make_task(task, tokenizer, length=length, depth=depth, seed=j, filler=filler, corpus=corpus, split=split,
+                      style=style) for j in range(instances)]
 
 
 def evaluate_tasks(model: nn.Module, config: Any, records_path: str | Any, *, method: str,
@@ -322,11 +327,12 @@ def evaluate_tasks(model: nn.Module, config: Any, records_path: str | Any, *, me
     common = dict(train_len=config.train.train_len, seed=config.train.seed, model=model_descriptor(model),
                   model_digest=model_digest(model), config=config.resolved())
     return evaluate_task_jobs(jobs, tokenizer, records_path, eval_config=config.eval, corpus=config.data.corpus,
-                              style=config.data.task_style, common=common, progress=progress, log=log)
+                              style=config.data.task_style, filler=config.data.task_filler, common=common,
+                              progress=progress, log=log)
 
 
 def evaluate_task_jobs(jobs: Sequence[Any], tokenizer: Any, records_path: str | Any, *, eval_config: Any, corpus: str,
-                       style: str, common: dict[str, Any], progress: bool = True,
+                       style: str, common: dict[str, Any], filler: str = "auto", progress: bool = True,
                        log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Every ``eval_config.tasks`` × ``eval_config.task_depths`` cell of each job (``model``, ``method``,
     ``params``, ``eval_len``: :class:`hopekit.eval.lengths.Job`), appended to ``records_path``: one row
@@ -347,7 +353,7 @@ def evaluate_task_jobs(jobs: Sequence[Any], tokenizer: Any, records_path: str | 
     for row in read_records(records_path) if records_path.exists() else []:
         if row.get("task") in TASKS:
             recorded.setdefault(key(row), []).append(row)
-    common = dict(common, corpus=corpus, split=ev.split, tokenizer=tokenizer.name, style=style,
+    common = dict(common, corpus=corpus, split=ev.split, tokenizer=tokenizer.name, style=style, filler=filler,
                   scoring=ev.task_scoring, instances=ev.task_instances)
     score = score_likelihood if ev.task_scoring == "likelihood" else score_generation
     out: list[dict[str, Any]] = []
@@ -384,7 +390,7 @@ def _measure_cell(model: nn.Module, score: Callable[..., list[TaskScore]], field
     t0 = time.perf_counter()
     insts = task_instances(fields["task"], tokenizer, length=fields["eval_len"], depth=fields["depth"],
                            instances=fields["instances"], corpus=fields["corpus"], split=fields["split"],
-                           style=fields["style"])
+                           style=fields["style"], filler=fields["filler"])
     scores = score(model, insts, batch_size=batch_size)
     values = {"accuracy": sum(s.correct for s in scores) / len(scores),
               "token_accuracy": sum(s.token_accuracy for s in scores) / len(scores),
