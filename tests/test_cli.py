@@ -222,10 +222,15 @@ def test_presets_lists_every_packaged_preset_and_each_loads(capsys):
     table = json.loads(out)
     assert set(BENCH_PRESETS) <= set(table["bench"]) and "tiny" in table["experiment"]
     assert len(table["bench"]) + len(table["experiment"]) == len(list(CONFIG_DIR.glob("*.yaml")))
+    assert set(table["scrolls"]) == {p.stem for p in (CONFIG_DIR / "scrolls").glob("*.yaml")} and table["scrolls"]
     for name in table["experiment"]:
         load_config(name)
     for name in table["bench"]:
         load_bench(name)
+    from hopekit.eval.scrolls import load_scrolls_config
+
+    for name in table["scrolls"]:
+        load_scrolls_config(name)
     code, text, _ = run(capsys, "presets")
     smoke_comment = (CONFIG_DIR / "bench_smoke.yaml").read_text().splitlines()[0].lstrip("# ")
     assert table["bench"]["smoke"] == smoke_comment  # its first comment line (one sentence)

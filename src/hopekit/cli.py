@@ -497,20 +497,22 @@ def _methods(args: argparse.Namespace) -> int:
 
 
 def _preset_table() -> dict[str, dict[str, str]]:
-    """``{"experiment": {name: description}, "bench": {...}}`` from the packaged YAML files: the first
-    sentence of the leading comment, else the file's ``name``."""
+    """``{"experiment": {name: description}, "bench": {...}, "scrolls": {...}}`` from the packaged YAML
+    files: the first sentence of the leading comment, else the file's ``name``."""
     import yaml
 
     from hopekit.config import CONFIG_DIR
 
-    out: dict[str, dict[str, str]] = {"experiment": {}, "bench": {}}
-    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+    out: dict[str, dict[str, str]] = {"experiment": {}, "bench": {}, "scrolls": {}}
+    for path in sorted(CONFIG_DIR.glob("*.yaml")) + sorted((CONFIG_DIR / "scrolls").glob("*.yaml")):
         text = path.read_text()
         lines = itertools.takewhile(lambda line: line.startswith("#"), text.splitlines())
         comment = " ".join(line.lstrip("#").strip() for line in lines)
         description = re.split(r"(?<=\.)\s+(?=[A-Z])", comment, maxsplit=1)[0]
         description = description or str((yaml.safe_load(text) or {}).get("name", ""))
-        if path.stem.startswith("bench_"):
+        if path.parent.name == "scrolls":
+            out["scrolls"][path.stem] = description
+        elif path.stem.startswith("bench_"):
             out["bench"][path.stem[len("bench_"):]] = description
         else:
             out["experiment"][path.stem] = description
@@ -523,7 +525,8 @@ def _presets(args: argparse.Namespace) -> int:
         print(json.dumps(table, indent=2))
         return 0
     width = max(len(n) for group in table.values() for n in group) + 2
-    for kind, usage in (("experiment", "hopekit train --config NAME"), ("bench", "hopekit bench --preset NAME")):
+    for kind, usage in (("experiment", "hopekit train --config NAME"), ("bench", "hopekit bench --preset NAME"),
+                        ("scrolls", "hopekit scrolls --config NAME")):
         print(f"{kind} presets ({usage}):")
         for name, description in table[kind].items():
             print(f"  {name:<{width}}{description}")

@@ -28,6 +28,11 @@ Tasks (:data:`TASKS`):
 * ``kv`` — ``pairs`` key–value pairs of random hexadecimal strings; the question asks for the value of
   the key at ``depth`` of the list (multi-key retrieval: the other keys are distractors).
 
+**Styles** (:data:`STYLES`): ``"standard"`` is the formats above; ``"compact"`` is short templates
+that fit a training window of ~100 bytes (pass key: " The pass key is #N. " ... " What is the pass key?
+#" → "N"; copy: " <span> " ... " Copy: <" → "span", 8 characters; needle: " In <city>, <activity>. " ...
+" In <city>," → " <activity>."; kv: 4 pairs of 4-digit hexadecimal keys and values).
+
 Filler: ``"corpus"`` takes consecutive text of an embedded corpus' ``split`` (from an offset drawn from
 the seed; documents joined by blank lines), ``"repeat"`` the classic "The grass is green. The sky is
 blue. ..." sentences; ``"auto"`` (the default) is ``repeat`` for the pass key (its published format) and
@@ -38,6 +43,12 @@ rank under the model, and whether each is the argmax; ``correct`` (every answer 
 exactly what greedy decoding of ``len(answer)`` tokens would give, without decoding.
 :func:`score_generation`: greedy decoding through the model's KV cache (``Decoder.generate``), exact match
 and per-token accuracy of the generated tokens.
+
+**Measurement** (:func:`evaluate_tasks`, ``hopekit eval --task``, ``hopekit bench --suite tasks``): every
+``eval.tasks`` × length × ``eval.task_depths`` cell, ``eval.task_instances`` instances each (seeds
+0 … n − 1, the same for every model), one record per metric (:data:`TASK_METRICS`) and cell; reports
+in :mod:`hopekit.eval.task_report`. Training on instances: :func:`training_instance`
+(``data.task_fraction``, :class:`hopekit.data.TaskMixture`).
 """
 
 from __future__ import annotations
