@@ -178,8 +178,9 @@ def test_training_with_a_task_mixture_resumes_bit_identically(tmp_path):
     assert plain.losses != ref.losses
 
 
-@pytest.mark.xfail(strict=True, reason="TaskMixture has no `stream`, so data_fingerprint records stream=None and a "
-                                       "resume no longer notices a corpus edited where the first batch does not show it")
+@pytest.mark.xfail(strict=True, reason="TaskMixture has no `stream`, so data_fingerprint records stream=None and "
+                                       "a resume no longer notices a corpus edited where the first batch does not "
+                                       "show it")
 def test_a_task_mixture_keeps_the_corpus_stream_in_the_data_fingerprint():
     from hopekit.checkpoint import data_fingerprint
 
@@ -227,3 +228,19 @@ def test_a_saved_config_without_the_new_data_fields_matches_at_their_defaults_on
     # only absence on the saved side is forgiven: a field the current config lacks still shows
     assert config_differences(now, saved) == [f"data.{k}: saved {now['data'][k]!r}, now (absent)"
                                               for k in sorted(("task_fraction", "tasks", "task_style"))]
+
+
+def test_a_checkpoint_saved_before_the_task_fields_resumes_unless_they_are_set(tmp_path):
+    from hopekit.checkpoint import CheckpointError, save_checkpoint
+
+    cfg = experiment()
+    _train(cfg, tmp_path)
+    path = tmp_path / "checkpoint.pt"
+    ckpt = read_checkpoint(path)
+    for section, prefix in (("data", "task"), ("eval", "task")):     # as written before the fields existed
+        ckpt["config"][section] = {k: v for k, v in ckpt["config"][section].items() if not k.startswith(prefix)}
+    save_checkpoint(path, {k: v for k, v in ckpt.items() if k != "content_hash"})
+    assert "task_fraction" not in read_checkpoint(path)["config"]["data"]
+    assert _train(cfg, tmp_path, resume=True).start_step == 6          # the defaults: what older code did
+    with pytest.raises(CheckpointError, match=r"data\.task_fraction: checkpoint \(absent\), now 0\.25"):
+        _train(experiment(task_fraction=0.25, task_style="compact"), tmp_path, resume=True)

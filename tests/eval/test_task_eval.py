@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import pytest
 import torch
@@ -321,6 +320,22 @@ def test_a_rope_model_gets_extension_rows_beyond_one_multiple_and_other_models_n
     alibi_cfg = config({"kind": "alibi"}, multiples=(1, 2), tasks=("copy",), task_depths=(0.5,))
     rows = evaluate(alibi, alibi_cfg, path, extensions=("yarn",))
     assert {r["method"] for r in rows} == {"alibi"} and {r["eval_len"] for r in rows} == {64, 128}
+
+
+def test_evaluate_task_jobs_records_the_common_fields_and_the_same_values(model, tmp_path):
+    from hopekit.eval.lengths import Job
+    from hopekit.eval.tasks import evaluate_task_jobs
+
+    cfg = config(multiples=(1,), tasks=("copy",))
+    ref = evaluate(model, cfg, tmp_path / "a.jsonl")
+    job = Job(model, "mine", {"kind": "rope", "base": 10000.0}, TRAIN_LEN)
+    common = {"train_len": TRAIN_LEN, "seed": 3, "model": "toy", "model_digest": "d0"}
+    rows = evaluate_task_jobs([job], TOK, tmp_path / "b.jsonl", eval_config=cfg.eval, corpus="shakespeare",
+                              style="compact", common=common, progress=False, log=lambda _: None)
+    assert read_records(tmp_path / "b.jsonl") == rows
+    assert [(r["method"], r["seed"], r["model_digest"], r["params"]) for r in rows] == [
+        ("mine", 3, "d0", {"kind": "rope", "base": 10000.0})] * len(rows)
+    assert [(r["depth"], r["metric"], r["value"]) for r in rows] == [(r["depth"], r["metric"], r["value"]) for r in ref]
 
 
 def test_a_length_too_short_for_the_task_is_one_line_naming_it(model, tmp_path):
