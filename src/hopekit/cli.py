@@ -128,7 +128,7 @@ def _eval_config(config: Any, args: argparse.Namespace) -> Any:
         raise ValueError(f"only eval.* overrides (and data.task_style, data.task_filler) are allowed at evaluation "
                          f"time, got {bad}")
     overrides = list(args.overrides)
-    if getattr(args, "task", None):
+    if getattr(args, "task", None) is not None:
         overrides.append(f"eval.tasks={json.dumps(_task_names(args.task))}")
     if args.extensions is not None:  # '' means none
         overrides.append(f"eval.extensions={json.dumps([e for e in args.extensions.split(',') if e.strip()])}")
@@ -179,7 +179,7 @@ def _eval(args: argparse.Namespace) -> int:
     records = args.records or str(Path(args.checkpoint).parent / "records.jsonl")
     method = args.method or config.pe.kind
     log = _log(args)
-    if args.task:
+    if args.task is not None:
         from hopekit.eval.task_report import task_table
         from hopekit.eval.tasks import evaluate_tasks
 

@@ -268,11 +268,10 @@ class EvalConfig:
             _fail(self, "extensions", f"unknown eval-time extension(s) {bad}")
         _check_names(self, "tasks", TASKS)
         depths = self.task_depths
-        if isinstance(depths, (list, tuple)):
-            object.__setattr__(self, "task_depths", tuple(depths))
         if not isinstance(depths, (list, tuple)) or not depths or any(
                 isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d <= 1.0 for d in depths):
             _fail(self, "task_depths", "expected a non-empty list of numbers in [0, 1]")
+        object.__setattr__(self, "task_depths", tuple(float(d) for d in depths))  # 1 and 1.0: one cell
         check_int(self, "task_instances", low=1)
         check_choice(self, "task_scoring", SCORINGS)
 

@@ -339,9 +339,15 @@ def corpus_batches(config: ExperimentConfig, tokenizer: Any = None) -> tuple[Bat
     config.pe.check_tokenizer(tokenizer)  # e.g. bipe's boundary ids against this tokenizer
     sampler = TrainBatches(corpus_tokens(data, "train", tokenizer), t.batch_size, t.train_len, seed=t.seed)
     if data.task_fraction:
-        sampler = TaskMixture(sampler, data.task_fraction, functools.partial(
-            training_instance, tokenizer, tasks=data.tasks, length=t.train_len + 1, corpus=data.corpus, split="train",
-            style=data.task_style, filler=data.task_filler))
+        instance = functools.partial(training_instance, tokenizer, length=t.train_len + 1, corpus=data.corpus,
+                                     split="train", style=data.task_style, filler=data.task_filler)
+        for task in data.tasks:   # each task fits the window: refused now, not at its first row
+            try:
+                instance(0, tasks=(task,))
+            except ValueError as e:
+                raise ValueError(f"data.task_fraction={data.task_fraction}: {e} (train.train_len={t.train_len}; "
+                                 f"data.task_style='compact' fits ~100 tokens)") from None
+        sampler = TaskMixture(sampler, data.task_fraction, functools.partial(instance, tasks=data.tasks))
     return sampler.batch, tokenizer.vocab_size
 
 

@@ -178,9 +178,6 @@ def test_training_with_a_task_mixture_resumes_bit_identically(tmp_path):
     assert plain.losses != ref.losses
 
 
-@pytest.mark.xfail(strict=True, reason="TaskMixture has no `stream`, so data_fingerprint records stream=None and "
-                                       "a resume no longer notices a corpus edited where the first batch does not "
-                                       "show it")
 def test_a_task_mixture_keeps_the_corpus_stream_in_the_data_fingerprint():
     from hopekit.checkpoint import data_fingerprint
 
@@ -227,7 +224,7 @@ def test_a_saved_config_without_the_new_data_fields_matches_at_their_defaults_on
                                                 "data.tasks: saved (absent), now ['kv']"]
     # only absence on the saved side is forgiven: a field the current config lacks still shows
     assert config_differences(now, saved) == [f"data.{k}: saved {now['data'][k]!r}, now (absent)"
-                                              for k in sorted(("task_fraction", "tasks", "task_style"))]
+                                              for k in sorted(("task_filler", "task_fraction", "tasks", "task_style"))]
 
 
 def test_a_checkpoint_saved_before_the_task_fields_resumes_unless_they_are_set(tmp_path):
@@ -244,3 +241,15 @@ def test_a_checkpoint_saved_before_the_task_fields_resumes_unless_they_are_set(t
     assert _train(cfg, tmp_path, resume=True).start_step == 6          # the defaults: what older code did
     with pytest.raises(CheckpointError, match=r"data\.task_fraction: checkpoint \(absent\), now 0\.25"):
         _train(experiment(task_fraction=0.25, task_style="compact"), tmp_path, resume=True)
+
+
+def test_a_task_that_cannot_fit_the_training_window_is_refused_when_the_batches_are_built():
+    from hopekit.train import corpus_batches
+
+    # the standard pass key needs ~250 bytes of template: refused up front, naming the task, style and window
+    cfg = experiment(task_fraction=0.5, tasks=["copy", "passkey"], task_style="standard")
+    with pytest.raises(ValueError, match=rf"^data\.task_fraction=0\.5: task 'copy' in style 'standard': "
+                                         rf"length={TRAIN_LEN + 1}: too short .*train\.train_len={TRAIN_LEN}") as info:
+        corpus_batches(cfg)
+    assert "\n" not in str(info.value)
+    corpus_batches(experiment(task_fraction=0.5, tasks=["copy", "passkey"], task_style="compact"))   # fits

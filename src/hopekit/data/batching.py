@@ -242,6 +242,11 @@ class TaskMixture:
             raise ValueError(f"fraction={self.fraction!r}: expected a number in [0, 1)")
 
     @property
+    def stream(self) -> torch.Tensor:
+        """The corpus stream of ``base`` (what a resume checks is unchanged)."""
+        return self.base.stream
+
+    @property
     def num_tokens(self) -> int:
         return self.base.num_tokens
 

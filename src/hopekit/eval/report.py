@@ -559,11 +559,12 @@ def write_report(run_dir: str | Path, *, baseline: str = "rope") -> tuple[Path, 
     records = read_records(records_path)
     ppl = [r for r in records if r.get("metric") == "ppl"]
     if not ppl:   # a task evaluation alone (hopekit eval --task)
-        tasks = task_section(records, run_dir)
+        tasks = task_section(records, run_dir, heading="#", title=f"{run_dir.name}: long-context tasks")
         if not tasks:
             raise ValueError(f"{records_path}: no perplexity or task records to report")
+        training = _training_table(records)
         report = run_dir / "report.md"
-        report.write_text(f"# {run_dir.name}: long-context tasks\n" + tasks.replace("\n## ", "\n# ", 1))
+        report.write_text(tasks.lstrip("\n") + ("\n## Training\n\n" + training if training else ""))
         return report, run_dir / "tasks_accuracy.png"
     protocols = sorted({str(r.get("protocol", "?")) for r in ppl})
     pretrained = any("hf" in r for r in ppl)

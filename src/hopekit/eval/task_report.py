@@ -176,9 +176,10 @@ def plot_task_heatmap(records: list[dict[str, Any]], task: str, path: str | Path
     return path
 
 
-def task_section(records: list[dict[str, Any]], run_dir: str | Path, *, heading: str = "##") -> str:
-    """The tasks part of a report (tables per task and metric, the figures written into ``run_dir``);
-    ``""`` without task records."""
+def task_section(records: list[dict[str, Any]], run_dir: str | Path, *, heading: str = "##",
+                 title: str = "Long-context tasks") -> str:
+    """The tasks part of a report under ``heading title`` (tables per task and metric one level below, the
+    figures written into ``run_dir``); ``""`` without task records."""
     tasks, methods, lengths, _ = task_cells(records)
     if not tasks:
         return ""
@@ -186,7 +187,7 @@ def task_section(records: list[dict[str, Any]], run_dir: str | Path, *, heading:
     rows = task_rows(records)
     first = rows[0]
     depths = sorted({float(r["depth"]) for r in rows})
-    parts = [f"\n{heading} Long-context tasks\n\n"
+    parts = [f"\n{heading} {title}\n\n"
              f"Instances of exactly the evaluated length in the `{first.get('style', '?')}` format, filler from the "
              f"`{first.get('split', '?')}` split of `{first.get('corpus', '?')}`, {first.get('instances', '?')} "
              f"instances per length and depth (the same instances for every method and seed) at depths "

@@ -210,7 +210,10 @@ def make_task(task: str, tokenizer: Any, *, length: int, depth: float, seed: int
         tail = f" {keys[asked]}:" if compact else f" The value of key {keys[asked]} is"
         answer = f" {values[asked]}"
         meta.update(key=keys[asked], value=values[asked], asked=asked)
-    prompt, ans, position, room, before = _fit(encode, head, info, tail, answer, text, length, depth)
+    try:
+        prompt, ans, position, room, before = _fit(encode, head, info, tail, answer, text, length, depth)
+    except ValueError as e:
+        raise ValueError(f"task {task!r} in style {style!r}: {e}") from None
     meta.update(filler=filler, filler_tokens=room, filler_before=before)
     return TaskInstance(task=task, prompt=prompt, answer=ans, length=length, depth=float(depth), seed=seed,
                         position=position, meta=meta)
