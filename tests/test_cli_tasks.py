@@ -118,7 +118,8 @@ def test_eval_task_errors_are_one_line(checkpoint, tmp_path, capsys):
     records = tmp_path / "records.jsonl"
     code, _, err = run(capsys, "eval", str(checkpoint), "--task", "passkey", "data.task_style=standard",
                        "eval.multiples=[1]", "eval.extensions=[]", "--records", str(records), "--quiet")
-    assert_one_error_line(code, err, "length=64", "too short")
+    assert_one_error_line(code, err, "task 'passkey' in style 'standard' needs instances of >= 254 tokens",
+                          "the shortest here is 64", "data.task_style='compact'")
     assert not records.exists() or read_records(records) == []
 
 
@@ -212,3 +213,12 @@ def test_bench_task_suite_then_all_adds_perplexity_without_retraining(tmp_path, 
     (run_dir / "bench.json").write_text(json.dumps(saved))
     code, _, err = run(capsys, "bench", *BENCH, "--suite", "tasks", "--run-dir", str(run_dir))
     assert_one_error_line(code, err, "different config", "experiment.eval.task_instances: saved (absent), now 2")
+
+
+def test_a_task_suite_that_cannot_fit_is_refused_before_anything_trains(tmp_path, capsys):
+    run_dir = tmp_path / "bench"
+    code, _, err = run(capsys, "bench", *BENCH, "--suite", "tasks", "data.task_style=standard", "--run-dir", str(run_dir))
+    assert_one_error_line(code, err, "--suite tasks", "needs instances of >=", "data.task_style='compact'")
+    assert not (run_dir / "checkpoints").exists()
+    code, _, err = run(capsys, "bench", *BENCH, "eval.task_depths=[0.5,0.5]", "--print-config")
+    assert_one_error_line(code, err, "EvalConfig.task_depths=[0.5, 0.5]", "holds a depth twice")

@@ -147,8 +147,15 @@ def _run_bench(bench: BenchConfig, run_dir: Path, *, progress: bool, log: Callab
     from .eval.tasks import evaluate_tasks
     from .train import corpus_batches, train
 
-    _save_config(bench, run_dir)
     exp = bench.experiment
+    if bench.suite in ("tasks", "all"):   # refused before anything trains
+        from .data import tokenizer_from_config
+        from .eval.tasks import check_fits
+
+        check_fits(exp.eval.tasks, tokenizer_from_config(exp.data), min(exp.eval.multiples) * exp.train.train_len,
+                   style=exp.data.task_style, where=f"--suite {bench.suite}: eval.tasks at eval.multiples × "
+                                                    f"train.train_len = {min(exp.eval.multiples) * exp.train.train_len}")
+    _save_config(bench, run_dir)
     n_runs = len(bench.methods) * len(bench.seeds)
     log(f"bench {bench.name}: {len(bench.methods)} methods × {len(bench.seeds)} seeds × "
         f"{len(exp.eval.multiples)} lengths → {run_dir}")

@@ -271,6 +271,8 @@ class EvalConfig:
         if not isinstance(depths, (list, tuple)) or not depths or any(
                 isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d <= 1.0 for d in depths):
             _fail(self, "task_depths", "expected a non-empty list of numbers in [0, 1]")
+        if len({float(d) for d in depths}) != len(depths):
+            _fail(self, "task_depths", "holds a depth twice")
         object.__setattr__(self, "task_depths", tuple(float(d) for d in depths))  # 1 and 1.0: one cell
         check_int(self, "task_instances", low=1)
         check_choice(self, "task_scoring", SCORINGS)

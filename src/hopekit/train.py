@@ -329,7 +329,7 @@ def corpus_batches(config: ExperimentConfig, tokenizer: Any = None) -> tuple[Bat
     share of the rows by task instances (:func:`hopekit.eval.tasks.training_instance`). ``tokenizer``: a
     pretrained model's own (needed when ``config.hf`` is set), instead of ``data.tokenizer``."""
     from .data import TaskMixture, TrainBatches, corpus_tokens, tokenizer_from_config
-    from .eval.tasks import training_instance
+    from .eval.tasks import check_fits, training_instance
 
     data, t = config.data, config.train
     if tokenizer is None:
@@ -341,12 +341,8 @@ def corpus_batches(config: ExperimentConfig, tokenizer: Any = None) -> tuple[Bat
     if data.task_fraction:
         instance = functools.partial(training_instance, tokenizer, length=t.train_len + 1, corpus=data.corpus,
                                      split="train", style=data.task_style, filler=data.task_filler)
-        for task in data.tasks:   # each task fits the window: refused now, not at its first row
-            try:
-                instance(0, tasks=(task,))
-            except ValueError as e:
-                raise ValueError(f"data.task_fraction={data.task_fraction}: {e} (train.train_len={t.train_len}; "
-                                 f"data.task_style='compact' fits ~100 tokens)") from None
+        check_fits(data.tasks, tokenizer, t.train_len + 1, style=data.task_style,   # now, not at a first row
+                   where=f"data.task_fraction={data.task_fraction} with train.train_len={t.train_len}")
         sampler = TaskMixture(sampler, data.task_fraction, functools.partial(instance, tasks=data.tasks))
     return sampler.batch, tokenizer.vocab_size
 

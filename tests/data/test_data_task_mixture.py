@@ -248,8 +248,9 @@ def test_a_task_that_cannot_fit_the_training_window_is_refused_when_the_batches_
 
     # the standard pass key needs ~250 bytes of template: refused up front, naming the task, style and window
     cfg = experiment(task_fraction=0.5, tasks=["copy", "passkey"], task_style="standard")
-    with pytest.raises(ValueError, match=rf"^data\.task_fraction=0\.5: task 'copy' in style 'standard': "
-                                         rf"length={TRAIN_LEN + 1}: too short .*train\.train_len={TRAIN_LEN}") as info:
+    with pytest.raises(ValueError, match=rf"^data\.task_fraction=0\.5 with train\.train_len={TRAIN_LEN}: task 'copy' "
+                                         rf"in style 'standard' needs instances of >= 111 tokens, the shortest here "
+                                         rf"is {TRAIN_LEN + 1}") as info:
         corpus_batches(cfg)
     assert "\n" not in str(info.value)
     corpus_batches(experiment(task_fraction=0.5, tasks=["copy", "passkey"], task_style="compact"))   # fits

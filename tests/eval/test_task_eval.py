@@ -338,7 +338,8 @@ def test_evaluate_task_jobs_records_the_common_fields_and_the_same_values(model,
 
 
 def test_a_length_too_short_for_the_task_is_one_line_naming_it(model, tmp_path):
-    with pytest.raises(ValueError, match=r"^task .needle. in style .compact.: length=64: too short for this task") as info:
+    with pytest.raises(ValueError, match=r"^eval\.tasks at the shortest evaluated length .*: task 'needle' in style "
+                                         r"'compact' needs instances of >= 108 tokens, the shortest here is 64$") as info:
         evaluate(model, config(tasks=("needle",)), tmp_path / "records.jsonl")   # compact needle: ~100 tokens
     assert "\n" not in str(info.value)
 

@@ -179,3 +179,12 @@ def test_write_report_without_perplexity_or_task_rows_is_refused_naming_the_file
     append_records(tmp_path / "records.jsonl", [r for r in records() if r["task"] == "bench"])
     with pytest.raises(ValueError, match=rf"^{tmp_path / 'records.jsonl'}: no perplexity or task records to report$"):
         write_report(tmp_path)
+
+
+def test_a_task_measured_under_two_settings_in_one_file_is_refused():
+    rows = records()
+    other = [dict(r, scoring="generation") for r in rows if r["task"] == "copy"][:1]
+    with pytest.raises(ValueError, match=r"^copy records with several scoring values \('generation', 'likelihood'\)"):
+        task_table(rows + other, "copy")
+    with pytest.raises(ValueError, match="accuracy or token_accuracy"):
+        task_table(rows, "copy", "answer_nll")

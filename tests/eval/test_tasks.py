@@ -95,3 +95,40 @@ def test_teacher_forced_argmax_equals_greedy_generation_through_the_cache():
     like, gen = score_likelihood(model, [inst])[0], score_generation(model, [inst])[0]
     assert like.correct == gen.correct
     assert like.mean_rank >= 1.0 and like.nll > 0
+
+
+@pytest.mark.parametrize("style,length", [("compact", 128), ("standard", 1024)])
+def test_the_copied_span_is_in_the_prompt_once_between_its_markers(style, length):
+    for seed in range(40):
+        inst = make_task("copy", TOK, length=length, depth=0.5, seed=seed, style=style, split="test")
+        text = TOK.decode(inst.prompt)
+        span = inst.meta["span"]
+        assert text.count(span) == 1 and TOK.decode(inst.answer) == span
+        marked = f" <{span}> " if style == "compact" else f" <copy>{span}</copy> "
+        assert marked in text
+
+
+def test_kv_keys_are_distinct_and_the_answer_is_the_asked_keys_value():
+    for seed in range(200):
+        inst = make_task("kv", TOK, length=256, depth=0.3, seed=seed, style="compact", split="test")
+        text = TOK.decode(inst.prompt)
+        keys = [pair.split(":")[0].strip() for pair in text.split(".") if ":" in pair][:4]
+        assert len(set(keys)) == 4, text
+        assert f"{inst.meta['key']}: {inst.meta['value']}." in text and TOK.decode(inst.answer) == f" {inst.meta['value']}"
+
+
+@pytest.mark.parametrize("style", ["compact", "standard"])
+def test_min_length_is_the_longest_template_over_every_needle(style):
+    from hopekit.eval.tasks import _ACTIVITIES, _CITIES, min_length
+
+    need = min_length("needle", TOK, style=style)
+    fixed = []
+    for city in _CITIES:
+        for activity in _ACTIVITIES:   # every needle fits at the bound, with at least one filler token
+            inst = make_task("needle", TOK, length=need, depth=0.5, seed=0, style=style, needle=(city, activity))
+            assert inst.meta["filler_tokens"] >= 1
+            fixed.append(need - inst.meta["filler_tokens"])
+    assert need == max(fixed) + 1            # and the bound is tight: the longest needle has exactly one
+    with pytest.raises(ValueError, match="too short"):
+        longest = (max(_CITIES, key=len), max(_ACTIVITIES, key=len))
+        make_task("needle", TOK, length=need - 2, depth=0.5, seed=0, style=style, needle=longest)

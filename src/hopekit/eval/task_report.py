@@ -26,12 +26,24 @@ from .tasks import TASKS
 __all__ = ["task_rows", "task_cells", "task_table", "plot_task_accuracy", "plot_task_heatmap", "task_section"]
 
 
+#: what must be the same for every row of a task for its cells to be compared in one table
+SETTINGS = ("style", "filler", "scoring", "instances", "split", "corpus", "tokenizer")
+
+
 def task_rows(records: list[dict[str, Any]], metric: str = "accuracy") -> list[dict[str, Any]]:
-    """The rows of ``metric`` of every task cell, the last one where a cell was measured twice."""
+    """The rows of ``metric`` of every task cell, the last one where a cell was measured twice. A task
+    measured under different :data:`SETTINGS` in one file is refused (one line naming the setting)."""
     last: dict[tuple, dict[str, Any]] = {}
+    seen: dict[tuple[str, str], set] = {}
     for r in records:
         if r.get("task") in TASKS and r.get("metric") == metric and r.get("value") is not None:
             last[(r["task"], r["method"], r.get("seed"), r["eval_len"], float(r["depth"]))] = r
+            for field in SETTINGS:
+                seen.setdefault((r["task"], field), set()).add(repr(r.get(field)))
+    for (task, field), values in seen.items():
+        if len(values) > 1:
+            raise ValueError(f"{task} records with several {field} values ({', '.join(sorted(values))}): one table "
+                             f"compares one setting; report them from separate records files")
     return list(last.values())
 
 
@@ -69,8 +81,10 @@ def _pct_cell(values: dict[Any, float] | None) -> str:
 
 
 def task_table(records: list[dict[str, Any]], task: str, metric: str = "accuracy") -> str:
-    """Method × eval_len of one task: ``metric`` in %, mean over depths, then mean ± sd over seeds; the
-    best mean of each column in bold."""
+    """Method × eval_len of one task: ``metric`` (``accuracy`` or ``token_accuracy``) in %, mean over
+    depths, then mean ± sd over seeds; the highest mean of each column in bold."""
+    if metric not in ("accuracy", "token_accuracy"):
+        raise ValueError(f"metric={metric!r}: task_table shows accuracy or token_accuracy (higher is better)")
     _, methods, lengths, cells = task_cells(records, metric)
     methods = [m for m in methods if any((task, m, L) in cells for L in lengths)]
     if not methods:
@@ -176,6 +190,12 @@ def plot_task_heatmap(records: list[dict[str, Any]], task: str, path: str | Path
     return path
 
 
+_SCORING = {"likelihood": "teacher-forced: right when every answer token is the model's argmax given the true "
+                           "prefix, greedy decoding's verdict in one forward (for length-dependent encodings such as "
+                           "dynamic NTK, with the spectrum of the whole instance at every answer token)",
+            "generation": "greedy decoding through the KV cache"}
+
+
 def task_section(records: list[dict[str, Any]], run_dir: str | Path, *, heading: str = "##",
                  title: str = "Long-context tasks") -> str:
     """The tasks part of a report under ``heading title`` (tables per task and metric one level below, the
@@ -192,9 +212,10 @@ def task_section(records: list[dict[str, Any]], run_dir: str | Path, *, heading:
              f"`{first.get('split', '?')}` split of `{first.get('corpus', '?')}`, {first.get('instances', '?')} "
              f"instances per length and depth (the same instances for every method and seed) at depths "
              f"{', '.join(f'{d:g}' for d in depths)}, scored by `{first.get('scoring', '?')}` "
-             f"({'teacher-forced: right when every answer token is the argmax, which is greedy decoding' + chr(39) + 's verdict' if first.get('scoring') == 'likelihood' else 'greedy decoding through the KV cache'}). "
-             "Cells: accuracy in % (the share of instances answered whole), mean over depths, then mean ± sd over "
-             "seeds; the best mean of each column in **bold**. Token accuracy: the share of answer tokens right.\n"]
+             f"({_SCORING.get(first.get('scoring'), '?')}). Cells: accuracy in % (the share of instances answered "
+             "whole), mean over depths, then mean ± sd over seeds (the same instances for every seed, so the sd is "
+             "training noise only); the highest mean of each column in **bold**. Token accuracy: the share of "
+             "answer tokens right.\n"]
     for task in tasks:
         parts.append(f"\n{heading}# {task}: accuracy (%)\n\n" + task_table(records, task))
         parts.append(f"\n{heading}# {task}: token accuracy (%)\n\n" + task_table(records, task, "token_accuracy"))

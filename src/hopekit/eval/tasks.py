@@ -40,7 +40,10 @@ blue. ..." sentences; ``"auto"`` (the default) is ``repeat`` for the pass key (i
 
 **Scorings.** :func:`score_likelihood`: one forward of the whole instance, the answer tokens' NLL, their
 rank under the model, and whether each is the argmax; ``correct`` (every answer token is the argmax) is
-exactly what greedy decoding of ``len(answer)`` tokens would give, without decoding.
+exactly what greedy decoding of ``len(answer)`` tokens would give, without decoding — for encodings whose
+spectrum does not depend on the length. A length-dependent one (dynamic NTK; LongRoPE across train_len)
+is scored with the spectrum of the whole instance at every answer token, as a windowed evaluation does,
+where greedy decoding re-derives it at each step; the two can then differ.
 :func:`score_generation`: greedy decoding through the model's KV cache (``Decoder.generate``), exact match
 and per-token accuracy of the generated tokens.
 
@@ -62,7 +65,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["TASKS", "FILLERS", "STYLES", "SCORINGS", "TaskInstance", "TaskScore", "make_task", "training_instance",
+__all__ = ["TASKS", "FILLERS", "STYLES", "SCORINGS", "TaskInstance", "TaskScore", "make_task", "min_length", "check_fits",
+           "training_instance",
            "score_likelihood", "score_generation"]
 
 TASKS = ("passkey", "copy", "needle", "kv")
@@ -125,6 +129,19 @@ def _filler(kind: str, rng: random.Random, chars: int, corpus: str, split: str) 
     return text[start:start + chars]
 
 
+def _copy_span(rng: random.Random, filler: str, span: int, corpus: str, split: str, tries: int = 100) -> str:
+    """``span`` characters of the corpus' ``split`` that occur nowhere in ``filler`` (the text the filler is
+    cut from) and hold no ``<``/``>`` (the markers), so the marked copy is the only place the answer is."""
+    text = _corpus_text(corpus, split)
+    for _ in range(tries):
+        start = rng.randrange(0, max(1, len(text) - span))
+        piece = text[start:start + span]
+        if len(piece) == span and piece not in filler and "<" not in piece and ">" not in piece:
+            return piece
+    raise ValueError(f"span={span}: no span of the {split!r} split of {corpus!r} absent from the filler in {tries} "
+                     f"draws")
+
+
 def _fit(encode: Callable[[str], list[int]], head: str, info: str, tail: str, answer: str, filler: str,
          length: int, depth: float) -> tuple[list[int], list[int], int, int, int]:
     """Prompt = head + filler[:a] + info + filler[a:b] + tail with exactly ``length − len(answer)`` tokens:
@@ -146,13 +163,14 @@ def _fit(encode: Callable[[str], list[int]], head: str, info: str, tail: str, an
 
 def make_task(task: str, tokenizer: Any, *, length: int, depth: float, seed: int, filler: str = "auto",
               corpus: str = "shakespeare", split: str = "validation", style: str = "standard", digits: int = 5,
-              span: int | None = None, pairs: int | None = None) -> TaskInstance:
+              span: int | None = None, pairs: int | None = None, needle: tuple[str, str] | None = None) -> TaskInstance:
     """One instance of ``task`` (:data:`TASKS`) of exactly ``length`` tokens with its information at
     ``depth``; see the module docstring. ``tokenizer``: hopekit's protocol (``encode``). ``style``
     (:data:`STYLES`): ``"standard"`` (the published formats) or ``"compact"`` (short templates that fit
     a training window of ~100 bytes). ``span`` (copy; default 32 standard, 8 compact) and ``pairs``
-    (kv; default 16 standard, 4 compact) size the information. The compact pass key and copy mark
-    their information with bytes prose never holds (``#``, ``<``), so one byte locates it."""
+    (kv; default 16 standard, 4 compact) size the information; ``needle``: a given (city, activity)
+    instead of one drawn. The compact pass key and copy mark their information with bytes prose never
+    holds (``#``, ``<``), so one byte locates it."""
     if task not in TASKS:
         raise ValueError(f"task={task!r}: expected one of {TASKS}")
     if style not in STYLES:
@@ -170,8 +188,7 @@ def make_task(task: str, tokenizer: Any, *, length: int, depth: float, seed: int
     rng = random.Random(f"{task}:{seed}")
     encode = tokenizer.encode
     chars = 8 * length + 256                      # enough characters for `length` tokens of any tokenizer here
-    if filler == "auto":                          # the pass key's published format repeats its sentences
-        filler = "repeat" if task == "passkey" else "corpus"
+    filler = resolved_filler(task, filler)
     text = _filler(filler, rng, chars, corpus, split)
     meta: dict[str, Any] = {}
     if task == "passkey":
@@ -183,8 +200,7 @@ def make_task(task: str, tokenizer: Any, *, length: int, depth: float, seed: int
             tail, answer = " What is the pass key? The pass key is", f" {key}"
         meta["passkey"] = key
     elif task == "copy":
-        start = rng.randrange(0, max(1, len(text) - span))
-        piece = text[start:start + span]
+        piece = _copy_span(rng, text, span, corpus, split)
         head = ""
         info, tail = (f" <{piece}> ", " Copy: <") if compact else (f" <copy>{piece}</copy> ",
                                                                    " Repeat the marked text: <copy>")
@@ -192,6 +208,7 @@ def make_task(task: str, tokenizer: Any, *, length: int, depth: float, seed: int
         meta["span"] = piece
     elif task == "needle":
         city, activity = rng.choice(_CITIES), rng.choice(_ACTIVITIES)
+        city, activity = needle or (city, activity)
         head = ""
         if compact:
             info, tail, answer = f" In {city}, {activity}. ", f" In {city},", f" {activity}."
@@ -202,7 +219,7 @@ def make_task(task: str, tokenizer: Any, *, length: int, depth: float, seed: int
         meta.update(city=city, activity=activity)
     else:  # kv
         width = 4 if compact else 8
-        keys = [f"{rng.getrandbits(4 * width):0{width}x}" for _ in range(pairs)]
+        keys = [f"{k:0{width}x}" for k in rng.sample(range(16 ** width), pairs)]    # distinct keys
         values = [f"{rng.getrandbits(4 * width):0{width}x}" for _ in range(pairs)]
         asked = min(pairs - 1, int(depth * pairs))
         listing = " ".join(f"{k}: {v}." for k, v in zip(keys, values))
@@ -217,6 +234,40 @@ def make_task(task: str, tokenizer: Any, *, length: int, depth: float, seed: int
     meta.update(filler=filler, filler_tokens=room, filler_before=before)
     return TaskInstance(task=task, prompt=prompt, answer=ans, length=length, depth=float(depth), seed=seed,
                         position=position, meta=meta)
+
+
+def resolved_filler(task: str, filler: str) -> str:
+    """``filler`` with ``"auto"`` resolved: ``repeat`` for the pass key (its published format), else ``corpus``."""
+    return ("repeat" if task == "passkey" else "corpus") if filler == "auto" else filler
+
+
+@functools.lru_cache(maxsize=64)
+def _min_length(task: str, tokenizer: Any, style: str) -> int:
+    fixed = []
+    draws = ([{"needle": (c, a)} for c in _CITIES for a in _ACTIVITIES] if task == "needle"
+             else [{"seed": k} for k in range(32)])
+    for draw in draws:
+        inst = make_task(task, tokenizer, length=4096, depth=0.5, seed=draw.get("seed", 0), filler="repeat",
+                         style=style, needle=draw.get("needle"))
+        fixed.append(inst.length - inst.meta["filler_tokens"])
+    return max(fixed) + 1
+
+
+def min_length(task: str, tokenizer: Any, *, style: str = "standard") -> int:
+    """The shortest ``length`` at which every instance of ``task`` fits with at least one filler token:
+    the template and answer at their longest (every needle; 32 seeds of the others, whose length
+    varies only with how the tokenizer splits digits and hexadecimal)."""
+    return _min_length(task, tokenizer, style)
+
+
+def check_fits(tasks: Sequence[str], tokenizer: Any, length: int, *, style: str, where: str) -> None:
+    """Refuse, in one line naming ``where`` (the settings to change), a task that cannot fit ``length``."""
+    for task in tasks:
+        need = min_length(task, tokenizer, style=style)
+        if length < need:
+            raise ValueError(f"{where}: task {task!r} in style {style!r} needs instances of >= {need} tokens, the "
+                             f"shortest here is {length}" + ("; data.task_style='compact' is shorter"
+                                                             if style == "standard" else ""))
 
 
 def training_instance(tokenizer: Any, seed: int, *, tasks: Sequence[str], length: int, corpus: str,
@@ -360,6 +411,9 @@ def evaluate_task_jobs(jobs: Sequence[Any], tokenizer: Any, records_path: str | 
     from .records import append_records, make_record, read_records
 
     ev = eval_config
+    if jobs:
+        check_fits(ev.tasks, tokenizer, min(job.eval_len for job in jobs), style=style,
+                   where="eval.tasks at the shortest evaluated length (eval.multiples × train.train_len)")
     records_path = Path(records_path)
     records_path.parent.mkdir(parents=True, exist_ok=True)
     key = lambda r: json.dumps({f: r.get(f) for f in TASK_KEY_FIELDS}, sort_keys=True, default=list)  # noqa: E731
@@ -367,7 +421,7 @@ def evaluate_task_jobs(jobs: Sequence[Any], tokenizer: Any, records_path: str | 
     for row in read_records(records_path) if records_path.exists() else []:
         if row.get("task") in TASKS:
             recorded.setdefault(key(row), []).append(row)
-    common = dict(common, corpus=corpus, split=ev.split, tokenizer=tokenizer.name, style=style, filler=filler,
+    common = dict(common, corpus=corpus, split=ev.split, tokenizer=tokenizer.name, style=style,
                   scoring=ev.task_scoring, instances=ev.task_instances)
     score = score_likelihood if ev.task_scoring == "likelihood" else score_generation
     out: list[dict[str, Any]] = []
@@ -377,7 +431,7 @@ def evaluate_task_jobs(jobs: Sequence[Any], tokenizer: Any, records_path: str | 
             t0, accuracies, cached = time.perf_counter(), [], 0
             for depth in ev.task_depths:
                 fields = dict(common, method=job.method, params=job.params, eval_len=job.eval_len, task=task,
-                              depth=depth)
+                              depth=depth, filler=resolved_filler(task, filler))
                 k = key(fields)
                 rows = list(recorded.get(k, ()))
                 if any(r["metric"] == "accuracy" for r in rows):
