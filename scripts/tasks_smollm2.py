@@ -11,8 +11,9 @@ eval.task_depths=[0,0.25,0.5,0.75,1] eval.task_instances=2 --records docs/result
 
 * the ``passkey`` task in the standard format (Landmark Attention / YaRN / LongRoPE: instruction,
   filler, "The pass key is N. Remember it. N is the pass key.", filler, "What is the pass key? The pass
-  key is"; a 5-digit key), filler from the embedded shakespeare test split, SmolLM2's own tokenizer,
-  no BOS, every instance exactly ``eval_len`` tokens;
+  key is"; a 5-digit key), with the format's own filler (``filler="auto"``: "The grass is green. The
+  sky is blue. ..." repeated), SmolLM2's own tokenizer, no BOS, every instance exactly ``eval_len``
+  tokens;
 * variants: the model's own rope as transformers runs it (``rope``), ``yarn`` with factor 2 (targets
   2 × 8192 = 16384) and ``dynamic_ntk`` with factor 2 (HF's ``dynamic``: rope's spectrum up to 8192,
   NTK-scaled past it), both with SmolLM2's base and window;

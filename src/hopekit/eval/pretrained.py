@@ -316,7 +316,6 @@ def evaluate_pretrained(lm: Any, text: PretrainedText, records_path: str | Path,
     return out
 
 
-
 def evaluate_pretrained_tasks(lm: Any, records_path: str | Path, *, lengths: Sequence[int],
                               pe: Mapping[str, Any] | pe_lib.Params | None = None, method: str | None = None,
                               eval_config: EvalConfig = EvalConfig(), style: str = "standard",
@@ -331,10 +330,10 @@ def evaluate_pretrained_tasks(lm: Any, records_path: str | Path, *, lengths: Seq
     evaluation's rows.
 
     * **Tokens.** Instances are tokenised with the model's own tokenizer (``lm.tokenizer``), without
-      special tokens: no BOS (``bos: False`` in the records), as SmolLM2 was pre-trained (documents
-      joined by ``<|endoftext|>``, no BOS; its GGUF tokenizer would prepend ``<|im_start|>``, a chat
-      marker) and as :func:`evaluate_pretrained` scores it by default. An instance of ``length`` tokens
-      is exactly ``length`` tokens.
+      special tokens: no BOS (``bos: False`` in the records), as :func:`evaluate_pretrained` scores text
+      by default. SmolLM2 separates its pre-training documents with ``<|endoftext|>`` and has no BOS
+      of its own (the ``<|im_start|>`` its GGUF tokenizer would prepend is a chat marker). An instance
+      of ``length`` tokens is exactly ``length`` tokens.
     * **Memory.** The model runs as :class:`HFLogits`: likelihood scoring reads only the answer's rows
       of the lazy logits, so one LM-head matmul of ``len(answer)`` rows per instance (a 16k SmolLM2
       instance never holds its 3.2 GB of float32 logits). Generation scoring decodes greedily through
