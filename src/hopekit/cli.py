@@ -206,18 +206,20 @@ def _eval_hf(args: argparse.Namespace) -> int:
 
     if args.extensions is not None or args.longrope:
         raise ValueError("--extensions / --longrope: for checkpoints; with --hf, one encoding per run: --pe KIND")
-    if args.task:
-        raise ValueError(f"--task {args.task}: long-context tasks are measured on checkpoints of the reference decoder")
+    if args.task and (args.text or args.bos):
+        raise ValueError(f"--task {args.task}: the tasks take their filler from the embedded corpus, without BOS "
+                         f"(--text / --bos are for perplexity)")
     overrides = list(args.overrides)
     if args.checkpoint is not None:   # the first KEY=VALUE lands in the optional checkpoint slot
         if "=" not in args.checkpoint:
             raise ValueError(f"{args.checkpoint}: give a checkpoint or --hf {args.hf}, not both")
         overrides.insert(0, args.checkpoint)
-    bad = [o for o in overrides if not o.startswith(("pe.", "eval."))]
+    allowed = ("pe.", "eval.", "data.task_style=") if args.task else ("pe.", "eval.")
+    bad = [o for o in overrides if not o.startswith(allowed)]
     bad += [o for o in overrides if o.startswith(("eval.multiples=", "eval.extensions=", "pe.kind="))]
     if bad:
         raise ValueError(f"{bad[0]}: with --hf only pe.* (with --pe KIND) and eval.* overrides are allowed "
-                         f"(lengths: --lengths; method: --pe)")
+                         f"(data.task_style with --task; lengths: --lengths; method: --pe)")
     pe_overrides = [o for o in overrides if o.startswith("pe.")]
     if args.pe and args.pe_file:
         raise ValueError(f"--pe {args.pe} and --pe-file {args.pe_file}: give one")
@@ -229,7 +231,9 @@ def _eval_hf(args: argparse.Namespace) -> int:
         pe = apply_overrides({"pe": load_pe_file(args.pe_file)}, pe_overrides)["pe"]
     else:
         pe = apply_overrides({"pe": {"kind": args.pe}}, pe_overrides)["pe"] if args.pe else None
-    eval_config = ExperimentConfig.from_dict(apply_overrides({}, [o for o in overrides if o.startswith("eval.")])).eval
+    tasks = [f"eval.tasks={json.dumps(_task_names(args.task))}"] if args.task else []
+    config = ExperimentConfig.from_dict(apply_overrides({}, [o for o in overrides if not o.startswith("pe.")] + tasks))
+    eval_config = config.eval
     lengths = _lengths(args.lengths)
     dtype = getattr(torch, args.dtype or "float32")
     log = _log(args)
@@ -242,10 +246,23 @@ def _eval_hf(args: argparse.Namespace) -> int:
         return _print_yaml(json.loads(json.dumps({
             "hf": args.hf, "pe": None if pe is None else pe_lib.to_config(resolve_pe(pe, lm.model)),
             "lengths": lengths or default_lengths(lm.model), "dtype": args.dtype or "float32", "bos": args.bos,
-            "text": args.text, "eval": dataclasses.asdict(eval_config)}, default=list)))
-    text = pretrained_text(lm.tokenizer, text=args.text, split=eval_config.split)
+            "text": args.text, "eval": dataclasses.asdict(eval_config),
+            **({"task_style": config.data.task_style} if args.task else {})}, default=list)))
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(args.hf).name or args.hf)
     records = Path(args.records or f"results/hf-{slug}/records.jsonl")
+    if args.task:
+        from hopekit.eval.pretrained import evaluate_pretrained_tasks
+        from hopekit.eval.task_report import task_table
+
+        rows = evaluate_pretrained_tasks(lm, records, lengths=lengths or default_lengths(lm.model), pe=pe,
+                                         method=args.method, eval_config=eval_config, style=config.data.task_style,
+                                         progress=not args.quiet, log=log)
+        for task in eval_config.tasks:
+            print(f"\n{task}: accuracy (%), mean over depths {', '.join(f'{d:g}' for d in eval_config.task_depths)}\n")
+            print(task_table(rows, task))
+        log(f"heat maps and tables of every measurement in the file: hopekit report {records.parent}")
+        return 0
+    text = pretrained_text(lm.tokenizer, text=args.text, split=eval_config.split)
     log(f"{args.hf}: {text.corpus}{f' ({text.split})' if text.split else ''}, {text.tokens} tokens; records {records}")
     rows = evaluate_pretrained(lm, text, records, lengths=lengths or default_lengths(lm.model), pe=pe,
                                method=args.method, eval_config=eval_config, bos=args.bos,
@@ -690,7 +707,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "their factor (the target ratio L'/L they were searched for; sets the attention factor)")
     ev.add_argument("--task", default=None, metavar="NAMES",
                     help="long-context tasks instead of perplexity: comma-separated from passkey, copy, needle, kv "
-                    "(or all), at every eval.multiples x train_len and eval.task_depths (eval.task_instances each, "
+                    "(or all), at every eval.multiples x train_len (with --hf: --lengths) and eval.task_depths "
+                    "(eval.task_instances each, "
                     "scored by eval.task_scoring: likelihood or generation; format data.task_style)")
     ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                     help="eval.* overrides, e.g. eval.protocol=sliding eval.multiples=[1,4] (and data.task_style)")

@@ -34,6 +34,12 @@ transformers causal LM into ``forward(x) -> logits``:
   SmolLM2). ``bos=True`` starts every document with the BOS token (truncate: each scored window
   begins with it); when BOS is the separator itself (SmolLM2) the stream is ``BOS doc0 BOS doc1 …``.
 
+**Long-context tasks.** :func:`evaluate_pretrained_tasks` measures the tasks of
+:mod:`hopekit.eval.tasks` (pass key, copy, needle, kv) on a pretrained model the same way — the same
+patching and method names, instances in the model's own tokenizer, likelihood scoring on the answer's
+rows of the lazy logits alone — through :func:`hopekit.eval.tasks.evaluate_task_jobs` (its records and
+resume); ``hopekit eval --hf NAME --task passkey``.
+
 Records (:func:`hopekit.eval.records.ppl_records`) carry, besides the required fields: ``hf`` (the
 name asked for), ``hf_source``, ``dtype``, ``bos``, ``pe_impl``, ``seconds`` (wall time of the
 measurement), ``model_digest`` (the weights), ``tokens_digest`` (the scored text), ``split``,
@@ -57,9 +63,10 @@ from .lengths import KEY_FIELDS as _DECODER_KEY_FIELDS
 from .lengths import _check_writable
 from .perplexity import eval_kwargs, has_window, perplexity
 from .records import append_records, model_descriptor, model_digest, ppl_records, read_records
+from .tasks import evaluate_task_jobs
 
 __all__ = ["KEY_FIELDS", "HFLogits", "RowChunkedLogits", "PretrainedText", "pretrained_text",
-           "method_name", "default_lengths", "evaluate_pretrained"]
+           "method_name", "default_lengths", "evaluate_pretrained", "evaluate_pretrained_tasks"]
 
 #: the record fields that decide a pretrained model's perplexity number (resume skips a "ppl" row
 #: with the same values): those of :data:`hopekit.eval.lengths.KEY_FIELDS` plus the dtype, the BOS
@@ -117,6 +124,16 @@ class HFLogits(nn.Module):
         hidden = self.model.get_decoder()(input_ids=x, attention_mask=full_attention_mask(x),
                                           use_cache=False).last_hidden_state
         return RowChunkedLogits(hidden, self.model.get_output_embeddings(), int(self.config.vocab_size))
+
+    def generate(self, ids: torch.Tensor, n: int, temperature: float = 0.0) -> torch.Tensor:
+        """Greedy continuation of ``ids`` ``(B, T)`` by ``n`` tokens through the model's KV cache
+        (:func:`hopekit.integrations.hf.generate`): ``(B, T + n)``, the contract of
+        :meth:`hopekit.model.Decoder.generate` that :func:`hopekit.eval.tasks.score_generation` calls."""
+        from ..integrations.hf import generate
+
+        if temperature != 0:
+            raise ValueError(f"temperature={temperature!r}: a pretrained model is decoded greedily here (0)")
+        return generate(self.model, ids, n)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -211,6 +228,31 @@ def _key(fields: Mapping[str, Any]) -> str:
     return json.dumps({f: fields.get(f) for f in KEY_FIELDS}, sort_keys=True, default=list)
 
 
+def _patch(lm: Any, params: pe_lib.Params | None, method: str | None, train_len: int | None) -> dict[str, Any]:
+    """Patch ``lm.model`` with ``params`` (None: leave it as it is) and return the record fields that
+    name the model and its encoding: ``method`` (``method``, else :func:`method_name`), ``params``,
+    ``train_len`` (given, else the encoding's, else the model's window), ``seed`` (None), ``model``,
+    ``model_digest`` (the weights, taken before patching), ``hf``, ``hf_source``, ``dtype`` and
+    ``pe_impl`` (``"transformers"``: the model's own rotary module; ``"hopekit"``: a patched encoding)."""
+    from ..integrations.hf import encoding_of, native_params, patch_model
+
+    model = lm.model
+    native = native_params(model)
+    digest = model_digest(model)                      # the pretrained weights, before any patching
+    if params is not None:
+        patch_model(model, params)                    # refuses an encoding it cannot put in, saying why
+    enc = encoding_of(model)
+    used = enc.params if enc is not None else native
+    if train_len is None:
+        train_len = getattr(used, "train_len", None)
+        if not isinstance(train_len, int) or isinstance(train_len, bool):
+            train_len = int(model.config.max_position_embeddings)
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return dict(method=method or method_name(native, used), params=pe_lib.to_config(used), train_len=int(train_len),
+                seed=None, model=model_descriptor(model), model_digest=digest, hf=lm.name, hf_source=lm.source,
+                dtype=dtype, pe_impl="transformers" if enc is None else "hopekit")
+
+
 def evaluate_pretrained(lm: Any, text: PretrainedText, records_path: str | Path, *, lengths: Sequence[int],
                         pe: Mapping[str, Any] | pe_lib.Params | None = None, method: str | None = None,
                         eval_config: EvalConfig = EvalConfig(), bos: bool = False, progress: bool = True,
@@ -228,11 +270,10 @@ def evaluate_pretrained(lm: Any, text: PretrainedText, records_path: str | Path,
     its fine-tuning length). Refused before anything is measured: bad lengths, a bad encoding,
     a text too short for the longest length, an unwritable records file.
     """
-    from ..integrations.hf import encoding_of, native_params, patch_model, resolve_pe
+    from ..integrations.hf import resolve_pe
 
     lengths = _check_lengths(lengths)
     model = lm.model
-    native = native_params(model)
     params = resolve_pe(pe, model) if pe is not None else None
     bos_id = None
     if bos:
@@ -243,23 +284,12 @@ def evaluate_pretrained(lm: Any, text: PretrainedText, records_path: str | Path,
     window = int(train_len or model.config.max_position_embeddings)
     kwargs_at = {L: eval_kwargs(eval_config, window, L) for L in lengths}
     _check_scorable(text, max(lengths), kwargs_at[max(lengths)], separator, bos_id)
-    digest = model_digest(model)                      # the pretrained weights, before any patching
-    if params is not None:
-        patch_model(model, params)                    # refuses an encoding it cannot put in, saying why
+    common = dict(_patch(lm, params, method, train_len), corpus=text.corpus, split=text.split,
+                  tokenizer=text.tokenizer, max_tokens=eval_config.max_tokens, bos=bos_id is not None,
+                  tokens_digest=text.digest)
     records_path = Path(records_path)
     _check_writable(records_path)
-    enc = encoding_of(model)
-    used = enc.params if enc is not None else native
-    name = method or method_name(native, used)
-    if train_len is None:
-        train_len = getattr(used, "train_len", None)
-        train_len = int(train_len) if isinstance(train_len, int) and not isinstance(train_len, bool) else window
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    common = dict(method=name, params=pe_lib.to_config(used), train_len=train_len, seed=None,
-                  model=model_descriptor(model), corpus=text.corpus, model_digest=digest, split=text.split,
-                  tokenizer=text.tokenizer, max_tokens=eval_config.max_tokens, hf=lm.name, hf_source=lm.source,
-                  dtype=dtype, bos=bos_id is not None, pe_impl="transformers" if enc is None else "hopekit",
-                  tokens_digest=text.digest)
+    name = common["method"]
     recorded: dict[str, list[dict[str, Any]]] = {}
     for row in read_records(records_path) if records_path.exists() else []:
         recorded.setdefault(_key(row), []).append(row)
@@ -285,3 +315,53 @@ def evaluate_pretrained(lm: Any, text: PretrainedText, records_path: str | Path,
             f"windows, {res.seconds:.1f}s)")
     return out
 
+
+def evaluate_pretrained_tasks(lm: Any, records_path: str | Path, *, lengths: Sequence[int],
+                              pe: Mapping[str, Any] | pe_lib.Params | None = None, method: str | None = None,
+                              eval_config: EvalConfig = EvalConfig(), style: str = "standard",
+                              corpus: str = "shakespeare", train_len: int | None = None, progress: bool = True,
+                              log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """The long-context tasks (:mod:`hopekit.eval.tasks`) on ``lm`` (a
+    :class:`hopekit.integrations.hf.PretrainedLM`): every ``eval_config.tasks`` ×
+    ``eval_config.task_depths`` cell at each of ``lengths``, ``eval_config.task_instances`` instances
+    per cell in ``style`` (``"standard"``: the published formats), filler from ``eval_config.split`` of
+    the embedded ``corpus``, scored by ``eval_config.task_scoring``, appended to ``records_path`` by
+    :func:`hopekit.eval.tasks.evaluate_task_jobs` (a cell already recorded is skipped). Returns this
+    evaluation's rows.
+
+    * **Tokens.** Instances are tokenised with the model's own tokenizer (``lm.tokenizer``), without
+      special tokens: no BOS (``bos: False`` in the records), as :func:`evaluate_pretrained` scores text
+      by default. SmolLM2 separates its pre-training documents with ``<|endoftext|>`` and has no BOS
+      of its own (the ``<|im_start|>`` its GGUF tokenizer would prepend is a chat marker). An instance
+      of ``length`` tokens is exactly ``length`` tokens.
+    * **Memory.** The model runs as :class:`HFLogits`: likelihood scoring reads only the answer's rows
+      of the lazy logits, so one LM-head matmul of ``len(answer)`` rows per instance (a 16k SmolLM2
+      instance never holds its 3.2 GB of float32 logits). Generation scoring decodes greedily through
+      the KV cache (:func:`hopekit.integrations.hf.generate`).
+    * **The encoding.** ``pe``, ``method`` and ``train_len`` as for :func:`evaluate_pretrained` (the
+      model is patched in place; dynamic NTK's spectrum follows the forward's length, ``length − 1``
+      positions for likelihood scoring). Records carry ``hf``, ``hf_source``, ``dtype``, ``pe_impl``
+      and ``bos`` besides the task fields.
+
+    Refused before anything is measured: bad lengths, style or encoding, a length too short for a task
+    (these before the model is patched), an unwritable records file.
+    """
+    from ..integrations.hf import resolve_pe
+    from .lengths import Job
+    from .tasks import STYLES, make_task
+
+    lengths = _check_lengths(lengths)
+    if style not in STYLES:
+        raise ValueError(f"style={style!r}: expected one of {STYLES}")
+    params = resolve_pe(pe, lm.model) if pe is not None else None
+    for task in eval_config.tasks:    # the shortest length must hold every task (the filler is cut to fit)
+        make_task(task, lm.tokenizer, length=min(lengths), depth=0.0, seed=0, corpus=corpus,
+                  split=eval_config.split, style=style)
+    common = dict(_patch(lm, params, method, train_len), bos=False)
+    records_path = Path(records_path)
+    _check_writable(records_path)
+    name, used = common.pop("method"), common.pop("params")
+    wrapped = HFLogits(lm.model)
+    jobs = [Job(model=wrapped, method=name, params=used, eval_len=L) for L in lengths]
+    return evaluate_task_jobs(jobs, lm.tokenizer, records_path, eval_config=eval_config, corpus=corpus, style=style,
+                              common=common, progress=progress, log=log)
