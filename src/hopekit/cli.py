@@ -162,7 +162,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.print_config:
         return _print_yaml(config.resolved())
     if ckpt.get("pretrained") is not None:
-        if args.task:
+        if args.task is not None:
             raise ValueError(f"--task {args.task}: long-context tasks are measured on checkpoints of the reference "
                              f"decoder, not a fine-tuned pretrained model")
         return _eval_finetuned(args, model, config, ckpt)
@@ -206,7 +206,7 @@ def _eval_hf(args: argparse.Namespace) -> int:
 
     if args.extensions is not None or args.longrope:
         raise ValueError("--extensions / --longrope: for checkpoints; with --hf, one encoding per run: --pe KIND")
-    if args.task and (args.text or args.bos):
+    if args.task is not None and (args.text or args.bos):
         raise ValueError(f"--task {args.task}: the tasks take their filler from the embedded corpus, without BOS "
                          f"(--text / --bos are for perplexity)")
     overrides = list(args.overrides)
@@ -214,12 +214,12 @@ def _eval_hf(args: argparse.Namespace) -> int:
         if "=" not in args.checkpoint:
             raise ValueError(f"{args.checkpoint}: give a checkpoint or --hf {args.hf}, not both")
         overrides.insert(0, args.checkpoint)
-    allowed = ("pe.", "eval.", "data.task_style=") if args.task else ("pe.", "eval.")
+    allowed = ("pe.", "eval.", "data.task_style=", "data.task_filler=") if args.task is not None else ("pe.", "eval.")
     bad = [o for o in overrides if not o.startswith(allowed)]
     bad += [o for o in overrides if o.startswith(("eval.multiples=", "eval.extensions=", "pe.kind="))]
     if bad:
         raise ValueError(f"{bad[0]}: with --hf only pe.* (with --pe KIND) and eval.* overrides are allowed "
-                         f"(data.task_style with --task; lengths: --lengths; method: --pe)")
+                         f"(data.task_style, data.task_filler with --task; lengths: --lengths; method: --pe)")
     pe_overrides = [o for o in overrides if o.startswith("pe.")]
     if args.pe and args.pe_file:
         raise ValueError(f"--pe {args.pe} and --pe-file {args.pe_file}: give one")
@@ -231,7 +231,7 @@ def _eval_hf(args: argparse.Namespace) -> int:
         pe = apply_overrides({"pe": load_pe_file(args.pe_file)}, pe_overrides)["pe"]
     else:
         pe = apply_overrides({"pe": {"kind": args.pe}}, pe_overrides)["pe"] if args.pe else None
-    tasks = [f"eval.tasks={json.dumps(_task_names(args.task))}"] if args.task else []
+    tasks = [f"eval.tasks={json.dumps(_task_names(args.task))}"] if args.task is not None else []
     config = ExperimentConfig.from_dict(apply_overrides({}, [o for o in overrides if not o.startswith("pe.")] + tasks))
     eval_config = config.eval
     lengths = _lengths(args.lengths)
@@ -247,15 +247,16 @@ def _eval_hf(args: argparse.Namespace) -> int:
             "hf": args.hf, "pe": None if pe is None else pe_lib.to_config(resolve_pe(pe, lm.model)),
             "lengths": lengths or default_lengths(lm.model), "dtype": args.dtype or "float32", "bos": args.bos,
             "text": args.text, "eval": dataclasses.asdict(eval_config),
-            **({"task_style": config.data.task_style} if args.task else {})}, default=list)))
+            **({"task_style": config.data.task_style} if args.task is not None else {})}, default=list)))
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(args.hf).name or args.hf)
     records = Path(args.records or f"results/hf-{slug}/records.jsonl")
-    if args.task:
+    if args.task is not None:
         from hopekit.eval.pretrained import evaluate_pretrained_tasks
         from hopekit.eval.task_report import task_table
 
         rows = evaluate_pretrained_tasks(lm, records, lengths=lengths or default_lengths(lm.model), pe=pe,
                                          method=args.method, eval_config=eval_config, style=config.data.task_style,
+                                         filler=config.data.task_filler,
                                          progress=not args.quiet, log=log)
         for task in eval_config.tasks:
             print(f"\n{task}: accuracy (%), mean over depths {', '.join(f'{d:g}' for d in eval_config.task_depths)}\n")

@@ -318,7 +318,7 @@ def evaluate_pretrained(lm: Any, text: PretrainedText, records_path: str | Path,
 
 def evaluate_pretrained_tasks(lm: Any, records_path: str | Path, *, lengths: Sequence[int],
                               pe: Mapping[str, Any] | pe_lib.Params | None = None, method: str | None = None,
-                              eval_config: EvalConfig = EvalConfig(), style: str = "standard",
+                              eval_config: EvalConfig = EvalConfig(), style: str = "standard", filler: str = "auto",
                               corpus: str = "shakespeare", train_len: int | None = None, progress: bool = True,
                               log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """The long-context tasks (:mod:`hopekit.eval.tasks`) on ``lm`` (a
@@ -348,15 +348,13 @@ def evaluate_pretrained_tasks(lm: Any, records_path: str | Path, *, lengths: Seq
     """
     from ..integrations.hf import resolve_pe
     from .lengths import Job
-    from .tasks import STYLES, make_task
+    from .tasks import STYLES, check_fits
 
     lengths = _check_lengths(lengths)
     if style not in STYLES:
         raise ValueError(f"style={style!r}: expected one of {STYLES}")
     params = resolve_pe(pe, lm.model) if pe is not None else None
-    for task in eval_config.tasks:    # the shortest length must hold every task (the filler is cut to fit)
-        make_task(task, lm.tokenizer, length=min(lengths), depth=0.0, seed=0, corpus=corpus,
-                  split=eval_config.split, style=style)
+    check_fits(eval_config.tasks, lm.tokenizer, min(lengths), style=style, where="--lengths")  # before patching
     common = dict(_patch(lm, params, method, train_len), bos=False)
     records_path = Path(records_path)
     _check_writable(records_path)
@@ -364,4 +362,4 @@ def evaluate_pretrained_tasks(lm: Any, records_path: str | Path, *, lengths: Seq
     wrapped = HFLogits(lm.model)
     jobs = [Job(model=wrapped, method=name, params=used, eval_len=L) for L in lengths]
     return evaluate_task_jobs(jobs, lm.tokenizer, records_path, eval_config=eval_config, corpus=corpus, style=style,
-                              common=common, progress=progress, log=log)
+                              filler=filler, common=common, progress=progress, log=log)
