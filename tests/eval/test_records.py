@@ -148,6 +148,25 @@ def test_the_commit_of_hopekits_own_checkout(tmp_path):
 
 
 @needs_git
+def test_a_checkout_whose_git_times_out_records_an_unknown_commit_not_the_release(tmp_path, monkeypatch):
+    import subprocess
+
+    hopekit_layout(tmp_path)
+    init_repo(tmp_path)
+    monkeypatch.setattr(records.metadata, "version", lambda name: {"hopekit": "9.8.7"}[name])
+    real = subprocess.run
+
+    def slow_status(cmd, *args, **kwargs):
+        if cmd[:2] == ["git", "status"]:
+            raise subprocess.TimeoutExpired(cmd, kwargs.get("timeout"))
+        return real(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(records.subprocess, "run", slow_status)
+    with pytest.warns(UserWarning, match="did not answer"):
+        assert git_commit(_root=tmp_path) == "unknown"
+
+
+@needs_git
 def test_an_install_inside_another_repository_records_the_installed_version(tmp_path, monkeypatch):
     monkeypatch.setattr(records.metadata, "version", lambda name: {"hopekit": "9.8.7"}[name])
     (tmp_path / "README").write_text("someone else's project\n")

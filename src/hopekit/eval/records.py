@@ -70,7 +70,7 @@ def _is_hopekit_checkout(root: Path) -> bool:
 
 
 def _git(root: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=120).stdout.strip()
 
 
 def _checkout_commit(root: Path) -> str | None:
@@ -83,6 +83,9 @@ def _checkout_commit(root: Path) -> str | None:
             return None   # not under git, or inside someone else's repository
         sha = _git(root, "rev-parse", "HEAD")
         dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
+    except subprocess.TimeoutExpired:   # a checkout whose git did not answer: its commit is unknown, not the release
+        warnings.warn(f"git in {root} did not answer within 120 s: records get commit 'unknown'", stacklevel=3)
+        return "unknown"
     except (OSError, subprocess.SubprocessError):
         return None
     return (sha + ("+dirty" if dirty else "")) if sha else None
