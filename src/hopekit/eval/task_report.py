@@ -27,7 +27,7 @@ __all__ = ["task_rows", "task_cells", "task_table", "plot_task_accuracy", "plot_
 
 
 #: what must be the same for every row of a task for its cells to be compared in one table
-SETTINGS = ("style", "filler", "scoring", "instances", "split", "corpus", "tokenizer")
+SETTINGS = ("style", "filler", "scoring", "split", "corpus", "tokenizer")
 
 
 def task_rows(records: list[dict[str, Any]], metric: str = "accuracy") -> list[dict[str, Any]]:
@@ -209,7 +209,8 @@ def task_section(records: list[dict[str, Any]], run_dir: str | Path, *, heading:
     depths = sorted({float(r["depth"]) for r in rows})
     parts = [f"\n{heading} {title}\n\n"
              f"Instances of exactly the evaluated length in the `{first.get('style', '?')}` format, filler from the "
-             f"`{first.get('split', '?')}` split of `{first.get('corpus', '?')}`, {first.get('instances', '?')} "
+             f"`{first.get('split', '?')}` split of `{first.get('corpus', '?')}`, "
+             f"{' or '.join(str(n) for n in sorted({r.get('instances') for r in rows}, key=str))} "
              f"instances per length and depth (the same instances for every method and seed) at depths "
              f"{', '.join(f'{d:g}' for d in depths)}, scored by `{first.get('scoring', '?')}` "
              f"({_SCORING.get(first.get('scoring'), '?')}). Cells: accuracy in % (the share of instances answered "
