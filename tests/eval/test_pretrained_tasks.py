@@ -211,7 +211,9 @@ def test_smollm2_passkey_scores_equal_the_full_logits_and_greedy_decoding(smollm
     (s,) = score_likelihood(HFLogits(model), insts)
     (c, token_accuracy, nll, rank) = naive_scores_float32_model(model, inst)
     assert (s.correct, s.token_accuracy, s.mean_rank) == (c, pytest.approx(token_accuracy), pytest.approx(rank))
-    assert s.nll == pytest.approx(nll, rel=1e-6, abs=1e-9)
+    # two float32 forwards of a 30-layer model that differ in the LM head's matmul shape (answer rows only
+    # against all rows) and in thread count: ~5e-6 relative apart in the NLL (measured), so float32's tolerance
+    assert s.nll == pytest.approx(nll, rel=1e-4)
     (g,) = score_generation(HFLogits(model), insts)
     assert g.correct == s.correct
 
