@@ -280,3 +280,13 @@ def test_a_sweep_resumes_and_a_new_grid_value_trains_only_its_point(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in (run / "checkpoints").rglob("*.pt") if p in ckpts} == ckpts
     assert (run / "checkpoints" / "h@penalty=0.5" / "seed0" / "checkpoint.pt").is_file()
     assert json.loads((run / "bench.json").read_text())["grids"] == {"h": {"penalty": [0.3, 1.0, 0.5]}}
+
+
+def test_the_hyperbolic_scale_preset_sweeps_the_penalty_at_a_fixed_omega_scale():
+    b = load_bench("hyperbolic_scale")
+    penalties = [0.202, 0.21, 0.25, 0.3, 0.4, 0.6, 1.0]
+    assert list(b.methods) == [f"hope_hyperbolic@penalty={lam}" for lam in penalties]
+    assert [(p.kind, p.omega_scale, p.penalty) for p in b.methods.values()] == [
+        ("hope_hyperbolic", 0.2, lam) for lam in penalties]
+    assert b.grids == {"hope_hyperbolic": {"penalty": penalties}} and b.seeds == (0, 1, 2)
+    assert b.experiment.eval.split == "validation" and b.experiment.eval.multiples == (1, 4, 16)

@@ -53,7 +53,7 @@ from .config import ExperimentConfig, apply_overrides, config_differences, load_
 
 __all__ = ["BenchConfig", "load_bench", "run_bench", "bench_shape", "BENCH_PRESETS"]
 
-BENCH_PRESETS = ("smoke", "default", "code", "gpu", "tasks")  # presets/bench_<name>.yaml
+BENCH_PRESETS = ("smoke", "default", "code", "gpu", "tasks", "hyperbolic_scale")  # presets/bench_<name>.yaml
 #: what a bench measures: perplexity at every length, the long-context tasks (eval.tasks), or both
 SUITES = ("ppl", "tasks", "all")
 
