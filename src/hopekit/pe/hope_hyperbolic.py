@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +102,7 @@ class HyperbolicParams(Params):
     logit_scale: str = "none"
     train_len: float | None = None
 
+
     def __post_init__(self) -> None:
         check_real(self, "base", low=1.0, low_open=True)
         scale = check_real(self, "omega_scale", low=0.0, low_open=True, high=_MAX_RATE)
@@ -126,10 +128,13 @@ class HyperbolicParams(Params):
                              "train.train_len)")
 
     @classmethod
-    def fill_train_len(cls, fields: dict, train_len: int) -> dict:
-        """The experiment's training length is the L of the log-length scale; filled only when that scale
-        is asked for (without it train_len is unused and stays unset, as in configs written before it)."""
-        return super().fill_train_len(fields, train_len) if fields.get("logit_scale") == "log_length" else fields
+    def absent_means_same(cls, name: str, config: Mapping[str, Any]) -> bool:
+        """Whether a saved configuration without the field ``name`` (written before the field existed: a
+        checkpoint, a bench directory) computes what ``config`` (today's resolved fields) computes, so
+        that resuming it is no change (:func:`hopekit.config.config_differences`). ``logit_scale`` and
+        ``train_len`` were added later; before, the logits were unscaled, i.e. ``logit_scale="none"``,
+        under which ``train_len`` is unused."""
+        return name in ("logit_scale", "train_len") and config.get("logit_scale") == "none"
 
     @property
     def resolved_penalty(self) -> float:
