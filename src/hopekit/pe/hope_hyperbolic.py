@@ -56,11 +56,12 @@ which is exactly 1 inside the training window (m + 1 ≤ L): a model trained wit
 there, so it can be switched on at evaluation time. Beyond the window it sharpens the softmax by the log
 of the number of keys a causal query sees (m + 1 when positions start at 0). This is Qwen's
 ``use_logn_attn`` (the query at 0-based position p is multiplied by log_L(p + 1) when p + 1 > L, at
-inference only), a fixed-coefficient case of Scalable-Softmax (Nakanishi 2025, arXiv 2501.19399: logits
-× s·ln n, n the input length, s learned), and the log-length scaling of Chiang & Cholak 2022 (ACL,
+inference only), Scalable-Softmax with a fixed coefficient s = 1/ln L floored at 1 (Nakanishi 2025,
+arXiv 2501.19399: logits × s·ln n, n the input length, s learned), and the log-length scaling of Chiang & Cholak 2022 (ACL,
 "Overcoming a Theoretical Limitation of Self-Attention"). An experiment fills ``train_len`` from
-``train.train_len`` when the scale is asked for; asking for it without a ``train_len`` is refused. It is
-applied exactly (the query's eigen-channels times s(m) in float32, masking untouched). Its measured
+``train.train_len``, as for every method with a ``train_len``; the scale without one is refused. It is
+applied exactly (the query's eigen-channels times s(m) in float32, masking untouched), from the query's
+position, so under ``train.positions="randomized"`` it also acts in training. Its measured
 effect is in docs/results/dilution.md.
 
 The 1/√d attention scale is applied by attention, as for every method (the paper does not state it).
