@@ -215,3 +215,23 @@ def test_an_unwritable_records_file_is_refused_before_measuring(toy_split, tmp_p
     with pytest.raises(PermissionError, match="records file .*cannot be written"):
         run(make(), config(), target / "records.jsonl")        # its parent is a file
     assert not measured
+
+
+def test_a_record_written_before_a_method_gained_a_field_still_matches(toy_split, tmp_path):
+    """hope_hyperbolic's logit_scale / train_len came later: rows without them (logit_scale "none" then)
+    are the same measurement; with logit_scale "log_length" it is another one."""
+    import json
+
+    path, cfg = tmp_path / "records.jsonl", config({"kind": "hope_hyperbolic"})
+    model = make(kind="hope_hyperbolic")
+    first = run(model, cfg, path)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in rows:                                      # as the older code wrote them
+        r["params"] = {k: v for k, v in r["params"].items() if k not in ("logit_scale", "train_len")}
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    again = run(model, cfg, path)
+    assert len(ppl_rows(read_records(path))) == 2 and [r["value"] for r in ppl_rows(again)] == \
+        [r["value"] for r in ppl_rows(first)]
+    scaled = config({"kind": "hope_hyperbolic", "logit_scale": "log_length"})
+    run(make(kind="hope_hyperbolic", logit_scale="log_length", train_len=TRAIN_LEN), scaled, path)
+    assert len(ppl_rows(read_records(path))) == 4

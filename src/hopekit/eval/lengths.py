@@ -26,7 +26,7 @@ from .. import pe as pe_lib
 from ..config import ExperimentConfig
 from .extensions import EXTENSIONS, check_longrope, extension_configs, extension_name, with_pe
 from .perplexity import LengthLimitError, eval_kwargs, has_window, perplexity
-from .records import append_records, model_descriptor, model_digest, ppl_records, read_records, skipped_records
+from .records import append_records, model_descriptor, model_digest, ppl_records, read_records, record_key, skipped_records
 
 __all__ = ["KEY_FIELDS", "test_documents", "evaluate_lengths", "measurement_jobs"]
 
@@ -176,7 +176,7 @@ def _check_scorable(docs: Sequence[torch.Tensor], config: ExperimentConfig, sepa
 
 def _key(fields: Mapping[str, Any]) -> str:
     """The :data:`KEY_FIELDS` of a record (or of a planned one) as one comparable string."""
-    return json.dumps({f: fields.get(f) for f in KEY_FIELDS}, sort_keys=True, default=list)
+    return record_key(fields, KEY_FIELDS)
 
 
 def _measure(job: Job, docs: Sequence[torch.Tensor], separator: int | None, kwargs: Mapping[str, Any],

@@ -62,7 +62,7 @@ from ..config import EvalConfig
 from .lengths import KEY_FIELDS as _DECODER_KEY_FIELDS
 from .lengths import _check_writable
 from .perplexity import eval_kwargs, has_window, perplexity
-from .records import append_records, model_descriptor, model_digest, ppl_records, read_records
+from .records import append_records, model_descriptor, model_digest, ppl_records, read_records, record_key
 from .tasks import evaluate_task_jobs
 
 __all__ = ["KEY_FIELDS", "HFLogits", "RowChunkedLogits", "PretrainedText", "pretrained_text",
@@ -225,7 +225,7 @@ def _check_scorable(text: PretrainedText, eval_len: int, kwargs: Mapping[str, An
 
 def _key(fields: Mapping[str, Any]) -> str:
     """The :data:`KEY_FIELDS` of a record (or of a planned one) as one comparable string."""
-    return json.dumps({f: fields.get(f) for f in KEY_FIELDS}, sort_keys=True, default=list)
+    return record_key(fields, KEY_FIELDS)
 
 
 def _patch(lm: Any, params: pe_lib.Params | None, method: str | None, train_len: int | None) -> dict[str, Any]:

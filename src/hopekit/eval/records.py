@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .perplexity import PerplexityResult
 
 __all__ = ["REQUIRED_FIELDS", "make_record", "append_records", "read_records", "git_commit",
-           "model_descriptor", "model_digest", "ppl_records", "skipped_records"]
+           "model_descriptor", "model_digest", "ppl_records", "skipped_records", "record_key", "canonical_params"]
 
 REQUIRED_FIELDS = ("method", "params", "train_len", "eval_len", "task", "metric", "value", "seed",
                    "model", "corpus", "commit", "time")
@@ -204,6 +204,30 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------------
 # Perplexity rows
 # --------------------------------------------------------------------------------------------------
+
+
+def record_key(fields: Mapping[str, Any], key_fields: Iterable[str]) -> str:
+    """The ``key_fields`` of a record (or of a planned one) as one comparable string: two measurements
+    with the same key are the same measurement, and the second is skipped. ``params`` is compared in its
+    canonical form (:func:`canonical_params`), so a record written before a method gained a field that
+    changes nothing at its default still matches."""
+    key = {f: fields.get(f) for f in key_fields}
+    if "params" in key:
+        key["params"] = canonical_params(key["params"])
+    return json.dumps(key, sort_keys=True, default=list)
+
+
+def canonical_params(params: Any) -> Any:
+    """A resolved pe config without the fields its method says are the same as absent (fields added
+    later, at a value that computes what the older code did: ``Params.absent_means_same``)."""
+    from hopekit import pe as pe_lib
+
+    if not isinstance(params, Mapping) or params.get("kind") not in pe_lib.REGISTRY:
+        return params
+    same = getattr(pe_lib.REGISTRY[params["kind"]].params, "absent_means_same", None)
+    if same is None:
+        return dict(params)
+    return {k: v for k, v in params.items() if not same(k, params)}
 
 
 def model_descriptor(model: nn.Module) -> str:

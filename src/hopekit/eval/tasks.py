@@ -408,7 +408,7 @@ def evaluate_task_jobs(jobs: Sequence[Any], tokenizer: Any, records_path: str | 
     import time
     from pathlib import Path
 
-    from .records import append_records, make_record, read_records
+    from .records import append_records, make_record, read_records, record_key
 
     ev = eval_config
     if jobs:
@@ -416,7 +416,7 @@ def evaluate_task_jobs(jobs: Sequence[Any], tokenizer: Any, records_path: str | 
                    where="eval.tasks at the shortest evaluated length (eval.multiples × train.train_len)")
     records_path = Path(records_path)
     records_path.parent.mkdir(parents=True, exist_ok=True)
-    key = lambda r: json.dumps({f: r.get(f) for f in TASK_KEY_FIELDS}, sort_keys=True, default=list)  # noqa: E731
+    key = lambda r: record_key(r, TASK_KEY_FIELDS)  # noqa: E731
     recorded: dict[str, list[dict[str, Any]]] = {}
     for row in read_records(records_path) if records_path.exists() else []:
         if row.get("task") in TASKS:
