@@ -21,7 +21,7 @@ def test_curves_with_every_optional_band_make_a_readable_png(tmp_path):
     rope = curve("rope", score_lo=[-1.0] * 300, score_hi=[1.0] * 300, bound=[2.0 / (1 + x) for x in d],
                  weight=[1 / 300] * 300, train_len=128)
     hyp = curve("hope_hyperbolic", spread=[math.exp(-x / 50) for x in d], weight=[math.exp(-x / 50) for x in d])
-    path = plot_score_curves([rope, hyp], tmp_path / "sub" / "curves.png", title="test")
+    path = plot_score_curves([rope, hyp], tmp_path / "sub" / "curves.png", title="test", yscale="linear")
     assert path.exists() and path.stat().st_size > 0
     image = matplotlib.image.imread(path)
     assert image.ndim == 3 and image.shape[1] > image.shape[0]          # two panels side by side
@@ -36,15 +36,17 @@ def test_records_are_read_as_curves(tmp_path):
     assert path.stat().st_size > 0
 
 
-@pytest.mark.parametrize("items, match", [
-    ([], r"^curves_or_records: nothing to plot"),
-    ([{"label": "x", "score": [1.0, 2.0], "distances": [0]}], r"^curves\[0\] \(x\): 'score' and 'distances'"),
-    ([{"label": "x", "score": [1.0], "distances": [0], "weight": [1.0, 2.0]}], r"^curves\[0\] \(x\): 'weight' must"),
-    ([{"metric": "ppl"}], r"^curves\[0\]: needs 'score'"),
+@pytest.mark.parametrize("items, match, kwargs", [
+    ([], r"^curves_or_records: nothing to plot", {}),
+    ([{"label": "x", "score": [1.0, 2.0], "distances": [0]}], r"^curves\[0\] \(x\): 'score' and 'distances'", {}),
+    ([{"label": "x", "score": [1.0], "distances": [0], "weight": [1.0, 2.0]}], r"^curves\[0\] \(x\): 'weight' must", {}),
+    ([{"metric": "ppl"}], r"^curves\[0\]: needs 'score'", {}),
+    ([curve("x")], r"^yscale: ", {"yscale": "log"}),
+    ([curve("x")], r"^linthresh: ", {"linthresh": 0}),
 ])
-def test_bad_curves_are_refused_naming_them(tmp_path, items, match):
+def test_bad_curves_are_refused_naming_them(tmp_path, items, match, kwargs):
     with pytest.raises(ValueError, match=match):
-        plot_score_curves(items, tmp_path / "x.png")
+        plot_score_curves(items, tmp_path / "x.png", **kwargs)
 
 
 def test_log_bins_cover_every_distance_once():

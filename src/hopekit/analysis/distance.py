@@ -34,7 +34,7 @@ import torch
 
 from hopekit import pe
 
-__all__ = ["score_vs_distance", "attention_weight_vs_distance", "rope_decay_bound", "SOURCES"]
+__all__ = ["score_vs_distance", "gaussian_qk", "attention_weight_vs_distance", "rope_decay_bound", "SOURCES"]
 
 #: the sources of q and k :func:`score_vs_distance` knows
 SOURCES = ("aligned", "gaussian", "explicit")
@@ -100,13 +100,7 @@ def score_vs_distance(enc: pe.PositionalEncoding, distances: torch.Tensor, *, qu
         qs = ks = probe
         single = True
     elif source == "gaussian":
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise ValueError(f"samples: expected an int ≥ 1, got {samples!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed: expected an int, got {seed!r}")
-        gen = torch.Generator().manual_seed(seed)
-        qs = torch.randn(samples, d, generator=gen, dtype=torch.float64).float()
-        ks = torch.randn(samples, d, generator=gen, dtype=torch.float64).float()
+        qs, ks = gaussian_qk(d, samples=samples, seed=seed)
     else:
         if q is None or k is None:
             raise ValueError("q, k: source='explicit' needs both")
@@ -134,6 +128,19 @@ def score_vs_distance(enc: pe.PositionalEncoding, distances: torch.Tensor, *, qu
         rows.append(s)
     out = torch.cat(rows)
     return out[0] if single else out
+
+
+def gaussian_qk(head_dim: int, *, samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The q and k of ``source="gaussian"``: two (samples, head_dim) float32 tensors of i.i.d. N(0, 1)
+    values (drawn in float64 from a generator seeded with ``seed``, q first), the same on every machine."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples: expected an int ≥ 1, got {samples!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed: expected an int, got {seed!r}")
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(samples, head_dim, generator=gen, dtype=torch.float64).float()
+    k = torch.randn(samples, head_dim, generator=gen, dtype=torch.float64).float()
+    return q, k
 
 
 def attention_weight_vs_distance(scores: torch.Tensor, *, scale: float) -> torch.Tensor:

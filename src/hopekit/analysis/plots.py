@@ -91,16 +91,26 @@ def _as_curve(item: Mapping[str, Any], i: int) -> dict[str, Any]:
 
 
 def plot_score_curves(curves_or_records: Iterable[Mapping[str, Any]], path: str | Path, *, title: str | None = None,
-                      weight_panel: bool = True) -> Path:
+                      weight_panel: bool = True, yscale: str = "symlog", linthresh: float = 1.0,
+                      max_distance: float | None = None) -> Path:
     """Pre-softmax score (left) and post-softmax weight per key (right, log scale) against distance
     (log scale; Δ = 0 is not drawn on it), one colour per curve: a line, its ``score_lo``–``score_hi``
     band, a dotted ± ``spread`` band, RoPE's ± decay ``bound`` dashed, and a grey line at ``train_len``.
     Returns the PNG's path. Curves without ``weight`` are left out of the right panel (which is
-    dropped when none has one, or with ``weight_panel=False``)."""
+    dropped when none has one, or with ``weight_panel=False``).
+
+    ``yscale`` of the score panel: "symlog" (default: linear within ± ``linthresh``, logarithmic
+    beyond, so a ±5 oscillation, a decay to 10⁻³ and ALiBi's −500 share one panel; the map is
+    monotone, so it keeps every sign change and every monotone stretch as it is) or "linear".
+    ``max_distance``: right end of the distance axis (default: the curves' own)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
+    if yscale not in ("symlog", "linear"):
+        raise ValueError(f"yscale: expected 'symlog' or 'linear', got {yscale!r}")
+    if isinstance(linthresh, bool) or not isinstance(linthresh, (int, float)) or not linthresh > 0:
+        raise ValueError(f"linthresh: expected a number > 0, got {linthresh!r}")
     curves = [_as_curve(c, i) for i, c in enumerate(curves_or_records)]
     if not curves:
         raise ValueError("curves_or_records: nothing to plot")
@@ -134,7 +144,11 @@ def plot_score_curves(curves_or_records: Iterable[Mapping[str, Any]], path: str 
             w = [v if v > 0 else math.nan for v in sel("weight")]
             axes[1].plot(x, w, color=color, lw=1.0, label=c["label"])
     axes[0].axhline(0.0, color="black", lw=0.5)
-    axes[0].set_ylabel("pre-softmax score q̃·k̃ (unscaled)")
+    if yscale == "symlog":
+        axes[0].set_yscale("symlog", linthresh=linthresh)
+        axes[0].set_ylabel(f"pre-softmax score q̃·k̃ (unscaled; symlog, linear within ±{linthresh:g})")
+    else:
+        axes[0].set_ylabel("pre-softmax score q̃·k̃ (unscaled)")
     if panels == 2:
         ax = axes[1]
         ax.set_yscale("log")
@@ -145,6 +159,8 @@ def plot_score_curves(curves_or_records: Iterable[Mapping[str, Any]], path: str 
     for ax in axes:
         ax.set_xscale("log")
         ax.set_xlabel("distance Δ = m − n (tokens)")
+        if max_distance is not None:
+            ax.set_xlim(right=max_distance)
         for t in train_lens:
             ax.axvline(t, color="grey", lw=0.8, ls=":")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
