@@ -98,7 +98,8 @@ def pair_figure_records(record, name: str, ch: dict, distances) -> None:
     record(name, "pair_curve", ch["score"][pick, :n].tolist(), label="whole score", pair=None, **common)
     for i in top:
         ext = float(ch["pair_extremum"][pick, i])
-        label = f"pair {i}" + (f" (extremum at Δ = {ext:.0f})" if math.isfinite(ext) else " (monotone)")
+        label = f"pair {i}" + (" (monotone)" if not math.isfinite(ext) else f" (extremum at Δ = {ext:.0f})"
+                               if ext <= PAIR_FIGURE_MAX else f" (extremum at Δ = {ext:.0f}, off the plot)")
         record(name, "pair_curve", pairs[i].tolist(), label=label, pair=i, pair_extremum=ext if math.isfinite(ext) else None,
                **common)
 
@@ -322,8 +323,8 @@ def page(out: Path, page_path: Path) -> Path:
     pair_rows = [r for r in records if r["metric"] == "pair_curve"]
     if pair_rows:
         sample = pair_rows[0]["sample"]
-        title = (f"hope_hyperbolic, Gaussian q, k (seed {pair_rows[0]['seed']}, sample {sample}):\n"
-                 f"a non-monotone score and its pairs (those with an extremum below Δ = 128 first, then the largest)")
+        title = (f"hope_hyperbolic, Gaussian q, k (seed {pair_rows[0]['seed']}, sample {sample}): a non-monotone\n"
+                 f"score and its pairs (with an extremum below Δ = 128 first, then the largest)")
         png = plot_score_curves(pair_rows, out / "hope_hyperbolic_pairs.png", title=title, yscale="linear",
                                 weight_panel=False)
         figures.append((title.replace("\n", " "), rel / png.name))

@@ -120,6 +120,7 @@ def plot_score_curves(curves_or_records: Iterable[Mapping[str, Any]], path: str 
     axes = fig.subplots(1, panels, squeeze=False)[0]
     colors = [f"C{i % 10}" for i in range(len(curves))]
     train_lens = {int(c["train_len"]) for c in curves if c.get("train_len")}
+    top = 0.0  # the largest weight drawn: the weight axis spans 12 decades below it
     for c, color in zip(curves, colors):
         d = torch.tensor(c["distances"], dtype=torch.float64)
         keep = d > 0
@@ -142,6 +143,7 @@ def plot_score_curves(curves_or_records: Iterable[Mapping[str, Any]], path: str 
             ax.plot(x, [-v for v in b], color=color, lw=0.9, ls="--")
         if panels == 2 and c.get("weight") is not None:
             w = [v if v > 0 else math.nan for v in sel("weight")]
+            top = max([top, *[v for v in w if v == v]])
             axes[1].plot(x, w, color=color, lw=1.0, label=c["label"])
     axes[0].axhline(0.0, color="black", lw=0.5)
     if yscale == "symlog":
@@ -152,8 +154,8 @@ def plot_score_curves(curves_or_records: Iterable[Mapping[str, Any]], path: str 
     if panels == 2:
         ax = axes[1]
         ax.set_yscale("log")
-        lo, hi = ax.get_ylim()
-        ax.set_ylim(max(lo, hi * 1e-12), hi)
+        if top > 0:
+            ax.set_ylim(top * 1e-12, top * 2)
         ax.set_ylabel("post-softmax weight per key")
         ax.legend(fontsize=7)
     for ax in axes:
