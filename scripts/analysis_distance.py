@@ -470,7 +470,7 @@ def verdict(get, methods: list[str]) -> list[str]:
     elif rope_all and hyp_al_mono and hyp_channels and not any(hyp_g_osc) and all_mono_beyond:
         out.append(f"**C1 holds for the fixed, aligned q/k probe and per eigenbasis channel; for the "
                    f"whole score with random q, k it depends on the distance: hope_hyperbolic never oscillates, "
-                   f"but below Δ = {beyond} {bump} change direction before they decay.**")
+                   f"but below Δ = {beyond}, {bump} change direction before they decay.**")
     else:
         out.append("**C1 does not hold as stated**: "
                    + ("RoPE does not oscillate in every window" if not rope_all else
