@@ -52,6 +52,45 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- hopekit analyze ----------------------------------------------------------------------------
+
+def _analyze_distance(args: argparse.Namespace) -> int:
+    from hopekit import pe as pe_lib
+    from hopekit.analysis.run import analyze_distance, distance_table
+    from hopekit.bench import load_bench
+    from hopekit.config import ExperimentConfig, apply_overrides
+    from hopekit.eval import read_records
+
+    if args.pe and args.preset:
+        raise ValueError(f"--pe {args.pe} and --preset {args.preset}: give one")
+    if args.preset:   # a bench preset's methods map, grids expanded, at its experiment's shape
+        bench = load_bench(args.preset, args.overrides)
+        exp, methods = bench.experiment, dict(bench.methods)
+    else:             # one encoding at the default bench's shape; pe.FIELD=VALUE, model.*, train.train_len apply
+        base = load_bench("default").experiment.resolved()
+        exp = ExperimentConfig.from_dict(apply_overrides({**base, "pe": {"kind": args.pe or "rope"}}, args.overrides))
+        methods = {pe_lib.name_of(exp.pe): exp.pe}
+    model = exp.model_config(vocab_size=256)
+    train_len = exp.train.train_len
+    max_distance = args.max_distance if args.max_distance is not None else 16 * train_len
+    sources = [s for s in args.sources.split(",") if s]
+    path = analyze_distance(methods, head_dim=model.head_dim, num_heads=model.n_heads, train_len=train_len,
+                            max_distance=max_distance, out=args.out, sources=sources, seeds=range(args.seeds),
+                            samples=args.samples, head=args.head, log=_log(args))
+    print(distance_table(read_records(path)))
+    print(f"\nrecords: {path}; figure: {Path(args.out) / 'score_vs_distance.png'}")
+    return 0
+
+
+def _analyze_sweep(args: argparse.Namespace) -> int:
+    from hopekit.analysis.sweep import write_sweep_report
+
+    report, figures = write_sweep_report(args.run_dir)
+    print(report.read_text())
+    print("figures: " + ", ".join(str(f) for f in figures))
+    return 0
+
+
 # --- helpers ------------------------------------------------------------------------------------
 
 def _version() -> str:
@@ -592,7 +631,8 @@ class _Parser(argparse.ArgumentParser):
     _intermixing = False
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
-        if self._intermixing:  # parse_known_intermixed_args calls back in here (Python < 3.12)
+        nested = any(isinstance(a, argparse._SubParsersAction) for a in self._actions)  # hopekit analyze
+        if self._intermixing or nested:  # parse_known_intermixed_args calls back in here (Python < 3.12)
             return super().parse_known_args(args, namespace)
         self._intermixing = True
         try:
@@ -617,6 +657,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", parents=[common], help="print every method's score-vs-distance numbers")
     demo.set_defaults(func=_demo)
+
+    analyze = sub.add_parser("analyze", parents=[common], help="attention against distance: curves, metrics, sweeps",
+                             description="Measure what the encodings do with distance, as records and plots: "
+                             "`distance` (score-vs-distance curves with their oscillation and monotonicity), `sweep` "
+                             "(the report of a bench grid).")
+    asub = analyze.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS", parser_class=_Parser)
+    dist = asub.add_parser("distance", parents=[common],
+                           help="score and post-softmax weight vs distance, oscillation and monotonicity figures",
+                           description="Score of a query against keys at every distance 0 … --max-distance for each "
+                           "encoding: the aligned probe (q = k, every pair (1, 0)) and i.i.d. Gaussian q, k (--samples "
+                           "draws per seed). Per distance window (inside train_len, 1-4x, 4-16x, ...): sign changes and "
+                           "the monotone fraction of the curve; the post-softmax weight on keys more than train_len "
+                           "back. Records in --out/records.jsonl (resumable), the figure score_vs_distance.png.")
+    dist.add_argument("--preset", default=None, help="a bench preset or YAML whose methods (grids expanded) are "
+                      "analysed at its shape, e.g. default, hyperbolic_scale")
+    dist.add_argument("--pe", default=None, metavar="KIND", help="one encoding (pe.FIELD=VALUE overrides) at the "
+                      "default bench's shape (model.* and train.train_len overrides apply)")
+    dist.add_argument("--max-distance", type=int, default=None, metavar="N", help="default 16 × train_len")
+    dist.add_argument("--sources", default="aligned,gaussian", help="aligned, gaussian or both (comma-separated)")
+    dist.add_argument("--seeds", type=int, default=3, metavar="N", help="Gaussian draws with seeds 0 … N−1 (default 3)")
+    dist.add_argument("--samples", type=int, default=32, metavar="N", help="q, k pairs per seed (default 32)")
+    dist.add_argument("--head", type=int, default=0, help="the head analysed (ALiBi slopes differ by head)")
+    dist.add_argument("--out", default="results/analysis/distance", help="output directory")
+    dist.add_argument("-q", "--quiet", action="store_true", help="no log lines")
+    dist.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="pe.FIELD=VALUE, model.*, train.train_len; "
+                      "with --preset: the bench's overrides (methods.NAME.FIELD=...)")
+    dist.set_defaults(func=_analyze_distance)
+    sw = asub.add_parser("sweep", parents=[common], help="the report of a bench run with a grid (parameter sweep)",
+                         description="sweep.md and one figure per grid axis (perplexity against the parameter, mean ± "
+                         "sd over seeds at each multiple) from a bench run directory's records.jsonl and bench.json. "
+                         "Run the sweep itself with `hopekit bench --preset hyperbolic_scale` or any preset whose "
+                         "methods carry a grid.")
+    sw.add_argument("run_dir", help="a bench run directory")
+    sw.set_defaults(func=_analyze_sweep)
 
     methods = sub.add_parser("methods", parents=[common],
                              help="list every positional encoding: capability, parameters, source",
