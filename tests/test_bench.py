@@ -280,6 +280,8 @@ def test_a_sweep_resumes_and_a_new_grid_value_trains_only_its_point(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in (run / "checkpoints").rglob("*.pt") if p in ckpts} == ckpts
     assert (run / "checkpoints" / "h@penalty=0.5" / "seed0" / "checkpoint.pt").is_file()
     assert json.loads((run / "bench.json").read_text())["grids"] == {"h": {"penalty": [0.3, 1.0, 0.5]}}
+    sweep = (run / "sweep.md").read_text()                      # a grid bench writes its sweep report too
+    assert all(f"| {lam} |" in sweep for lam in (0.3, 0.5, 1.0)) and (run / "sweep_h_penalty.png").is_file()
 
 
 def test_the_hyperbolic_scale_preset_sweeps_the_penalty_at_a_fixed_omega_scale():

@@ -290,6 +290,11 @@ def _run_bench(bench: BenchConfig, run_dir: Path, *, progress: bool, log: Callab
             environment=environment(), methods=list(bench.methods), seeds=list(bench.seeds))])
     report, plot = write_report(run_dir)
     log(f"done in {wall:.1f}s: {report}, {plot}")
+    if bench.grids and bench.suite in ("ppl", "all"):   # a sweep: its table and figures (hopekit analyze sweep)
+        from .analysis.sweep import write_sweep_report
+
+        sweep, _ = write_sweep_report(run_dir)
+        log(f"sweep: {sweep}")
 
 
 def _count_rows(path: Path) -> int:
