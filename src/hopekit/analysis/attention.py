@@ -389,17 +389,19 @@ def _panels(n: int, w: float, h: float):
 
 
 def plot_u_heatmap(records: list[dict[str, Any]], path: str | Path, *, methods: Sequence[str] | None = None,
-                   eval_len: int | None = None) -> Path | None:
+                   eval_len: int | None = None, clip: float = 2.0) -> Path | None:
     """One panel per method: the U-shape index per layer (rows) and head (columns), mean over seeds;
-    red = U (ends denser than the middle), blue = not. None without ``u_shape_index`` records."""
+    red = U (ends denser than the middle), blue = not; colours clipped at ±``clip`` (a strongly local
+    head reaches −20), the values written in the cells of small grids. None without ``u_shape_index``
+    records."""
     rows = _by_method(records, "u_shape_index", eval_len)
     names = [m for m in (methods or list(rows)) if m in rows]
     if not names:
         return None
     grids = {m: _grid(rows[m]) for m in names}
-    vmax = max(float(g.abs().nan_to_num(0).max()) for g, _ in grids.values()) or 1.0
+    vmax = min(clip, max(float(g.abs().nan_to_num(0).max()) for g, _ in grids.values()) or 1.0)
     big = max(g.shape[0] for g, _ in grids.values()) > 8
-    fig, flat = _panels(len(names), 3.6 if not big else 4.2, 3.0 if not big else 6.5)
+    fig, flat = _panels(len(names), 3.4 if not big else 4.2, 3.3 if not big else 7.0)
     im = None
     for ax, m in zip(flat, names):
         g, seeds = grids[m]
@@ -407,14 +409,21 @@ def plot_u_heatmap(records: list[dict[str, Any]], path: str | Path, *, methods: 
         ax.set_title(f"{m} ({seeds} seed{'s' if seeds > 1 else ''})", fontsize=9)
         ax.set_xlabel("head", fontsize=8)
         ax.set_ylabel("layer", fontsize=8)
+        ax.set_xticks(range(g.shape[1]))
+        ax.set_yticks(range(0, g.shape[0], 1 if g.shape[0] <= 8 else 5))
         ax.tick_params(labelsize=7)
         if g.numel() <= 64:
-            for (l, h), v in ((k, float(g[k])) for k in ((l, h) for l in range(g.shape[0]) for h in range(g.shape[1]))):
-                ax.text(h, l, f"{v:.2f}", ha="center", va="center", fontsize=7)
-    fig.colorbar(im, ax=flat[:len(names)], shrink=0.8, label="U-shape index ln(min(first, near)/middle)")
-    L = next(iter(rows[names[0]]))["eval_len"]
-    fig.suptitle(f"U-shape index per layer and head at {L} tokens (> 0: both ends denser than the middle)",
-                 fontsize=10)
+            for l in range(g.shape[0]):
+                for h in range(g.shape[1]):
+                    v = float(g[l, h])
+                    ax.text(h, l, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if abs(v) > 0.6 * vmax else "black")
+    fig.suptitle(f"U-shape index ln(min(first, near) / middle) per layer and head at "
+                 f"{next(iter(rows[names[0]]))['eval_len']} tokens (> 0: a U; colours clipped at ±{vmax:g})",
+                 fontsize=9)
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
+    cax = fig.add_axes((0.92, 0.15, 0.015, 0.7))
+    fig.colorbar(im, cax=cax)
     path = Path(path)
     fig.savefig(path)
     return path
