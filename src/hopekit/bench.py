@@ -18,6 +18,21 @@ one seed before the next. The run is resumable at every level: a finished method
 length already in the records is not re-measured. Re-running into a directory made with a different
 config is refused; methods and seeds may be added, and another ``suite`` measured.
 
+A method may carry a ``grid`` (``field -> list of values``): it stands for one method per combination
+(the cartesian product, fields and values in the order written), each named
+``<name>@<field>=<value>,<field>=<value>`` with ``str`` of each YAML value, and each trained, measured,
+resumed and checked like any method::
+
+    methods:
+      rope: {kind: rope}
+      hope_hyperbolic: {kind: hope_hyperbolic, omega_scale: 0.2, grid: {penalty: [0.202, 0.3, 1.0]}}
+
+gives ``rope``, ``hope_hyperbolic@penalty=0.202``, ``hope_hyperbolic@penalty=0.3`` and
+``hope_hyperbolic@penalty=1.0``. A list-valued field is swept by a list of lists. ``--methods`` takes a
+grid's name (all its points) or a point's name; ``methods.<name>.grid.<field>=[...]`` overrides an axis,
+and a value added to it later trains only the new point. ``bench.json`` holds the expanded methods and
+the grids (:mod:`hopekit.analysis.sweep` reports a sweep from them).
+
 ``suite`` (the preset's key, ``--suite`` on the command line): ``ppl`` (the default) measures perplexity,
 ``tasks`` the long-context tasks of ``eval.tasks`` (:func:`hopekit.eval.tasks.evaluate_tasks`: accuracy by
 length and depth, the rope model's extensions too), ``all`` both; the report has a section for each kind
@@ -27,6 +42,7 @@ of record it finds.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import time
 from pathlib import Path
@@ -37,14 +53,16 @@ from .config import ExperimentConfig, apply_overrides, config_differences, load_
 
 __all__ = ["BenchConfig", "load_bench", "run_bench", "bench_shape", "BENCH_PRESETS"]
 
-BENCH_PRESETS = ("smoke", "default", "code", "gpu", "tasks")  # presets/bench_<name>.yaml
+BENCH_PRESETS = ("smoke", "default", "code", "gpu", "tasks", "hyperbolic_scale")  # presets/bench_<name>.yaml
 #: what a bench measures: perplexity at every length, the long-context tasks (eval.tasks), or both
 SUITES = ("ppl", "tasks", "all")
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
-    """A bench: one experiment and the methods to train with it (name -> typed pe parameters)."""
+    """A bench: one experiment and the methods to train with it (name -> typed pe parameters; a grid's
+    points by their expanded names), and the axes of each grid (``grids``: name -> field -> the values
+    of the points in ``methods``)."""
 
     name: str
     experiment: ExperimentConfig
@@ -52,6 +70,7 @@ class BenchConfig:
     extensions_of: str = "rope"
     seeds: tuple[int, ...] = (0,)
     suite: str = "ppl"
+    grids: dict[str, dict[str, list[Any]]] = dataclasses.field(default_factory=dict)
 
     def method_config(self, name: str, seed: int | None = None) -> ExperimentConfig:
         """The experiment of one method (with ``train.seed = seed`` when given)."""
@@ -63,15 +82,18 @@ class BenchConfig:
     def resolved(self) -> dict[str, Any]:
         return {"name": self.name, "experiment": self.experiment.resolved(),
                 "methods": {name: pe_lib.to_config(p) for name, p in self.methods.items()},
-                "extensions_of": self.extensions_of, "seeds": list(self.seeds), "suite": self.suite}
+                "extensions_of": self.extensions_of, "seeds": list(self.seeds), "suite": self.suite,
+                "grids": json.loads(json.dumps(self.grids))}
 
 
 def load_bench(preset: str | Path = "default", overrides: list[str] | None = None,
                methods: list[str] | None = None, seeds: int | None = None, suite: str | None = None) -> BenchConfig:
-    """A bench preset name (smoke, default, code, gpu, tasks) or YAML path, with ``experiment.*`` /
-    ``methods.*`` dotted overrides (``train.steps=50`` is shorthand for ``experiment.train.steps=50``;
-    ``seeds=5`` sets the number of seeds, as does the ``seeds`` argument; ``suite`` (:data:`SUITES`) what
-    is measured, default the preset's ``suite``, else ``ppl``)."""
+    """A bench preset name (:data:`BENCH_PRESETS`) or YAML path, with ``experiment.*`` / ``methods.*``
+    dotted overrides (``train.steps=50`` is shorthand for ``experiment.train.steps=50``;
+    ``methods.<name>.grid.<field>=[...]`` sets a grid's axis; ``seeds=5`` sets the number of seeds, as
+    does the ``seeds`` argument; ``suite`` (:data:`SUITES`) what is measured, default the preset's
+    ``suite``, else ``ppl``). ``methods``: the subset to run, by name, a grid's name standing for all its
+    points (consecutive items that a comma-split of a point's name left apart are joined back)."""
     path = preset_path(preset, prefix="bench_")
     raw = load_yaml(path)
     unknown = sorted(set(raw) - {"name", "experiment", "methods", "extensions_of", "seeds", "suite"})
@@ -94,15 +116,17 @@ def load_bench(preset: str | Path = "default", overrides: list[str] | None = Non
     all_methods = raw.get("methods") or {}
     if not isinstance(all_methods, Mapping) or not all_methods:
         raise ValueError(f"{path}: 'methods' must be a non-empty mapping name -> pe config")
+    configs, points = _expand_grids(all_methods)
     if methods:
-        missing = [m for m in methods if m not in all_methods]
-        if missing:
-            raise ValueError(f"--methods: {missing} not in the preset; available: {list(all_methods)}")
-        all_methods = {m: all_methods[m] for m in methods}
+        configs = {m: configs[m] for m in _select(methods, configs, points, list(all_methods))}
+    grids = {}
+    for base, of_base in points.items():   # each grid's axes, restricted to the values of the selected points
+        chosen = [values for point, values in of_base.items() if point in configs]
+        if chosen:
+            axes = all_methods[base]["grid"]
+            grids[base] = {f: [v for v in axes[f] if any(c[f] == v for c in chosen)] for f in axes}
     parsed = {}
-    for name, cfg in all_methods.items():
-        if not isinstance(cfg, Mapping) or "kind" not in cfg:
-            raise ValueError(f"methods.{name}={cfg!r}: expected a pe config naming its kind")
+    for name, cfg in configs.items():
         try:  # parsed with the experiment's training length, and checked against the model's shape
             parsed[name] = dataclasses.replace(experiment, pe=cfg).pe
             dataclasses.replace(experiment, pe=parsed[name]).model_config(vocab_size=256)
@@ -111,7 +135,77 @@ def load_bench(preset: str | Path = "default", overrides: list[str] | None = Non
     first = experiment.train.seed
     return BenchConfig(name=str(raw.get("name", path.stem)), experiment=experiment, methods=parsed,
                        extensions_of=str(raw.get("extensions_of", "rope")),
-                       seeds=tuple(range(first, first + n_seeds)), suite=str(raw.get("suite", "ppl")))
+                       seeds=tuple(range(first, first + n_seeds)), suite=str(raw.get("suite", "ppl")), grids=grids)
+
+
+def _expand_grids(methods: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, dict]]]:
+    """``(name -> pe config, grid name -> {point name -> {field: value}})``: every method in order, a
+    method with a ``grid`` replaced by its points (the cartesian product of its axes, in the order
+    written), each named ``name@field=value,...`` with ``str`` of the YAML values."""
+    configs: dict[str, dict[str, Any]] = {}
+    points: dict[str, dict[str, dict]] = {}
+    origin: dict[str, str] = {}
+
+    def add(name: str, cfg: dict[str, Any], where: str) -> None:
+        if name in configs:
+            raise ValueError(f"methods.{name}: named twice (by {origin[name]} and {where}); rename one")
+        configs[name], origin[name] = cfg, where
+
+    for name, cfg in methods.items():
+        if not isinstance(cfg, Mapping) or "kind" not in cfg:
+            raise ValueError(f"methods.{name}={cfg!r}: expected a pe config naming its kind")
+        if "grid" not in cfg:
+            add(name, dict(cfg), f"methods.{name}")
+            continue
+        grid, fixed = cfg["grid"], {k: v for k, v in cfg.items() if k != "grid"}
+        if not isinstance(grid, Mapping) or not grid:
+            raise ValueError(f"methods.{name}.grid={grid!r}: expected a non-empty mapping field -> list of values")
+        try:
+            valid = [f.name for f in dataclasses.fields(pe_lib.method_of(cfg["kind"]).params)]
+        except ValueError as e:
+            raise ValueError(f"methods.{name}: {e}") from None
+        for field, values in grid.items():
+            where = f"methods.{name}.grid.{field}"
+            if field not in valid:
+                raise ValueError(f"{where}: not a parameter of {cfg['kind']}; a grid sweeps one of {valid}")
+            if field in fixed:
+                raise ValueError(f"{where}: methods.{name}.{field}={fixed[field]!r} is given too; a field is either "
+                                 f"fixed or swept")
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"{where}={values!r}: expected a non-empty list of values (a list-valued field "
+                                 f"is swept by a list of lists)")
+            for i, v in enumerate(values):
+                if any(v == w or str(v) == str(w) for w in values[:i]):
+                    raise ValueError(f"{where}={values!r}: {v!r} is given twice")
+        points[name] = {}
+        for combo in itertools.product(*grid.values()):
+            point = f"{name}@" + ",".join(f"{f}={v}" for f, v in zip(grid, combo))
+            if "/" in point:
+                raise ValueError(f"methods.{point}: a method name cannot hold '/' (it names a checkpoint folder)")
+            add(point, {**fixed, **dict(zip(grid, combo))}, f"methods.{name}.grid")
+            points[name][point] = dict(zip(grid, combo))
+    return configs, points
+
+
+def _select(wanted: Sequence[str], configs: Mapping[str, Any], points: Mapping[str, Mapping[str, Any]],
+            preset_names: list[str]) -> list[str]:
+    """The methods named in ``wanted`` (a grid's name: all its points), in that order, each once."""
+    known = lambda m: m in configs or m in points  # noqa: E731
+    items, out, missing, i = list(wanted), [], [], 0
+    while i < len(items):   # "a@x=1,y=2" split at its comma by a comma-separated list: joined back
+        j = next((j for j in range(len(items), i, -1) if known(",".join(items[i:j]))), i + 1)
+        name = ",".join(items[i:j])
+        if not known(name):
+            missing.append(name)
+        for m in points[name] if name in points else [name]:
+            if m not in out:
+                out.append(m)
+        i = j
+    if missing:
+        grid_points = [p for of_base in points.values() for p in of_base]
+        raise ValueError(f"--methods: {missing} not in the preset; available: {preset_names}"
+                         + (f" (a grid's name selects all its points: {grid_points})" if grid_points else ""))
+    return out
 
 
 def bench_shape(preset: str | Path = "default") -> dict[str, int]:
@@ -211,14 +305,26 @@ def _save_config(bench: BenchConfig, run_dir: Path) -> None:
         saved = json.loads(config_path.read_text())
         common = [m for m in resolved["methods"] if m in saved.get("methods", {})]
         pick = lambda d: {**d, "methods": {m: d["methods"][m] for m in common}, "seeds": None,  # noqa: E731
-                          "suite": None}
+                          "suite": None, "grids": None}
         diffs = config_differences(pick(saved), pick(resolved))
         if diffs:
             raise ValueError(f"{run_dir}: holds a bench made with a different config ({config_path}); use another "
                              f"--run-dir or delete it. Differences: " + "; ".join(diffs))
         resolved["methods"] = {**saved["methods"], **resolved["methods"]}
         resolved["seeds"] = sorted(set(saved.get("seeds", [])) | set(resolved["seeds"]))
+        resolved["grids"] = _merge_grids(saved.get("grids") or {}, resolved["grids"])
     config_path.write_text(json.dumps(resolved, indent=2) + "\n")
+
+
+def _merge_grids(saved: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, Any]:
+    """The axes of both: each grid's fields, each field's saved values then the new ones."""
+    out = {base: {f: list(v) for f, v in axes.items()} for base, axes in saved.items()}
+    for base, axes in now.items():
+        merged = out.setdefault(base, {})
+        for field, values in axes.items():
+            have = merged.setdefault(field, [])
+            have += [v for v in values if v not in have]
+    return out
 
 
 def environment() -> dict[str, Any]:
