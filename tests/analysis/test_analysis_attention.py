@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from hopekit.analysis.attention import (DENSITY_METRICS, attention_profile, far_mass_records, far_mass_vs_length,
+from hopekit.analysis.attention import (DENSITY_METRICS, attention_profile, attention_profiles, far_mass_records, far_mass_vs_length,
                                         plot_attention_by_key, plot_far_mass, plot_u_heatmap, profile_records,
                                         text_windows, uniform_far_mass)
 from hopekit.eval.records import REQUIRED_FIELDS
@@ -109,6 +109,20 @@ def test_alibi_profile_matches_the_closed_form_per_head():
         torch.testing.assert_close(prof.by_key[l], ref["by_key"], rtol=1e-4, atol=1e-8)
         torch.testing.assert_close(prof.by_distance[l], ref["by_distance"], rtol=1e-4, atol=1e-8)
     assert (prof.u_index[:, :, 0] < 0).all()          # the steepest head is local: the first keys get least
+
+
+def test_several_group_sizes_from_one_pass_match_the_closed_form():
+    model = forced("alibi", layers=1)
+    T = 40
+    profs = attention_profiles(model, torch.randint(0, VOCAB, (2, T)), [(2, 6), (5, 12)], batch=2)
+    slopes = [2.0 ** (-8.0 * (h + 1) / 4) for h in range(4)]
+    for prof, (first, near) in zip(profs, [(2, 6), (5, 12)]):
+        ref = naive_profile(oracle_weights(T, slopes), T - T // 4, first, near)
+        assert (prof.first, prof.near, prof.last) == (first, near, T // 4)
+        torch.testing.assert_close(prof.u_index[:, 0], ref["index"].expand(2, 4), rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(prof.by_distance[0], ref["by_distance"], rtol=1e-4, atol=1e-8)
+    with pytest.raises(ValueError, match="groups: expected a non-empty list"):
+        attention_profiles(model, torch.zeros(1, T, dtype=torch.long), [])
 
 
 def test_records_carry_the_profile_and_the_required_fields(tmp_path):

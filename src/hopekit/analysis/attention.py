@@ -55,7 +55,7 @@ import torch
 from .capture import hf_attention, iter_attention
 from .metrics import far_token_mass, u_shape_index
 
-__all__ = ["AttentionProfile", "FarMass", "text_windows", "layer_attention", "attention_profile",
+__all__ = ["AttentionProfile", "FarMass", "text_windows", "layer_attention", "attention_profile", "attention_profiles",
            "far_mass_vs_length", "uniform_far_mass", "profile_records", "far_mass_records", "plot_u_heatmap",
            "plot_attention_by_key", "plot_far_mass", "DENSITY_METRICS"]
 
@@ -196,44 +196,60 @@ def attention_profile(model: Any, windows: torch.Tensor, *, first: int = 4, near
     attention) on ``windows`` ``(W, T)`` token ids, ``batch`` windows per forward. ``first`` / ``near``:
     the U-shape groups (keys n < first; Δ < near); ``last``: how many final rows of each window are the
     queries (default ``T // 4``); each needs three non-empty groups (m ≥ first + near)."""
+    return attention_profiles(model, windows, [(first, near)], last=last, batch=batch)[0]
+
+
+@torch.no_grad()
+def attention_profiles(model: Any, windows: torch.Tensor, groups: Sequence[tuple[int, int]], *,
+                       last: int | None = None, batch: int = 8) -> list[AttentionProfile]:
+    """:func:`attention_profile` for several ``(first, near)`` group sizes from the same forwards (one
+    profile per entry of ``groups``; the curves are shared)."""
     windows = _check_windows(windows)
     W, T = windows.shape
     last = _last(last, T)
     q0 = T - last
-    if q0 < first + near:
-        raise ValueError(f"last={last}: the first query row {q0} of a {T}-token window has no middle keys with "
-                         f"first={first}, near={near} (needs T − last ≥ first + near = {first + near})")
+    groups = [tuple(g) for g in groups]
+    if not groups or any(len(g) != 2 for g in groups):
+        raise ValueError(f"groups: expected a non-empty list of (first, near) pairs, got {groups!r}")
+    for first, near in groups:
+        if q0 < first + near:
+            raise ValueError(f"last={last}: the first query row {q0} of a {T}-token window has no middle keys with "
+                             f"first={first}, near={near} (needs T − last ≥ first + near = {first + near})")
     q_pos, k_pos = torch.arange(q0, T), torch.arange(T)
     d_key, d_ok = _distance_index(q0, T)                                  # (Q, T)
     key_rows = (q_pos[:, None] >= k_pos[None, :]).sum(0).double()        # rows that see key n
     dist_rows = d_ok.sum(0).double()                                      # rows with m ≥ Δ
-    per_window: dict[str, list[torch.Tensor]] = defaultdict(list)
+    names = ("index", "first", "middle", "near")
+    per_window: list[dict[str, list[torch.Tensor]]] = [defaultdict(list) for _ in groups]
     sums: dict[str, torch.Tensor] = {}
     for idx in _batches(windows, batch):
-        rows: dict[str, list[torch.Tensor]] = defaultdict(list)
+        rows: list[dict[str, list[torch.Tensor]]] = [defaultdict(list) for _ in groups]
+        curves: dict[str, list[torch.Tensor]] = defaultdict(list)
         for _, w in layer_attention(model, idx):
             sel = w[:, :, q0:, :].double()                                # (B, H, Q, T)
-            u = u_shape_index(sel, q_pos, k_pos, first=first, near=near)   # each (B, H)
-            for name in ("index", "first", "middle", "near"):
-                rows[name].append(u[name])
-            curves = {
-                "by_key": sel.sum(2).sum(0),                                            # (H, T)
-                "by_distance": (sel.gather(-1, d_key.expand(*sel.shape[:2], -1, -1)) * d_ok).sum(2).sum(0),
-                "last_query": sel[:, :, -1, :].sum(0),
-            }
-            for name, c in curves.items():
-                rows[name].append(c)
-        for name in ("index", "first", "middle", "near"):
-            per_window[name].append(torch.stack(rows[name], dim=1))       # (B, L, H)
-        for name in ("by_key", "by_distance", "last_query"):
-            c = torch.stack(rows[name])                                    # (L, H, T)
+            for g, (first, near) in enumerate(groups):
+                u = u_shape_index(sel, q_pos, k_pos, first=first, near=near)   # each (B, H)
+                for name in names:
+                    rows[g][name].append(u[name])
+            curves["by_key"].append(sel.sum(2).sum(0))                                  # (H, T)
+            curves["by_distance"].append(
+                (sel.gather(-1, d_key.expand(*sel.shape[:2], -1, -1)) * d_ok).sum(2).sum(0))
+            curves["last_query"].append(sel[:, :, -1, :].sum(0))
+        for g in range(len(groups)):
+            for name in names:
+                per_window[g][name].append(torch.stack(rows[g][name], dim=1))   # (B, L, H)
+        for name, c in curves.items():
+            c = torch.stack(c)                                                   # (L, H, T)
             sums[name] = c if name not in sums else sums[name] + c
-    cat = {k: torch.cat(v) for k, v in per_window.items()}
-    return AttentionProfile(
-        length=T, windows=W, first=first, near=near, last=last, u_index=cat["index"],
-        density_first=cat["first"], density_middle=cat["middle"], density_near=cat["near"],
-        by_key=sums["by_key"] / (W * key_rows.clamp_min(1)), by_distance=sums["by_distance"] / (W * dist_rows),
-        last_query=sums["last_query"] / W)
+    shared = dict(by_key=sums["by_key"] / (W * key_rows.clamp_min(1)), by_distance=sums["by_distance"] / (W * dist_rows),
+                  last_query=sums["last_query"] / W)
+    out = []
+    for (first, near), pw in zip(groups, per_window):
+        cat = {k: torch.cat(v) for k, v in pw.items()}
+        out.append(AttentionProfile(length=T, windows=W, first=first, near=near, last=last, u_index=cat["index"],
+                                    density_first=cat["first"], density_middle=cat["middle"],
+                                    density_near=cat["near"], **shared))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
