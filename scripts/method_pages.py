@@ -302,7 +302,10 @@ def hyperbolic_local(d: dict[str, Any], top: int) -> list[str]:
         f"{g(d['negligible_beyond'])} tokens every channel keeps less than 1e-3. There the logits are ≈ 0 — "
         f"not −∞ as under ALiBi — so every far token gets the softmax weight of a zero-score token: attention "
         f"over the far past is a uniform, content-blind average, whose share of the weight grows with the "
-        f"number of far tokens.",
+        f"number of far tokens. An optional remedy, off by default, is log-length logit scaling "
+        f"(`logit_scale=\"log_length\"`: a query's logits × max(1, ln(m+1)/ln `train_len`), 1 inside the "
+        f"training window, so it can be switched on at evaluation); its measured effect is in "
+        f"docs/results/dilution.md.",
         "",
         "This is the ALiBi-like local regime, consistent with the bench's hope_hyperbolic row being nearly flat "
         "from 1× to 16×, like alibi's (docs/results/default/report.md). It is not the paper's result: in Dai et al. HoPE's "

@@ -471,7 +471,9 @@ def config_differences(saved: Mapping[str, Any], now: Mapping[str, Any], ignore:
     """``"key.path: <saved_as> X, now Y"`` for every dotted key whose value differs between two resolved
     configs (a key present on one side only shows as ``(absent)``), except keys under ``ignore``. A
     ``data`` / ``train`` / ``eval`` field absent from ``saved`` (written before the field existed) and at
-    its default now is no difference: the default is what the older code did."""
+    its default now is no difference: the default is what the older code did. So is a positional-encoding
+    field absent from ``saved`` whose method says that its absence computes what ``now`` computes (the
+    parameter class's ``absent_means_same``, for fields added later)."""
     a, b = _flatten(saved), _flatten(now)
     missing = object()
     lines = []
@@ -479,7 +481,7 @@ def config_differences(saved: Mapping[str, Any], now: Mapping[str, Any], ignore:
         if any(key == p or key.startswith(p + ".") for p in ignore):
             continue
         va, vb = a.get(key, missing), b.get(key, missing)
-        if va is missing and vb == _section_default(key):
+        if va is missing and (vb == _section_default(key) or _absent_pe_field_means_same(key, b)):
             continue
         if va != vb:
             show = lambda v: "(absent)" if v is missing else repr(v)  # noqa: E731
@@ -501,6 +503,23 @@ def _section_default(key: str) -> Any:
 
 
 _NO_DEFAULT = object()
+
+
+def _absent_pe_field_means_same(key: str, flat: Mapping[str, Any]) -> bool:
+    """True when ``…<field>``'s sibling ``…kind`` names a pe method whose parameter class says that a
+    config without that field computes what today's (its siblings in ``flat``) computes."""
+    from . import pe as pe_lib
+
+    prefix, _, name = key.rpartition(".")
+    kind = flat.get(f"{prefix}.kind" if prefix else "kind")
+    if not isinstance(kind, str) or kind not in pe_lib.REGISTRY:
+        return False
+    same = getattr(pe_lib.REGISTRY[kind].params, "absent_means_same", None)
+    if same is None:
+        return False
+    start = f"{prefix}." if prefix else ""
+    siblings = {k[len(start):]: v for k, v in flat.items() if k.startswith(start) and "." not in k[len(start):]}
+    return bool(same(name, siblings))
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -42,6 +42,27 @@ which is the same method up to a fixed permutation of the projection weights.
   exact as a fixed one, even with λ very close to max ω.
 * ``max_block``: cap on the query-block length of the stable evaluation (memory/speed trade-off only;
   results do not depend on it beyond float32 rounding).
+* ``logit_scale`` (``"none"``, the default, or ``"log_length"``) and ``train_len`` (its L): below.
+
+**Dilution and the log-length remedy (ours; off by default).** The logits decay toward 0, not −∞
+(papers/hope_hyperbolic.md, "Logits → 0, not −∞"): every far key keeps the softmax weight of a
+zero-logit token, so as the context grows the far keys together take a growing share of a query's
+attention, a content-blind average. ``logit_scale="log_length"`` multiplies the logits of a query at
+position m by
+
+    s(m) = max(1, ln(m + 1) / ln L),   L = ``train_len``,
+
+which is exactly 1 inside the training window (m + 1 ≤ L): a model trained without it computes the same
+there, so it can be switched on at evaluation time. Beyond the window it sharpens the softmax by the log
+of the number of keys a causal query sees (m + 1 when positions start at 0). This is Qwen's
+``use_logn_attn`` (the query at 0-based position p is multiplied by log_L(p + 1) when p + 1 > L, at
+inference only), Scalable-Softmax with a fixed coefficient s = 1/ln L floored at 1 (Nakanishi 2025,
+arXiv 2501.19399: logits × s·ln n, n the input length, s learned), and the log-length scaling of Chiang & Cholak 2022 (ACL,
+"Overcoming a Theoretical Limitation of Self-Attention"). An experiment fills ``train_len`` from
+``train.train_len``, as for every method with a ``train_len``; the scale without one is refused. It is
+applied exactly (the query's eigen-channels times s(m) in float32, masking untouched), from the query's
+position, so under ``train.positions="randomized"`` it also acts in training. Its measured
+effect is in docs/results/dilution.md.
 
 The 1/√d attention scale is applied by attention, as for every method (the paper does not state it).
 """
@@ -50,18 +71,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Params, PositionalEncoding, check_bool, check_int, check_positions, check_qk, check_real
+from .base import (Params, PositionalEncoding, check_bool, check_choice, check_int, check_positions, check_qk,
+                   check_real)
 
-__all__ = ["HyperbolicParams", "HyperbolicEncoding", "to_eigenbasis", "decay_rates"]
+__all__ = ["HyperbolicParams", "HyperbolicEncoding", "to_eigenbasis", "decay_rates", "log_length_scale", "LOGIT_SCALES"]
 
 _LEARNED_MARGIN = 1e-6  # λ − max ω ≥ this · max ω when λ is learned (relative, so any ω scale works)
 _MAX_RATE = 1e4         # ω and λ bounds: larger rates underflow every off-diagonal logit anyway
 _MAX_EXPONENT = 20.0    # |r_c · (position − anchor)| bound inside a query block
+
+#: ``logit_scale`` values: "none" (the method as published) or "log_length" (s(m) = max(1, ln(m+1) / ln L))
+LOGIT_SCALES = ("none", "log_length")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -74,6 +100,9 @@ class HyperbolicParams(Params):
     learnable: bool = False
     per_head: bool = False
     max_block: int = 256
+    logit_scale: str = "none"
+    train_len: float | None = None
+
 
     def __post_init__(self) -> None:
         check_real(self, "base", low=1.0, low_open=True)
@@ -91,6 +120,22 @@ class HyperbolicParams(Params):
                     f"{_LEARNED_MARGIN}·omega_scale (its floor); got λ − ω = {lam - scale!r}")
         check_bool(self, "per_head")
         check_int(self, "max_block", low=1)
+        check_choice(self, "logit_scale", LOGIT_SCALES)
+        if self.train_len is not None:  # L of s(m): ln L must be > 0
+            check_real(self, "train_len", low=1.0, low_open=True)
+        if self.logit_scale == "log_length" and self.train_len is None:
+            raise ValueError("HyperbolicParams.train_len=None: logit_scale='log_length' needs the training length L "
+                             "of s(m) = max(1, ln(m+1) / ln L); set train_len (an experiment fills it from "
+                             "train.train_len)")
+
+    @classmethod
+    def absent_means_same(cls, name: str, config: Mapping[str, Any]) -> bool:
+        """Whether a saved configuration without the field ``name`` (written before the field existed: a
+        checkpoint, a bench directory) computes what ``config`` (today's resolved fields) computes, so
+        that resuming it is no change (:func:`hopekit.config.config_differences`). ``logit_scale`` and
+        ``train_len`` were added later; before, the logits were unscaled, i.e. ``logit_scale="none"``,
+        under which ``train_len`` is unused."""
+        return name in ("logit_scale", "train_len") and config.get("logit_scale") == "none"
 
     @property
     def resolved_penalty(self) -> float:
@@ -106,6 +151,16 @@ def to_eigenbasis(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     a, b = x[..., :half], x[..., half:]
     return torch.cat([a + b, a - b], dim=-1) * (1.0 / math.sqrt(2.0))
+
+
+def log_length_scale(positions: torch.Tensor, train_len: float) -> torch.Tensor:
+    """s(m) = max(1, ln(m + 1) / ln L) per query position, float32, same shape as ``positions``.
+
+    Exactly 1.0 wherever m + 1 ≤ L (decided on the integer positions, never on a rounded ratio), so a
+    row inside the training window is multiplied by 1 and left bit-for-bit unchanged."""
+    inside = positions < math.floor(train_len)               # m + 1 ≤ L for an integer m
+    ratio = torch.log1p(positions.float()) / math.log(train_len)
+    return torch.where(inside, torch.ones_like(ratio), ratio.clamp_min(1.0))
 
 
 def decay_rates(omega: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
@@ -178,6 +233,8 @@ class HyperbolicEncoding(PositionalEncoding):
     # ----- the scores hook -----------------------------------------------------------------------
     def scores(self, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """Unscaled causal logits Σ_c Q_c K_c e^{−r_c(m−n)}, shape ``(B, H, Tq, Tk)``; −inf where n > m.
+        With ``logit_scale="log_length"`` the row of a query at m is multiplied by s(m) (module
+        docstring): the query's eigen-channels are scaled in float32 before the matmul.
 
         q ``(B, H, Tq, D)`` and k ``(B, H, Tk, D)`` are raw (un-encoded) projections: this is also what
         a KV cache stores. Positions are integers ``(T,)`` or ``(B, T)``. The matmul runs in q's dtype
@@ -197,6 +254,8 @@ class HyperbolicEncoding(PositionalEncoding):
             r = rates[None, :, None, :]                         # (1, H|1, 1, D)
             qe, ke = to_eigenbasis(q.float()), to_eigenbasis(k.float())
             span_limit = 2 * _MAX_EXPONENT / max(float(rates.detach().abs().max()), 1e-30)
+            row_scale = (log_length_scale(q_pos2, float(self.params.train_len))         # (B|1, Tq)
+                         if self.params.logit_scale == "log_length" else None)
             out = []
             for start, stop in self._query_blocks(q_pos2, span_limit):
                 qp = q_pos2[:, start:stop]                                      # (B|1, Tb)
@@ -205,6 +264,8 @@ class HyperbolicEncoding(PositionalEncoding):
                 dq = (qp - anchor).float()                                      # |dq| ≤ span/2
                 dk = (k_pos2 - anchor).clamp(max=hi - anchor).float()           # future keys clamped (masked below)
                 q_scaled = qe[..., start:stop, :] * torch.exp(-r * dq[:, None, :, None])
+                if row_scale is not None:                                       # s(m) per query row
+                    q_scaled = q_scaled * row_scale[:, None, start:stop, None]
                 k_scaled = ke * torch.exp(r * dk[:, None, :, None])
                 logits = torch.matmul(q_scaled.to(q.dtype), k_scaled.to(q.dtype).transpose(-1, -2))
                 future = k_pos2[:, None, :] > qp[:, :, None]                    # (B|1, Tb, Tk)
