@@ -74,8 +74,9 @@ def near_for(length: int) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-def checkpoints(runs: Path, methods: tuple[str, ...]) -> list[tuple[str, int, Path]]:
-    """(method, seed, path) of every finished checkpoint under ``runs``, in method then seed order."""
+def checkpoints(runs: Path, methods: tuple[str, ...]) -> list[tuple[str, int, Path, int]]:
+    """(method, seed, path, train_len) of every finished checkpoint under ``runs``, in method then seed
+    order."""
     from hopekit.checkpoint import read_checkpoint
 
     out = []
@@ -89,7 +90,7 @@ def checkpoints(runs: Path, methods: tuple[str, ...]) -> list[tuple[str, int, Pa
             if ckpt["step"] < steps:
                 log(f"{method} {d.name}: training at step {ckpt['step']} of {steps}; skipped")
                 continue
-            out.append((method, int(d.name[4:]), path))
+            out.append((method, int(d.name[4:]), path, int(ckpt["config"]["train"]["train_len"])))
     return out
 
 
@@ -147,7 +148,7 @@ def ushape_models(args: argparse.Namespace, out: Path) -> None:
     from hopekit.eval.lengths import test_documents
 
     records = out / "records.jsonl"
-    for method, seed, path in checkpoints(Path(args.runs), METHODS):
+    for method, seed, path, _ in checkpoints(Path(args.runs), METHODS):
         model, config = load(path)
         T = config.train.train_len
         fields = _fields(model, config, method, path)
@@ -222,7 +223,8 @@ def _interval(values: list[float]) -> str:
 
 def _log_ratio(rows: list[dict], num: str, den: str) -> dict[tuple, float]:
     """Per (seed, layer, head): ln(density num / density den) of the window-mean densities."""
-    val = {(r["metric"], r["seed"], r["layer"], r["head"]): float(r["value"]) for r in rows}
+    val = {(r["metric"], r["seed"], r["layer"], r["head"]): float(r["value"]) for r in rows
+           if r["metric"] in (num, den)}
     out = {}
     for (metric, s, l, h), v in val.items():
         if metric == num and (den, s, l, h) in val and val[(den, s, l, h)] > 0 and v > 0:
@@ -358,7 +360,7 @@ def ushape_page(out: Path, page: Path, args: argparse.Namespace) -> None:
         plot_attention_by_key(bench, fig_dir / "by_distance.png", methods=methods, metric="attention_by_distance")
     if hf:
         main_hf = [r for r in hf if r["near"] == near_for(hf[0]["eval_len"])]
-        plot_u_heatmap(main_hf, fig_dir / "u_heatmap_smollm2.png")
+        plot_u_heatmap(main_hf, fig_dir / "u_heatmap_smollm2.png", clip=6.0)
         plot_attention_by_key(main_hf, fig_dir / "by_key_last_smollm2.png")
     log(f"wrote {page}")
 
@@ -373,10 +375,10 @@ def _variants(args: argparse.Namespace):
     remedy = has_log_length()
     if not remedy:
         log("hope_hyperbolic has no logit_scale option in this checkout: the remedy is not measured")
-    for method, seed, path in checkpoints(Path(args.runs), DILUTION_METHODS):
+    for method, seed, path, train_len in checkpoints(Path(args.runs), DILUTION_METHODS):
         yield method, seed, path, None
         if method == "hope_hyperbolic" and remedy:
-            yield f"{method}+{REMEDY}", seed, path, remedy_changes(128)
+            yield f"{method}+{REMEDY}", seed, path, remedy_changes(train_len)
 
 
 def dilution_far(args: argparse.Namespace, out: Path) -> None:
@@ -534,7 +536,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=256, help="ushape: test windows of train_len per bench model")
     ap.add_argument("--hf-len", type=int, default=2048, help="ushape: SmolLM2's window length")
     ap.add_argument("--hf-windows", type=int, default=3, help="ushape: SmolLM2's windows")
-    ap.add_argument("--far-windows", type=int, default=4, help="dilution: test windows per length")
+    ap.add_argument("--far-windows", type=int, default=8, help="dilution: test windows per length")
     ap.add_argument("--beyond", type=int, default=128, help="dilution: far means Δ > beyond")
     args = ap.parse_args()
     out = Path(args.out or f"docs/results/{args.study}")

@@ -417,7 +417,7 @@ def plot_u_heatmap(records: list[dict[str, Any]], path: str | Path, *, methods: 
     grids = {m: _grid(rows[m]) for m in names}
     vmax = min(clip, max(float(g.abs().nan_to_num(0).max()) for g, _ in grids.values()) or 1.0)
     big = max(g.shape[0] for g, _ in grids.values()) > 8
-    fig, flat = _panels(len(names), 3.4 if not big else 4.2, 3.3 if not big else 7.0)
+    fig, flat = _panels(len(names), 3.4 if not big else 6.0, 3.3 if not big else 7.0)
     im = None
     for ax, m in zip(flat, names):
         g, seeds = grids[m]
@@ -435,7 +435,7 @@ def plot_u_heatmap(records: list[dict[str, Any]], path: str | Path, *, methods: 
                     ax.text(h, l, f"{v:.2f}", ha="center", va="center", fontsize=7,
                             color="white" if abs(v) > 0.6 * vmax else "black")
     fig.suptitle(f"U-shape index ln(min(first, near) / middle) per layer and head at "
-                 f"{next(iter(rows[names[0]]))['eval_len']} tokens (> 0: a U; colours clipped at ±{vmax:g})",
+                 f"{next(iter(rows[names[0]]))['eval_len']} tokens\n(> 0: a U; colours clipped at ±{vmax:g})",
                  fontsize=9)
     fig.tight_layout(rect=(0, 0, 0.9, 1))
     cax = fig.add_axes((0.92, 0.15, 0.015, 0.7))
@@ -456,29 +456,33 @@ def _mean_curves(rows: list[dict[str, Any]]) -> dict[int, list[float]]:
 def plot_attention_by_key(records: list[dict[str, Any]], path: str | Path, *, methods: Sequence[str] | None = None,
                           metric: str = "attention_by_key_last") -> Path | None:
     """One panel per method: the last query's post-softmax weight against key position (mean over heads,
-    windows and seeds), one line per layer, log y axis; the uniform weight 1/T dotted. ``metric=
+    windows and seeds), one line per layer (five spread layers of a deeper model), log y axis; the
+    uniform weight 1/T dotted. ``metric=
     "attention_by_distance"``: against distance instead (the last quarter of queries)."""
     rows = _by_method(records, metric)
     names = [m for m in (methods or list(rows)) if m in rows]
     if not names:
         return None
-    fig, flat = _panels(len(names), 3.6, 2.8)
+    single = len(names) == 1
+    fig, flat = _panels(len(names), 7.5 if single else 3.6, 4.0 if single else 2.8)
     for ax, m in zip(flat, names):
         curves = _mean_curves(rows[m])
-        for layer, c in curves.items():
-            ax.plot(range(len(c)), [max(v, 1e-12) for v in c], lw=0.8, label=f"layer {layer}")
+        L = len(curves)
+        shown = sorted(curves) if L <= 8 else sorted({round(i * (L - 1) / 4) for i in range(5)})
+        for layer in shown:
+            c = curves[layer]
+            ax.plot(range(len(c)), [max(v, 1e-12) for v in c], lw=0.7, label=f"layer {layer}")
         T = len(next(iter(curves.values())))
         ax.axhline(1.0 / T, color="grey", lw=0.8, ls=":")
         ax.set_yscale("log")
         ax.set_title(m, fontsize=9)
         ax.tick_params(labelsize=7)
         ax.grid(True, alpha=0.3)
-        if len(curves) <= 8:
-            ax.legend(fontsize=6)
+        ax.legend(fontsize=6)
     what = "key position" if metric == "attention_by_key_last" else "distance Δ"
     who = "the last query" if metric == "attention_by_key_last" else "the last quarter of queries"
-    fig.suptitle(f"Post-softmax weight of {who} vs {what} (mean over heads, windows, seeds); dotted: 1/T",
-                 fontsize=10)
+    fig.suptitle(f"Post-softmax weight of {who} vs {what}\n(mean over heads, windows, seeds); dotted: 1/T",
+                 fontsize=9)
     fig.supxlabel(what, fontsize=9)
     fig.tight_layout()
     path = Path(path)
