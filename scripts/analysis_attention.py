@@ -190,7 +190,7 @@ def ushape_hf(args: argparse.Namespace, out: Path) -> None:
     for prof in profs:
         rule = (f"first={FIRST}, near=T/{NEAR_FRACTION}" if prof.near == near_for(T)
                 else f"first={FIRST}, near=16 (fixed)")
-        append_records(records, profile_records(prof, **fields, group_rule=rule))
+        append_records(records, profile_records(prof, **fields, group_rule=rule, curves=prof.near == near_for(T)))
         log(f"{HF_NAME} near={prof.near}: U index {float(prof.u_index.mean()):+.3f}")
     log(f"{HF_NAME}: {time.perf_counter() - t0:.0f}s")
 

@@ -137,6 +137,9 @@ def test_records_carry_the_profile_and_the_required_fields(tmp_path):
     assert r["value"] == pytest.approx(float(prof.u_index[:, 1, 3].mean()))
     assert r["sd_windows"] == pytest.approx(float(prof.u_index[:, 1, 3].std()), abs=1e-12)
     assert {r["metric"] for r in rows} >= set(DENSITY_METRICS)
+    bare = profile_records(prof, curves=False, **fields)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "time"} for r in rs]   # noqa: E731
+    assert strip(r for r in rows if not r["metric"].startswith("attention_by")) == strip(bare)
     curve = next(r for r in rows if r["metric"] == "attention_by_key_last" and r["layer"] == 0)
     assert len(curve["value"]) == 32 and curve["value"] == pytest.approx(prof.last_query[0].mean(0).tolist(), rel=1e-4)
     far = far_mass_vs_length(model, [torch.randint(0, VOCAB, (200,))], [32, 64], beyond=8, windows=2)

@@ -318,14 +318,14 @@ def _curve(values: torch.Tensor) -> list[float]:
     return [float(f"{v:.5g}") for v in values.tolist()]
 
 
-def profile_records(profile: AttentionProfile, **fields: Any) -> list[dict[str, Any]]:
+def profile_records(profile: AttentionProfile, *, curves: bool = True, **fields: Any) -> list[dict[str, Any]]:
     """Record rows of a profile. ``fields``: the required record fields the profile does not know
     (``method``, ``params``, ``train_len``, ``seed``, ``model``, ``corpus``) and any extra ones.
 
     Per (layer, head): ``u_shape_index`` and the three densities (:data:`DENSITY_METRICS`), ``value`` the
     mean over windows, ``sd_windows`` their sd. Per layer (``head`` None, mean over heads): the curves
     ``attention_by_key_last`` (``value`` over key positions 0 … T−1) and ``attention_by_distance``
-    (over Δ = 0 … T−1)."""
+    (over Δ = 0 … T−1); ``curves=False`` leaves them out (a second group rule on the same forwards)."""
     from hopekit.eval.records import make_record
 
     common = dict(fields, eval_len=profile.length, task="attention", windows=profile.windows,
@@ -339,7 +339,7 @@ def profile_records(profile: AttentionProfile, **fields: Any) -> list[dict[str, 
                 x = t[:, layer, head]
                 rows.append(make_record(**common, metric=metric, layer=layer, head=head, value=float(x.mean()),
                                         sd_windows=_sd(x)))
-    for layer in range(profile.layers):
+    for layer in range(profile.layers if curves else 0):
         rows.append(make_record(**common, metric="attention_by_key_last", layer=layer, head=None,
                                 value=_curve(profile.last_query[layer].mean(0))))
         rows.append(make_record(**common, metric="attention_by_distance", layer=layer, head=None,
