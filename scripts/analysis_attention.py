@@ -23,7 +23,7 @@ measured with near = 16 (the sensitivity to the rule).
 (weight on keys more than ``--beyond`` back) of the last quarter of queries at 1×–16× train_len, for rope,
 alibi and hope_hyperbolic, and hope_hyperbolic with ``logit_scale="log_length"`` switched on at
 evaluation time on the same weights (when the encoding has that option); stage ``ppl``: perplexity of
-hope_hyperbolic with and without it (:func:`hopekit.eval.lengths.evaluate_lengths`, the checkpoint's own
+hope_hyperbolic with and without it, and of rope and alibi for scale (:func:`hopekit.eval.lengths.evaluate_lengths`, the checkpoint's own
 eval settings: the same test windows for both); stage ``page``.
 """
 
@@ -367,6 +367,12 @@ def ushape_page(out: Path, page: Path, args: argparse.Namespace) -> None:
                   f"(n = seeds as in the table). A global U-shape on top of it holds on average only for "
                   f"{', '.join(u_methods) or 'no bench method'} among the bench models at 128 tokens; the others "
                   f"put no extra weight on the first keys (sink ≈ 0 or < 0).{hf_line}"]
+        hyp = verdicts.get("hope_hyperbolic")
+        if hyp and hyp[2] and abs(statistics.fmean(hyp[2])) < 0.1:
+            lines += ["", f"hope_hyperbolic's first keys get the middle's density (sink {_fmt(hyp[2])}): past its "
+                      "local window its logits have decayed to ≈ 0 whatever the key, so every far key gets the same "
+                      "weight — the flat plateau of the distance plot, and the far-token dilution of "
+                      "[dilution.md](dilution.md)."]
     lines.append("")
     page.write_text("\n".join(lines))
     fig_dir = out
@@ -426,9 +432,7 @@ def dilution_ppl(args: argparse.Namespace, out: Path) -> None:
     if not has_log_length():
         log("ppl: no logit_scale option in this checkout; nothing to compare")
         return
-    for method, seed, path, changes in _variants(args):
-        if not method.startswith("hope_hyperbolic"):
-            continue
+    for method, seed, path, changes in _variants(args):   # rope and alibi too: the scale of the comparison
         model, config = load(path, changes)
         log(f"ppl: {method} seed{seed}")
         evaluate_lengths(model, config, out / "records.jsonl", method=method, extensions=(), progress=False,
@@ -552,10 +556,12 @@ def dilution_page(out: Path, page: Path, args: argparse.Namespace) -> None:
     rem = f"hope_hyperbolic+{REMEDY}"
     if ppl:
         p_lengths = sorted({k[1] for k in ppl})
-        lines += ["## Perplexity with and without the log-length scale", "",
+        lines += ["## Perplexity with and without the log-length scale (rope and alibi for scale; mean ± sd over seeds)", "",
                   "| method | " + " | ".join(f"{L} ({L // t0}×)" for L in p_lengths) + " |",
                   "|---|" + "---|" * len(p_lengths)]
-        for m in ("hope_hyperbolic", rem):
+        for m in (*DILUTION_METHODS, rem):
+            if not any(k[0] == m for k in ppl):
+                continue
             cells = []
             for L in p_lengths:
                 v = [x[0] for x in ppl.get((m, L), {}).values()]
