@@ -82,6 +82,24 @@ def _analyze_distance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyze_attention(args: argparse.Namespace) -> int:
+    from hopekit.analysis.run import analyze_attention, attention_table
+    from hopekit.eval import read_records
+
+    # KEY=VALUE words are encoding overrides (positional words mix in any order)
+    overrides = [a for a in args.checkpoints if "=" in a and not Path(a).exists()]
+    args.checkpoints = [a for a in args.checkpoints if a not in overrides]
+    if bool(args.hf) == bool(args.checkpoints):
+        raise ValueError("give checkpoints or --hf NAME (one of them)")
+    far = [int(x) for x in args.far_lengths.split(",") if x] if args.far_lengths else []
+    path = analyze_attention([args.hf] if args.hf else args.checkpoints, out=args.out, hf=bool(args.hf),
+                             length=args.length, windows=args.windows, first=args.first, near=args.near,
+                             far_lengths=far, beyond=args.beyond, pe_overrides=overrides, log=_log(args))
+    print(attention_table(read_records(path)))
+    print(f"\nrecords: {path}; figures in {args.out}")
+    return 0
+
+
 def _analyze_sweep(args: argparse.Namespace) -> int:
     from hopekit.analysis.sweep import write_sweep_report
 
@@ -660,7 +678,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     analyze = sub.add_parser("analyze", parents=[common], help="attention against distance: curves, metrics, sweeps",
                              description="Measure what the encodings do with distance, as records and plots: "
-                             "`distance` (score-vs-distance curves with their oscillation and monotonicity), `sweep` "
+                             "`distance` (score-vs-distance curves with their oscillation and monotonicity), `attention` "
+                             "(a trained model's attention on real text), `pairs` (RoPE logits pair by pair), `sweep` "
                              "(the report of a bench grid).")
     asub = analyze.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS", parser_class=_Parser)
     dist = asub.add_parser("distance", parents=[common],
@@ -684,6 +703,30 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="pe.FIELD=VALUE, model.*, train.train_len; "
                       "with --preset: the bench's overrides (methods.NAME.FIELD=...)")
     dist.set_defaults(func=_analyze_distance)
+    att = asub.add_parser("attention", parents=[common],
+                          help="a trained model's attention on real text: U-shape index per layer and head, "
+                          "far-token mass against length",
+                          description="Attention weights of every layer and head on test-split windows: the U-shape "
+                          "index (per-key density of the first --first keys and the nearest --near against the "
+                          "middle: log(min(first, near) / middle), > 0 for a U), the last query's weight against key "
+                          "position, and with --far-lengths the far-token mass of the last queries (weight on keys "
+                          "more than --beyond back) at each length. pe.FIELD=VALUE switches a checkpoint's encoding "
+                          "at evaluation time on the same weights (e.g. pe.logit_scale=log_length). Records in "
+                          "--out/records.jsonl (resumable); u_index.png, attention_by_key.png, far_mass.png.")
+    att.add_argument("checkpoints", nargs="*", metavar="CHECKPOINT|pe.FIELD=VALUE",
+                     help="checkpoints of hopekit train or bench, and encoding overrides")
+    att.add_argument("--hf", default=None, metavar="NAME", help="a pretrained transformers model instead (smollm2, "
+                     "a directory, a .gguf or a hub id), loaded with eager attention")
+    att.add_argument("--length", type=int, default=None, help="window length (default the training length)")
+    att.add_argument("--windows", type=int, default=64, help="test windows (default 64)")
+    att.add_argument("--first", type=int, default=4, help="the first keys' group (default 4)")
+    att.add_argument("--near", type=int, default=None, help="the nearest keys' group (default length/8)")
+    att.add_argument("--far-lengths", default=None, metavar="L1,L2", help="lengths for the far-token mass")
+    att.add_argument("--beyond", type=int, default=None, help="far means more than this many tokens back "
+                     "(default the training length)")
+    att.add_argument("--out", default="results/analysis/attention", help="output directory")
+    att.add_argument("-q", "--quiet", action="store_true", help="no log lines")
+    att.set_defaults(func=_analyze_attention)
     sw = asub.add_parser("sweep", parents=[common], help="the report of a bench run with a grid (parameter sweep)",
                          description="sweep.md and one figure per grid axis (perplexity against the parameter, mean ± "
                          "sd over seeds at each multiple) from a bench run directory's records.jsonl and bench.json. "

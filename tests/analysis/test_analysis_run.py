@@ -79,3 +79,51 @@ def test_the_command_prints_the_table_and_writes_records(tmp_path, capsys):
     assert err.count("\n") == 1 and "sources=['fixed']" in err
     assert main(["analyze", "sweep", str(tmp_path / "nothing")]) == 2
     assert "no records to report" in capsys.readouterr().err
+
+
+def _train_tiny(out, kind="hope_hyperbolic"):
+    tiny = ["train.steps=3", "train.warmup_steps=1", "train.batch_size=2", "train.train_len=16", "model.d_model=16",
+            "model.n_layers=2", "model.n_heads=2", "train.checkpoint_every=0", "train.log_every=1", f"pe.kind={kind}"]
+    assert main(["train", "--out", str(out), "-q", *tiny]) == 0
+    return out / "checkpoint.pt"
+
+
+def test_analyze_attention_records_the_profile_of_the_checkpoint_and_resumes(tmp_path, capsys):
+    from hopekit.analysis.attention import attention_profile, text_windows
+    from hopekit.analysis.run import load_for_analysis
+
+    ckpt = _train_tiny(tmp_path / "run")
+    out = tmp_path / "a"
+    assert main(["analyze", "attention", str(ckpt), "--windows", "3", "--far-lengths", "32", "--out", str(out),
+                 "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "| 16 | 1 |" in text, text
+    rows = read_records(out / "records.jsonl")
+    model, _, docs = load_for_analysis(str(ckpt))
+    want = attention_profile(model, text_windows(docs, 16, 3), first=4, near=2)   # near: 16 / 8
+    got = {(r["layer"], r["head"]): r["value"] for r in rows if r["metric"] == "u_shape_index"}
+    assert got == {(la, h): float(want.u_index[:, la, h].mean()) for la in range(2) for h in range(2)}
+    assert {r["eval_len"] for r in rows if r["metric"] == "far_token_mass"} == {32}
+    assert all((out / f).stat().st_size > 1000 for f in ("u_index.png", "attention_by_key.png", "far_mass.png"))
+    n = len(rows)
+    assert main(["analyze", "attention", str(ckpt), "--windows", "3", "--far-lengths", "32", "--out", str(out),
+                 "-q"]) == 0
+    assert len(read_records(out / "records.jsonl")) == n                       # recorded: nothing measured again
+    # the log-length scale is 1 inside the training window: the same U index there, another method's rows
+    assert main(["analyze", "attention", str(ckpt), "pe.logit_scale=log_length", "--windows", "3", "--out",
+                 str(out), "-q"]) == 0
+    scaled = {(r["layer"], r["head"]): r["value"] for r in read_records(out / "records.jsonl")
+              if r["metric"] == "u_shape_index" and r["method"] == "tiny+logit_scale=log_length"}
+    assert scaled == got
+    assert main(["analyze", "attention", str(ckpt), "train.steps=9", "--out", str(out)]) == 2
+    assert "train.steps=9: only pe.FIELD=VALUE overrides" in capsys.readouterr().err
+    assert main(["analyze", "attention", "--out", str(out)]) == 2
+    assert "give checkpoints or --hf NAME" in capsys.readouterr().err
+
+
+def test_analyze_attention_reads_a_transformers_models_own_weights(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "hf"
+    assert main(["analyze", "attention", "--hf", str(tiny_dir), "--length", "24", "--windows", "2", "--out",
+                 str(out), "-q"]) == 0
+    rows = [r for r in read_records(out / "records.jsonl") if r["metric"] == "u_shape_index"]
+    assert rows and all(r["hf"] == str(tiny_dir) and r["eval_len"] == 24 for r in rows)

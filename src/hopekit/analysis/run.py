@@ -17,7 +17,8 @@ import torch
 
 from hopekit import pe as pe_lib
 
-__all__ = ["distance_windows", "analyze_distance", "distance_table", "plot_distance"]
+__all__ = ["distance_windows", "analyze_distance", "distance_table", "plot_distance", "load_for_analysis",
+           "analyze_attention", "attention_table"]
 
 TASK = "score_vs_distance"
 
@@ -141,3 +142,135 @@ def plot_distance(records: Sequence[Mapping[str, Any]], path: str | Path) -> Pat
             if r["method"] not in curves or r.get("source") == "aligned":
                 curves[r["method"]] = r
     return plot_score_curves(list(curves.values()), path)
+
+
+# --------------------------------------------------------------------------------------------------
+# hopekit analyze attention: a trained model's attention on real text
+# --------------------------------------------------------------------------------------------------
+
+
+def load_for_analysis(source: str, *, hf: bool = False, pe_overrides: Sequence[str] = ()) -> tuple[Any, dict, list]:
+    """``(model, record fields, test documents)`` of a checkpoint (``hf=False``) or a pretrained transformers
+    model (``hf=True``: smollm2, a directory, a .gguf or a hub id, loaded with eager attention).
+    ``pe_overrides`` (``pe.FIELD=VALUE``) switch a checkpoint's encoding at evaluation time on the same
+    weights (e.g. ``pe.logit_scale=log_length``); refused for a pretrained model."""
+    from hopekit.eval.records import model_descriptor, model_digest
+
+    if hf:
+        if pe_overrides:
+            raise ValueError(f"{list(pe_overrides)}: encoding overrides apply to hopekit checkpoints only")
+        from hopekit.eval.pretrained import pretrained_text
+        from hopekit.integrations.hf import load_pretrained
+
+        lm = load_pretrained(source, attn_implementation="eager")
+        text = pretrained_text(lm.tokenizer)
+        cfg = lm.model.config
+        fields = dict(method=source, params={"kind": "rope", "impl": "transformers",
+                                             "base": float(getattr(cfg, "rope_theta", float("nan")))},
+                      train_len=int(cfg.max_position_embeddings), seed=None, model=model_descriptor(lm.model),
+                      model_digest=model_digest(lm.model), corpus=text.corpus, split=text.split,
+                      tokenizer=text.tokenizer, hf=source)
+        return lm.model, fields, list(text.documents)
+    from hopekit.checkpoint import load_checkpoint
+    from hopekit.config import ExperimentConfig, apply_overrides
+    from hopekit.eval.extensions import with_pe
+    from hopekit.eval.lengths import test_documents
+
+    model, config, _ = load_checkpoint(source)
+    if pe_overrides:
+        bad = [o for o in pe_overrides if not o.startswith("pe.")]
+        if bad:
+            raise ValueError(f"{bad[0]}: only pe.FIELD=VALUE overrides switch the encoding at evaluation time")
+        config = ExperimentConfig.from_dict(apply_overrides(config.resolved(), list(pe_overrides)))
+        model = with_pe(model, pe_lib.to_config(config.pe))
+    tokenizer, docs = test_documents(config)
+    fields = dict(method=config.name if config.name != "experiment" else pe_lib.name_of(config.pe),
+                  params=pe_lib.to_config(config.pe), train_len=config.train.train_len, seed=config.train.seed,
+                  model=model_descriptor(model), model_digest=model_digest(model), corpus=config.data.corpus,
+                  split=config.eval.split, tokenizer=tokenizer.name, checkpoint=str(source))
+    if pe_overrides:
+        fields["method"] += "+" + ",".join(o.split("=", 1)[0][3:] + "=" + o.split("=", 1)[1] for o in pe_overrides)
+    return model.eval(), fields, docs
+
+
+def analyze_attention(sources: Sequence[str], *, out: str | Path, hf: bool = False, length: int | None = None,
+                      windows: int = 64, first: int = 4, near: int | None = None, far_lengths: Sequence[int] = (),
+                      beyond: int | None = None, pe_overrides: Sequence[str] = (),
+                      log: Callable[[str], None] = print) -> Path:
+    """The U-shape index per layer and head (attention on the first ``first`` keys, the middle and the
+    nearest ``near``, default length/8) of each model on ``windows`` test windows of ``length`` tokens
+    (default its training length), and, at each of ``far_lengths``, the far-token mass of the last queries
+    (weight on keys more than ``beyond`` back, default the training length). A model whose rows are
+    already in ``out/records.jsonl`` (same weights, encoding, length and groups) is not measured again.
+    Draws ``u_index.png``, ``attention_by_key.png`` and, with ``far_lengths``, ``far_mass.png`` from the
+    records. Returns the records path."""
+    from .attention import (attention_profile, far_mass_records, far_mass_vs_length, plot_attention_by_key,
+                            plot_far_mass, plot_u_heatmap, profile_records, text_windows)
+    from hopekit.eval.records import append_records, read_records
+
+    if not sources:
+        raise ValueError("checkpoints: give at least one (or --hf NAME)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "records.jsonl"
+    for source in sources:
+        model, fields, docs = load_for_analysis(source, hf=hf, pe_overrides=pe_overrides)
+        T = length or fields["train_len"]
+        n_near = near if near is not None else max(1, T // 8)
+        records = read_records(path) if path.exists() else []
+        same = lambda r, metric: (r.get("metric") == metric and r.get("model_digest") == fields["model_digest"]  # noqa: E731
+                                  and r.get("params") == fields["params"] and r.get("method") == fields["method"])
+        if any(same(r, "u_shape_index") and r.get("eval_len") == T and r.get("first") == first
+               and r.get("near") == n_near and r.get("windows_requested") == windows for r in records):
+            log(f"{fields['method']}: U index at {T} already recorded")
+        else:
+            prof = attention_profile(model, text_windows(docs, T, windows), first=first, near=n_near,
+                                     batch=1 if hf else 8)
+            append_records(path, profile_records(prof, **fields, windows_requested=windows))
+            log(f"{fields['method']}: U index {float(prof.u_index.mean()):+.3f} (mean over layers and heads of "
+                f"{prof.windows} windows of {T})")
+        far_beyond = beyond if beyond is not None else fields["train_len"]
+        todo = [L for L in far_lengths if not any(same(r, "far_token_mass") and r.get("eval_len") == L
+                                                  and r.get("beyond") == far_beyond for r in records)]
+        if todo:
+            result = far_mass_vs_length(model, docs, list(todo), beyond=far_beyond, windows=max(1, min(windows, 8)))
+            append_records(path, far_mass_records(result, **fields))
+            log(f"{fields['method']}: far-token mass at {list(todo)} recorded")
+    rows = read_records(path)
+    plot_u_heatmap(rows, out / "u_index.png")
+    plot_attention_by_key(rows, out / "attention_by_key.png")
+    if any(r.get("metric") == "far_token_mass" for r in rows):
+        plot_far_mass(rows, out / "far_mass.png")
+    return path
+
+
+def attention_table(records: Sequence[Mapping[str, Any]]) -> str:
+    """Per model and layer: the U-shape index (mean over heads of the window means) and, per length, the
+    far-token mass (mean over layers and heads), from the records of :func:`analyze_attention`."""
+    rows = [r for r in records if r.get("task") == "attention"]
+    lines = ["| model | length | layer | U index (mean over heads) | ln(near/middle) | ln(first/middle) |",
+             "|---|---|---|---|---|---|"]
+    groups: dict[tuple, dict[str, list[float]]] = {}
+    for r in rows:
+        if r["metric"] in ("u_shape_index", "attention_density_first", "attention_density_middle",
+                           "attention_density_near"):
+            g = groups.setdefault((r["method"], r.get("seed"), r["eval_len"], r["layer"]), {})
+            g.setdefault(r["metric"], []).append(r["value"])
+    for (method, seed, T, layer), g in groups.items():
+        u = sum(g["u_shape_index"]) / len(g["u_shape_index"])
+        mid = [max(x, 1e-30) for x in g.get("attention_density_middle", [])]
+        ratio = lambda key: (sum(math.log(max(a, 1e-30) / b) for a, b in zip(g[key], mid)) / len(mid)  # noqa: E731
+                             if mid and key in g else math.nan)
+        label = method if seed is None else f"{method} (seed {seed})"
+        lines.append(f"| `{label}` | {T} | {layer} | {u:+.3f} | {ratio('attention_density_near'):+.2f} | "
+                     f"{ratio('attention_density_first'):+.2f} |")
+    far: dict[tuple, list[float]] = {}
+    for r in rows:
+        if r["metric"] == "far_token_mass":
+            far.setdefault((r["method"], r.get("seed"), r["eval_len"], r.get("beyond"), r.get("uniform")), []).append(r["value"])
+    if far:
+        lines += ["", "| model | length | far-token mass (beyond) | uniform attention would give |", "|---|---|---|---|"]
+        for (method, seed, L, b, uniform), v in far.items():
+            label = method if seed is None else f"{method} (seed {seed})"
+            lines.append(f"| `{label}` | {L} | {sum(v) / len(v):.3f} (>{b}) | {uniform:.3f} |")
+    return "\n".join(lines)
