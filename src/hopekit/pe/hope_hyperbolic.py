@@ -36,6 +36,10 @@ which is the same method up to a fixed permutation of the projection weights.
   ``omega_scale=1`` (RoPE's own frequencies) the encoding is extremely local (papers/hope_hyperbolic.md,
   "Properties"). ``omega_scale`` is one of the two knobs of the paper's "scaling factor" axis.
 * λ = ``penalty``; default 1.05 · max ω_i. It must exceed max ω_i = ``omega_scale`` (paper §3.2.3).
+  Re-checked along the paper's own scaling axis (Fig. 3: the angle fixed, the scale varied), λ from 0.202
+  to 1.0 at ``omega_scale`` 0.2, three seeds, validation plays (``hopekit bench --preset
+  hyperbolic_scale``): perplexity grows with λ (λ = 1.0 is +7.8 % at 1× and +13 % at 16×, paired), and
+  1.05 · ω sits on the flat bottom, not separated from the smaller rates (docs/results/hyperbolic_scale.md).
 * ``learnable=True`` learns λ as max ω·(1 + 1e-6) + softplus(p), initialised at ``penalty``, so it
   stays above max ω by construction; ``per_head=True`` gives every head its own λ. Its rates are formed
   without a float32 difference λ − ω_i (see :meth:`HyperbolicEncoding.rates`), so a learned λ is as
