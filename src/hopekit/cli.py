@@ -755,7 +755,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "and budget), evaluate perplexity at multiples of the training length, add eval-time "
                            "extensions of the rope model, write records.jsonl, report.md (mean ± sd and 95% "
                            "intervals over seeds) and plots. Resumable: re-run the same command to continue.")
-    bench.add_argument("--preset", default="default", help="smoke | default | code | gpu | tasks | path to a bench YAML "
+    bench.add_argument("--preset", default="default", help="smoke | default | code | gpu | tasks | hyperbolic_scale | path to a bench YAML "
                        "(see `hopekit presets`)")
     bench.add_argument("--run-dir", default=None, help="output directory (default: results/<preset name>)")
     bench.add_argument("--methods", default=None, help="comma-separated subset of the preset's methods")

@@ -61,6 +61,10 @@ def test_learned_absolute_positions_are_skipped_with_a_reason_and_bad_sources_re
                             sources=("aligned",), log=said.append)
     assert any("learned: skipped" in s for s in said)
     assert {r["method"] for r in read_records(path)} == {"rope"}
+    path = analyze_distance({"sinusoidal": pe.parse({"kind": "sinusoidal"})}, **SHAPE, max_distance=40,
+                            out=tmp_path / "s", seeds=(0,), samples=2, log=said.append)
+    assert any("sinusoidal: Gaussian q, k skipped" in s for s in said)      # input-level: aligned only
+    assert {r["source"] for r in read_records(path)} == {"aligned"}
     with pytest.raises(ValueError, match="sources="):
         analyze_distance({"rope": pe.parse({"kind": "rope"})}, **SHAPE, max_distance=40, out=tmp_path,
                          sources=("fixed",))

@@ -67,7 +67,12 @@ def analyze_distance(methods: Mapping[str, pe_lib.Params], *, head_dim: int, num
         if any(True for _ in enc.parameters()) and not hasattr(enc, "rates"):
             log(f"{name}: skipped (its positions are learned weights; analyse a trained model instead)")
             continue
-        runs = [("aligned", None)] * ("aligned" in sources) + [("gaussian", s) for s in seeds] * ("gaussian" in sources)
+        gaussian = "gaussian" in sources
+        if gaussian and enc.uses_embed and not enc.uses_tokens:
+            log(f"{name}: Gaussian q, k skipped (it adds to the input, not to q and k: only the aligned probe's "
+                f"PE(m)·PE(n) is defined)")
+            gaussian = False
+        runs = [("aligned", None)] * ("aligned" in sources) + [("gaussian", s) for s in seeds] * gaussian
         for source, seed in runs:
             common = dict(method=name, params=pe_lib.to_config(params), train_len=train_len, eval_len=max_distance + 1,
                           task=TASK, model=None, corpus=None, source=source, seed=seed, head=head,
