@@ -157,7 +157,9 @@ def test_resume_is_bit_identical_with_a_learnable_penalty(tmp_path, base, corpus
     assert not torch.equal(a["model.hopekit_pe.penalty_raw"], init)
     penalty = resumed.model.model.hopekit_pe.penalty_raw
     assert [any(p is penalty for p in g["params"]) for g in param_groups(resumed.model, 0.1)] == [False, True]
-    assert saved[0]["config"]["pe"] == pe.to_config(pe.parse({"kind": "hope_hyperbolic", "learnable": True}))
+    # train_len: the model's window (the L of an optional log-length scale), filled like every method's
+    assert saved[0]["config"]["pe"] == pe.to_config(pe.parse({"kind": "hope_hyperbolic", "learnable": True,
+                                                              "train_len": WINDOW}))
 
 
 # ----- refused resumes ----------------------------------------------------------------------------------
