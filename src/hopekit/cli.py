@@ -74,6 +74,8 @@ def _analyze_distance(args: argparse.Namespace) -> int:
     train_len = exp.train.train_len
     max_distance = args.max_distance if args.max_distance is not None else 16 * train_len
     sources = [s for s in args.sources.split(",") if s]
+    if args.seeds < 1 and "gaussian" in sources:
+        raise ValueError(f"--seeds {args.seeds}: Gaussian q, k need at least one seed (or --sources aligned)")
     path = analyze_distance(methods, head_dim=model.head_dim, num_heads=model.n_heads, train_len=train_len,
                             max_distance=max_distance, out=args.out, sources=sources, seeds=range(args.seeds),
                             samples=args.samples, head=args.head, log=_log(args))
@@ -87,11 +89,14 @@ def _analyze_attention(args: argparse.Namespace) -> int:
     from hopekit.eval import read_records
 
     # KEY=VALUE words are encoding overrides (positional words mix in any order)
-    overrides = [a for a in args.checkpoints if "=" in a and not Path(a).exists()]
+    overrides = [a for a in args.checkpoints if a.startswith("pe.") and "=" in a and not Path(a).exists()]
     args.checkpoints = [a for a in args.checkpoints if a not in overrides]
     if bool(args.hf) == bool(args.checkpoints):
         raise ValueError("give checkpoints or --hf NAME (one of them)")
-    far = [int(x) for x in args.far_lengths.split(",") if x] if args.far_lengths else []
+    try:
+        far = [int(x) for x in args.far_lengths.split(",") if x.strip()] if args.far_lengths else []
+    except ValueError:
+        raise ValueError(f"--far-lengths {args.far_lengths}: expected comma-separated integers") from None
     path = analyze_attention([args.hf] if args.hf else args.checkpoints, out=args.out, hf=bool(args.hf),
                              length=args.length, windows=args.windows, first=args.first, near=args.near,
                              far_lengths=far, beyond=args.beyond, pe_overrides=overrides, log=_log(args))
@@ -679,7 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = sub.add_parser("analyze", parents=[common], help="attention against distance: curves, metrics, sweeps",
                              description="Measure what the encodings do with distance, as records and plots: "
                              "`distance` (score-vs-distance curves with their oscillation and monotonicity), `attention` "
-                             "(a trained model's attention on real text), `pairs` (RoPE logits pair by pair), `sweep` "
+                             "(a trained model's attention on real text), `sweep` "
                              "(the report of a bench grid).")
     asub = analyze.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS", parser_class=_Parser)
     dist = asub.add_parser("distance", parents=[common],

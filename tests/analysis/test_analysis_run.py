@@ -52,6 +52,8 @@ def test_records_are_the_metrics_of_the_curves_and_a_rerun_measures_nothing(tmp_
     size = path.stat().st_size
     analyze_distance(methods, **SHAPE, max_distance=300, out=tmp_path, seeds=(0, 1), samples=3, log=lambda _: None)
     assert path.stat().st_size == size                 # everything was recorded: nothing measured again
+    analyze_distance(methods, **SHAPE, max_distance=300, out=tmp_path, seeds=(0,), samples=4, log=lambda _: None)
+    assert path.stat().st_size > size                  # another sample count is another measurement
 
 
 def test_learned_absolute_positions_are_skipped_with_a_reason_and_bad_sources_refused(tmp_path):
@@ -101,7 +103,7 @@ def test_analyze_attention_records_the_profile_of_the_checkpoint_and_resumes(tmp
     assert main(["analyze", "attention", str(ckpt), "--windows", "3", "--far-lengths", "32", "--out", str(out),
                  "-q"]) == 0
     text = capsys.readouterr().out
-    assert "| 16 | 1 |" in text, text
+    assert "| 16 | 4, 2 | 1 |" in text, text
     rows = read_records(out / "records.jsonl")
     model, _, docs = load_for_analysis(str(ckpt))
     want = attention_profile(model, text_windows(docs, 16, 3), first=4, near=2)   # near: 16 / 8
@@ -119,8 +121,26 @@ def test_analyze_attention_records_the_profile_of_the_checkpoint_and_resumes(tmp
     scaled = {(r["layer"], r["head"]): r["value"] for r in read_records(out / "records.jsonl")
               if r["metric"] == "u_shape_index" and r["method"] == "tiny+logit_scale=log_length"}
     assert scaled == got
+    # another group rule into the same directory: its own table rows, never averaged with the first
+    assert main(["analyze", "attention", str(ckpt), "--windows", "3", "--near", "4", "--out", str(out), "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "| 16 | 4, 2 | 1 |" in text and "| 16 | 4, 4 | 1 |" in text
+    # a changed sample count is another measurement (never the old numbers reported as the new)
+    assert main(["analyze", "attention", str(ckpt), "--windows", "2", "--out", str(out), "-q"]) == 0
+    assert len([r for r in read_records(out / "records.jsonl") if r.get("windows_requested") == 2]) > 0
+    for bad, says in ((["--far-lengths", "1,x"], "--far-lengths 1,x: expected comma-separated integers"),
+                      (["--far-lengths", "1"], "far_lengths: 1 is not a length >= 2"),
+                      (["--windows", "0"], "windows=0: expected an int >= 1"),
+                      (["--beyond", "-3"], "beyond=-3: expected an int >= 0"),
+                      (["--length", "100000"], "use a shorter --length")):
+        assert main(["analyze", "attention", str(ckpt), *bad, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, err
+    missing = str(tmp_path / "h@penalty=0.3" / "checkpoint.pt")      # a grid point's folder holds "="
+    assert main(["analyze", "attention", missing, "--out", str(out)]) == 2
+    assert "no such file" in capsys.readouterr().err
     assert main(["analyze", "attention", str(ckpt), "train.steps=9", "--out", str(out)]) == 2
-    assert "train.steps=9: only pe.FIELD=VALUE overrides" in capsys.readouterr().err
+    assert "train.steps=9: no such file" in capsys.readouterr().err
     assert main(["analyze", "attention", "--out", str(out)]) == 2
     assert "give checkpoints or --hf NAME" in capsys.readouterr().err
 
@@ -131,3 +151,5 @@ def test_analyze_attention_reads_a_transformers_models_own_weights(tiny_dir, tmp
                  str(out), "-q"]) == 0
     rows = [r for r in read_records(out / "records.jsonl") if r["metric"] == "u_shape_index"]
     assert rows and all(r["hf"] == str(tiny_dir) and r["eval_len"] == 24 for r in rows)
+    assert main(["analyze", "attention", "--hf", str(tiny_dir), "--out", str(out)]) == 2   # no --length
+    assert "--length: give the window for a pretrained model" in capsys.readouterr().err

@@ -236,3 +236,14 @@ def test_skipped_records_carry_the_reason_and_stride():
     with pytest.raises(ValueError, match="protocol"):
         skipped_records(method="x", params={}, train_len=16, eval_len=64, protocol="chunked", seed=0, model="m",
                         corpus="c", reason="r")
+
+
+def test_canonical_params_drop_fields_that_are_the_same_as_absent_also_when_nested():
+    from hopekit.eval.records import canonical_params, record_key
+
+    old = {"kind": "bipe", "inter": {"kind": "hope_hyperbolic", "omega_scale": 0.2}}
+    new = {"kind": "bipe", "inter": {"kind": "hope_hyperbolic", "omega_scale": 0.2, "logit_scale": "none",
+                                     "train_len": 128}}
+    assert canonical_params(old) == canonical_params(new)
+    scaled = {"kind": "hope_hyperbolic", "omega_scale": 0.2, "logit_scale": "log_length", "train_len": 128}
+    assert record_key({"params": scaled}, ["params"]) != record_key({"params": new["inter"]}, ["params"])

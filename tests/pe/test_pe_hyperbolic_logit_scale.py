@@ -275,3 +275,14 @@ def test_fields_and_defaults():
     assert names[-2:] == ["logit_scale", "train_len"]
     p = HyperbolicParams()
     assert p.logit_scale == "none" and p.train_len is None
+
+
+def test_the_log_length_scale_is_refused_inside_bipe():
+    """BiPE hands its inter-segment encoding segment indices, not token positions: s(m) would count
+    segments."""
+    import pytest
+
+    from hopekit import pe
+
+    with pytest.raises(ValueError, match=r"BiPEParams.inter.logit_scale='log_length'.*segment indices"):
+        pe.parse({"kind": "bipe", "inter": {"kind": "hope_hyperbolic", "logit_scale": "log_length"}}, train_len=128)

@@ -52,10 +52,13 @@ def analyze_distance(methods: Mapping[str, pe_lib.Params], *, head_dim: int, num
         raise ValueError(f"sources={list(sources)!r}: expected 'aligned' and/or 'gaussian'")
     if not methods:
         raise ValueError("methods: nothing to analyse")
+    if "gaussian" in sources and not list(seeds):
+        raise ValueError(f"seeds={list(seeds)!r}: Gaussian q, k need at least one seed")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "records.jsonl"
-    key_fields = ("method", "params", "source", "seed", "head_dim", "num_heads", "train_len", "eval_len", "head")
+    key_fields = ("method", "params", "source", "seed", "samples", "head_dim", "num_heads", "train_len", "eval_len",
+                  "head")
     done = {record_key(r, key_fields) for r in (read_records(path) if path.exists() else [])
             if r.get("metric") == "score_curve"}
     distances = torch.arange(0, max_distance + 1)
@@ -64,7 +67,8 @@ def analyze_distance(methods: Mapping[str, pe_lib.Params], *, head_dim: int, num
     scale = 1.0 / math.sqrt(head_dim)
     for name, params in methods.items():
         enc = pe_lib.build(params, head_dim=head_dim, num_heads=num_heads, d_model=head_dim * num_heads)
-        if any(True for _ in enc.parameters()) and not hasattr(enc, "rates"):
+        scored = enc.inter if enc.uses_tokens else enc    # BiPE: the inter-segment encoding is what is scored
+        if any(True for _ in scored.parameters()) and not hasattr(scored, "rates"):
             log(f"{name}: skipped (its positions are learned weights; analyse a trained model instead)")
             continue
         gaussian = "gaussian" in sources
@@ -76,7 +80,7 @@ def analyze_distance(methods: Mapping[str, pe_lib.Params], *, head_dim: int, num
         for source, seed in runs:
             common = dict(method=name, params=pe_lib.to_config(params), train_len=train_len, eval_len=max_distance + 1,
                           task=TASK, model=None, corpus=None, source=source, seed=seed, head=head,
-                          head_dim=head_dim, num_heads=num_heads)
+                          head_dim=head_dim, num_heads=num_heads, samples=samples if source == "gaussian" else None)
             if record_key(common, key_fields) in done:
                 continue
             if source == "aligned":
@@ -107,6 +111,8 @@ def analyze_distance(methods: Mapping[str, pe_lib.Params], *, head_dim: int, num
                                     binned="mean per bin (score_lo/score_hi: min/max); the first sample", **common))
             append_records(path, rows)
             log(f"{name} ({source}{'' if seed is None else f', seed {seed}'}): recorded")
+    if not path.exists():
+        raise ValueError(f"methods {list(methods)}: nothing to analyse (every one was skipped)")
     plot_distance(read_records(path), out / "score_vs_distance.png")
     return path
 
@@ -198,6 +204,19 @@ def load_for_analysis(source: str, *, hf: bool = False, pe_overrides: Sequence[s
     return model.eval(), fields, docs
 
 
+#: refuse a measurement whose attention weights alone would take more than this (they are built whole)
+MAX_WEIGHTS_GIB = 8.0
+
+
+def _weights_gib(model: Any, length: int, hf: bool) -> float:
+    """GiB of the float32 attention weights one forward holds: per layer (batch 8) for a hopekit decoder,
+    every layer at once (batch 1) for a transformers model (``output_attentions``)."""
+    cfg = model.config
+    heads = getattr(cfg, "n_heads", None) or getattr(cfg, "num_attention_heads", 1)
+    layers = getattr(cfg, "num_hidden_layers", 1) if hf else 8   # hf: all layers; decoder: 8 windows per batch
+    return 2 * layers * heads * float(length) ** 2 * 4 / 2**30   # weights and their logits
+
+
 def analyze_attention(sources: Sequence[str], *, out: str | Path, hf: bool = False, length: int | None = None,
                       windows: int = 64, first: int = 4, near: int | None = None, far_lengths: Sequence[int] = (),
                       beyond: int | None = None, pe_overrides: Sequence[str] = (),
@@ -215,18 +234,36 @@ def analyze_attention(sources: Sequence[str], *, out: str | Path, hf: bool = Fal
 
     if not sources:
         raise ValueError("checkpoints: give at least one (or --hf NAME)")
+    for name, value, low in (("windows", windows, 1), ("first", first, 1), ("near", near, 1), ("length", length, 2),
+                             ("beyond", beyond, 0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ValueError(f"{name}={value!r}: expected an int >= {low}")
+    bad = [L for L in far_lengths if isinstance(L, bool) or not isinstance(L, int) or L < 2]
+    if bad:
+        raise ValueError(f"far_lengths: {bad[0]!r} is not a length >= 2 (got {list(far_lengths)})")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "records.jsonl"
+    measured: set[tuple[int, int, int]] = set()   # (length, first, near) of this call: what the figures show
     for source in sources:
         model, fields, docs = load_for_analysis(source, hf=hf, pe_overrides=pe_overrides)
         T = length or fields["train_len"]
+        if hf and length is None:
+            raise ValueError(f"--length: give the window for a pretrained model (its window is {T} tokens; its "
+                             f"attention weights at that length take {_weights_gib(model, T, hf):.0f} GiB)")
         n_near = near if near is not None else max(1, T // 8)
+        for L in [T, *far_lengths]:
+            gib = _weights_gib(model, L, hf)
+            if gib > MAX_WEIGHTS_GIB:
+                raise ValueError(f"length {L}: the attention weights would take {gib:.0f} GiB (more than "
+                                 f"{MAX_WEIGHTS_GIB} GiB); use a shorter --length / --far-lengths")
+        measured.add((T, first, n_near))
         records = read_records(path) if path.exists() else []
         same = lambda r, metric: (r.get("metric") == metric and r.get("model_digest") == fields["model_digest"]  # noqa: E731
-                                  and r.get("params") == fields["params"] and r.get("method") == fields["method"])
+                                  and r.get("params") == fields["params"] and r.get("method") == fields["method"]
+                                  and r.get("windows_requested") == windows)
         if any(same(r, "u_shape_index") and r.get("eval_len") == T and r.get("first") == first
-               and r.get("near") == n_near and r.get("windows_requested") == windows for r in records):
+               and r.get("near") == n_near for r in records):
             log(f"{fields['method']}: U index at {T} already recorded")
         else:
             prof = attention_profile(model, text_windows(docs, T, windows), first=first, near=n_near,
@@ -239,11 +276,19 @@ def analyze_attention(sources: Sequence[str], *, out: str | Path, hf: bool = Fal
                                                   and r.get("beyond") == far_beyond for r in records)]
         if todo:
             result = far_mass_vs_length(model, docs, list(todo), beyond=far_beyond, windows=max(1, min(windows, 8)))
-            append_records(path, far_mass_records(result, **fields))
+            append_records(path, far_mass_records(result, **fields, windows_requested=windows))
             log(f"{fields['method']}: far-token mass at {list(todo)} recorded")
     rows = read_records(path)
-    plot_u_heatmap(rows, out / "u_index.png")
-    plot_attention_by_key(rows, out / "attention_by_key.png")
+    # the figures show this call's measurements (one length and group rule), never a mix of settings
+    shown = [r for r in rows if r.get("metric") == "far_token_mass"
+             or (r.get("eval_len"), r.get("first"), r.get("near")) in measured]
+    lengths = {T for T, _, _ in measured}
+    if len(lengths) == 1:
+        plot_u_heatmap(shown, out / "u_index.png", eval_len=next(iter(lengths)))
+        plot_attention_by_key(shown, out / "attention_by_key.png")
+    else:
+        log(f"figures u_index.png, attention_by_key.png not drawn: the models were measured at lengths "
+            f"{sorted(lengths)} (give --length)")
     if any(r.get("metric") == "far_token_mass" for r in rows):
         plot_far_mass(rows, out / "far_mass.png")
     return path
@@ -253,26 +298,28 @@ def attention_table(records: Sequence[Mapping[str, Any]]) -> str:
     """Per model and layer: the U-shape index (mean over heads of the window means) and, per length, the
     far-token mass (mean over layers and heads), from the records of :func:`analyze_attention`."""
     rows = [r for r in records if r.get("task") == "attention"]
-    lines = ["| model | length | layer | U index (mean over heads) | ln(near/middle) | ln(first/middle) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| model | length | first, near | layer | U index (mean over heads) | ln(near/middle) | ln(first/middle) |",
+             "|---|---|---|---|---|---|---|"]
     groups: dict[tuple, dict[str, list[float]]] = {}
     for r in rows:
         if r["metric"] in ("u_shape_index", "attention_density_first", "attention_density_middle",
                            "attention_density_near"):
-            g = groups.setdefault((r["method"], r.get("seed"), r["eval_len"], r["layer"]), {})
+            g = groups.setdefault((r["method"], r.get("seed"), r["eval_len"], r.get("first"), r.get("near"),
+                                   r["layer"]), {})
             g.setdefault(r["metric"], []).append(r["value"])
-    for (method, seed, T, layer), g in groups.items():
+    for (method, seed, T, first, near, layer), g in groups.items():
         u = sum(g["u_shape_index"]) / len(g["u_shape_index"])
         mid = [max(x, 1e-30) for x in g.get("attention_density_middle", [])]
         ratio = lambda key: (sum(math.log(max(a, 1e-30) / b) for a, b in zip(g[key], mid)) / len(mid)  # noqa: E731
                              if mid and key in g else math.nan)
         label = method if seed is None else f"{method} (seed {seed})"
-        lines.append(f"| `{label}` | {T} | {layer} | {u:+.3f} | {ratio('attention_density_near'):+.2f} | "
+        lines.append(f"| `{label}` | {T} | {first}, {near} | {layer} | {u:+.3f} | {ratio('attention_density_near'):+.2f} | "
                      f"{ratio('attention_density_first'):+.2f} |")
     far: dict[tuple, list[float]] = {}
     for r in rows:
         if r["metric"] == "far_token_mass":
-            far.setdefault((r["method"], r.get("seed"), r["eval_len"], r.get("beyond"), r.get("uniform")), []).append(r["value"])
+            key = (r["method"], r.get("seed"), r["eval_len"], r.get("beyond"), r.get("uniform"))
+            far.setdefault(key, []).append(r["value"])
     if far:
         lines += ["", "| model | length | far-token mass (beyond) | uniform attention would give |", "|---|---|---|---|"]
         for (method, seed, L, b, uniform), v in far.items():

@@ -93,6 +93,10 @@ class BiPEParams(Params):
         if method_of(inter).encoding.uses_embed:  # absolute (or BiPE itself): not an inter-segment method
             raise ValueError(f"BiPEParams.inter={inter.kind!r}: must be a relative method "
                              f"(rope family, hope_highfreq, hope_hyperbolic, alibi, nope)")
+        if getattr(inter, "logit_scale", "none") != "none":  # its s(m) counts tokens; BiPE's positions are segments
+            raise ValueError(f"BiPEParams.inter.logit_scale={inter.logit_scale!r}: the log-length scale counts the "
+                             f"keys a query sees by token position, but inside BiPE the positions are segment "
+                             f"indices; use logit_scale='none'")
         object.__setattr__(self, "inter", inter)
         if self.intra not in ("learned", "sinusoidal"):
             raise ValueError(f"BiPEParams.intra={self.intra!r}: must be 'learned' or 'sinusoidal'")
