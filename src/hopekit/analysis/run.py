@@ -205,7 +205,7 @@ def load_for_analysis(source: str, *, hf: bool = False, pe_overrides: Sequence[s
 
 
 #: refuse a measurement whose attention weights alone would take more than this (they are built whole)
-MAX_WEIGHTS_GIB = 8.0
+MAX_WEIGHTS_GIB = 12.0
 
 
 def _weights_gib(model: Any, length: int, hf: bool) -> float:
