@@ -121,7 +121,10 @@ def measure_checkpoint(path: str, out: Path, n_windows: int, batch_size: int) ->
     from hopekit.checkpoint import load_checkpoint
     from hopekit.eval.lengths import test_documents
 
-    model, config, _ = load_checkpoint(path)
+    model, config, state = load_checkpoint(path)
+    if int(state.get("step", -1)) < int(config.train.steps):
+        log(f"{path}: step {state.get('step')} of {config.train.steps}, still training; skipped")
+        return
     digest = model_digest(model)
     records = out / "records.jsonl"
     if records.exists() and any(r.get("model_digest") == digest for r in read_records(records)):
