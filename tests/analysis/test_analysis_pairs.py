@@ -122,6 +122,17 @@ def test_profile_accumulation_matches_a_naive_diagonal_mean():
     np.testing.assert_allclose(prof.profile, naive, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(prof.last_query, last, rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(prof.count, 5 * np.arange(T, 0, -1))
+    # mean |term| over causal entries, in full and over 4 evenly spaced query rows (0, 4, 8, 12)
+    for queries, rows in ((None, range(T)), (4, (0, 4, 8, 12))):
+        got = pair_profiles(model, windows, train_len=8, batch_size=3, query_chunk=3, magnitude_queries=queries)
+        np.testing.assert_allclose(got.profile, prof.profile, rtol=1e-10, atol=1e-12)
+        for qk in capture_qk(model, windows):
+            c = pair_logits(qk, model.pe, dtype=torch.float64)
+            entries = [c[:, :, :, m, : m + 1] for m in rows]
+            mag = torch.cat(entries, -1).abs().sum((0, 3)) / sum(e.shape[0] * e.shape[-1] for e in entries)
+            np.testing.assert_allclose(got.magnitude[qk.layer], mag.numpy(), rtol=1e-5)
+            logit = torch.cat([e.sum(2) for e in entries], -1).abs().sum((0, 2)) / sum(e.shape[0] * e.shape[-1] for e in entries)
+            np.testing.assert_allclose(got.logit_magnitude[qk.layer], logit.numpy(), rtol=1e-5)
 
 
 def test_period_flags_against_two_pi_over_inv_freq():
@@ -191,6 +202,8 @@ def test_bad_input_is_one_line():
         pair_profiles(model, [], train_len=4)
     with pytest.raises(ValueError, match="batch_size: expected an int >= 1"):
         pair_profiles(model, torch.zeros(1, 5, dtype=torch.long), train_len=4, batch_size=0)
+    with pytest.raises(ValueError, match="magnitude_queries: expected an int >= 1, got 0"):
+        pair_profiles(model, torch.zeros(1, 5, dtype=torch.long), train_len=4, magnitude_queries=0)
     assert component_names(make(0.5).pe)[-1] == "rest"
 
 

@@ -216,32 +216,55 @@ def _check_windows(windows: Any) -> torch.Tensor:
     return torch.cat(out)
 
 
+def _diagonal_sums(q: torch.Tensor, k: torch.Tensor, half: int) -> torch.Tensor:
+    """``S[h, c, Δ] = Σ_b Σ_{m ≥ Δ} q_c(m) · k_c(m − Δ)`` per component (pairs, then the pass-through
+    channels), from float64 FFT cross-correlations of every channel, ``(H, C, T)``."""
+    T = q.shape[-2]
+    n = 2 * T                                                   # zero padding: no wrap-around for 0 ≤ Δ < T
+    fq = torch.fft.rfft(q.double(), n=n, dim=-2)
+    fk = torch.fft.rfft(k.double(), n=n, dim=-2)
+    corr = torch.fft.irfft(fq * fk.conj(), n=n, dim=-2)[..., :T, :].sum(0)        # (H, T, D)
+    r = 2 * half
+    parts = [corr[..., :half] + corr[..., half:r]]
+    if q.shape[-1] > r:
+        parts.append(corr[..., r:].sum(-1, keepdim=True))
+    return torch.cat(parts, dim=-1).transpose(-1, -2)          # (H, C, T)
+
+
 @torch.no_grad()
 def pair_profiles(model: Any, windows: Iterable[torch.Tensor] | torch.Tensor, *, train_len: int,
                   enc: Any = None, capture: Callable[[Any, torch.Tensor], list[LayerQK]] | None = None,
-                  batch_size: int = 8, query_chunk: int | None = None) -> PairProfiles:
+                  batch_size: int = 8, query_chunk: int | None = None,
+                  magnitude_queries: int | None = None) -> PairProfiles:
     """Run ``model`` on ``windows`` (token ids, all of one length T) and accumulate :class:`PairProfiles`.
 
     ``capture(model, idx)`` returns every layer's :class:`LayerQK` (default :func:`capture_qk`, a hopekit
     decoder; :func:`hf_capture_qk` for transformers models); ``enc`` the rotary encoding whose pairs
     are decomposed (default ``model.pe``). Queries and keys are the window's positions 0 … T − 1.
-    ``query_chunk`` bounds memory (query rows per pass; default all).
+
+    The Δ-profiles are exact sums along the diagonals (FFT cross-correlations per channel, float64,
+    O(T log T)); the magnitudes need every term, O(T²) per pair: ``query_chunk`` bounds the memory (query
+    rows per pass; default all) and ``magnitude_queries`` (default: every query) takes the mean |term|
+    over that many evenly spaced query rows instead (their causal keys, pooled), for long windows.
     """
     ids = _check_windows(windows)
     enc = model.pe if enc is None else enc
     capture = capture_qk if capture is None else capture
     inv = _inv_freq(enc)
+    half = len(inv)
     bands = period_bands(inv, train_len)
     names = component_names(enc)
     N, T = ids.shape
-    chunk = T if query_chunk is None else int(query_chunk)
-    if chunk < 1:
-        raise ValueError(f"query_chunk: expected >= 1, got {query_chunk}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+    chunk = T if query_chunk is None else query_chunk
+    for name, value in (("batch_size", batch_size), ("query_chunk", chunk),
+                        ("magnitude_queries", T if magnitude_queries is None else magnitude_queries)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+    rows = (torch.arange(T) if magnitude_queries is None or magnitude_queries >= T
+            else torch.linspace(0, T - 1, magnitude_queries).round().long().unique())
+    n_entries = N * float((rows + 1).sum())                     # causal (query, key) entries behind |term|
     sums: dict[int, dict[str, torch.Tensor]] = {}
     count = torch.arange(T, 0, -1, dtype=torch.float64) * N          # queries m >= Δ, per window
-    n_causal = N * T * (T + 1) / 2
     for start in range(0, N, batch_size):
         layers = capture(model, ids[start:start + batch_size])
         for qk in layers:
@@ -250,29 +273,27 @@ def pair_profiles(model: Any, windows: Iterable[torch.Tensor] | torch.Tensor, *,
                 raise ValueError(f"capture: layer {qk.layer} returned {Tq} queries and {qk.k.shape[-2]} keys for "
                                  f"windows of {T} tokens")
             acc = sums.setdefault(qk.layer, {
-                "delta": torch.zeros(H, len(names), T + 1, dtype=torch.float64),
+                "delta": torch.zeros(H, len(names), T, dtype=torch.float64),
                 "abs": torch.zeros(H, len(names), dtype=torch.float64),
                 "logit_abs": torch.zeros(H, dtype=torch.float64),
                 "last": torch.zeros(H, len(names), T, dtype=torch.float64)})
-            for s in range(0, T, chunk):
-                e = min(T, s + chunk)
-                c = pair_logits(qk, enc, queries=slice(s, e))                    # (B, H, C, q, T)
-                delta = torch.arange(s, e)[:, None] - torch.arange(T)[None, :]    # Δ = m − n
-                causal = delta >= 0
-                index = torch.where(causal, delta, torch.full_like(delta, T)).flatten()
-                acc["delta"].index_add_(-1, index, c.sum(0).flatten(-2).double())
-                masked = c * causal
-                acc["abs"] += masked.abs().sum((0, 3, 4)).double()
-                acc["logit_abs"] += masked.sum(2).abs().sum((0, 2, 3)).double()
-                if e == T:
-                    acc["last"] += c[:, :, :, -1, :].sum(0).double()
+            acc["delta"] += _diagonal_sums(qk.q, qk.k, half) * qk.scale
+            acc["last"] += pair_logits(qk, enc, queries=slice(T - 1, T))[:, :, :, 0, :].sum(0).double()
+            for s in range(0, len(rows), chunk):
+                sel = rows[s:s + chunk]
+                part = dataclasses.replace(qk, q=qk.q[..., sel, :])
+                c = pair_logits(part, enc)                                        # (B, H, C, q, T)
+                future = torch.arange(T)[None, :] > sel[:, None]
+                c.masked_fill_(future, 0.0)
+                acc["logit_abs"] += c.sum(2).abs_().sum((0, 2, 3)).double()
+                acc["abs"] += c.abs_().sum((0, 3, 4)).double()
     order = sorted(sums)
     stack = lambda key: torch.stack([sums[l][key] for l in order]).numpy()  # noqa: E731
     return PairProfiles(
         inv_freq=inv.numpy(), period=pair_periods(inv).numpy(), band=bands, train_len=train_len, length=T,
         windows=N, layers=order, names=names,
-        profile=stack("delta")[..., :T] / count.numpy(), last_query=stack("last") / N,
-        magnitude=stack("abs") / n_causal, logit_magnitude=stack("logit_abs") / n_causal, count=count.numpy())
+        profile=stack("delta") / count.numpy(), last_query=stack("last") / N,
+        magnitude=stack("abs") / n_entries, logit_magnitude=stack("logit_abs") / n_entries, count=count.numpy())
 
 
 # --------------------------------------------------------------------------------------------------
