@@ -72,8 +72,10 @@ def spread_windows(docs: list[torch.Tensor], length: int, count: int) -> torch.T
     return torch.stack([every[i] for i in picks])
 
 
-def rows_for(prof: PairProfiles, common: dict[str, Any]) -> tuple[list[dict], list[dict]]:
-    """Scalar rows (pairs, bands, total) and curve rows (pairs) of one model's profiles."""
+def rows_for(prof: PairProfiles, common: dict[str, Any], *, per_head: bool = True) -> tuple[list[dict], list[dict]]:
+    """Scalar rows (pairs, bands, total) and curve rows (pairs) of one model's profiles. ``per_head=False``
+    (a large model): pair rows are means over a layer's heads (``head`` None, ``u_positive`` the fraction of
+    heads with a positive U-score) and no curves are kept; band and total rows stay per head."""
     L = prof.train_len
     parts = u_parts(prof.profile)             # (layers, H, C)
     # the last query's curve is read by Δ = T − 1 − n, so that "near" is the most recent keys and "far"
@@ -82,8 +84,20 @@ def rows_for(prof: PairProfiles, common: dict[str, Any]) -> tuple[list[dict], li
     share = prof.share
     rows, curves = [], []
     for li, layer in enumerate(prof.layers):
-        for h in range(prof.profile.shape[1]):
+        if not per_head:
             for c, name in enumerate(prof.names):
+                pair = c if name.startswith("pair") else None
+                band = prof.band[c] if pair is not None else "rest"
+                period = float(prof.period[c]) if pair is not None else math.inf
+                rows.append(make_record(
+                    metric="pair_logit_magnitude", value=_r(prof.magnitude[li, :, c].mean()), layer=layer, head=None,
+                    component="pair" if pair is not None else "rest", pair=pair, band=band,
+                    period=None if math.isinf(period) else _r(period), heads=int(prof.profile.shape[1]),
+                    share=_r(share[li, :, c].mean()), u_score=_r(parts["u_score"][li, :, c].mean()),
+                    u_positive=_r((parts["u_score"][li, :, c] > 0).mean()),
+                    u_score_last=_r(last["u_score"][li, :, c].mean()), **common))
+        for h in range(prof.profile.shape[1]):
+            for c, name in enumerate(prof.names if per_head else ()):
                 pair = c if name.startswith("pair") else None
                 period = float(prof.period[c]) if pair is not None else None
                 band = prof.band[c] if pair is not None else "rest"
@@ -165,14 +179,15 @@ def measure_smollm2(out: Path, n_windows: int, length: int) -> None:
     text = pretrained_text(lm.tokenizer)
     windows = spread_windows(text.documents, length, n_windows)
     t0 = time.perf_counter()
-    # the U-score reads the measured window (Δ < length); bands use the model's window L
-    prof = pair_profiles(lm.model, windows, train_len=L, enc=enc, capture=hf_capture_qk, batch_size=1,
-                         query_chunk=128)
+    # the U-score reads the measured window (Δ < length), so the bands are relative to it too
+    prof = pair_profiles(lm.model, windows, train_len=length, enc=enc, capture=hf_capture_qk, batch_size=1,
+                         query_chunk=16, magnitude_queries=64)
     log(f"smollm2: {n_windows} windows of {length} in {time.perf_counter() - t0:.0f} s")
     common = dict(method="rope", params=pe.to_config(enc.params), train_len=L, eval_len=length, task=TASK, seed=0,
                   model=model_descriptor(lm.model), model_digest=digest, hf="smollm2", corpus=text.corpus,
-                  split=text.split, tokenizer=text.tokenizer, windows=n_windows)
-    rows, curves = rows_for(prof, common)
+                  split=text.split, tokenizer=text.tokenizer, windows=n_windows, magnitude_queries=64,
+                  band_len=length)
+    rows, curves = rows_for(prof, common, per_head=False)
     append_records(out / "curves.jsonl", curves)
     append_records(records, rows)
 
@@ -502,34 +517,48 @@ def write_page(out: Path, page: Path, command: str) -> str:
         f"![band profiles](rope_pairs/band_profiles.png)",
         "",
     ]
-    text += smollm2_section(records, curves, out)
+    text += smollm2_section(records, out)
     page.write_text("\n".join(text))
     return "\n".join(text)
 
 
-def smollm2_section(records: list[dict], curves: list[dict], out: Path) -> list[str]:
+def smollm2_section(records: list[dict], out: Path) -> list[str]:
     rows = [r for r in records if r.get("hf") == "smollm2"]
     if not rows:
         return ["## SmolLM2-135M", "", "Not measured (optional; run with `--smollm2 N`).", ""]
     L, T = rows[0]["train_len"], rows[0]["eval_len"]
     pairs = [r for r in rows if r["component"] == "pair"]
-    plot_scatter(rows, rows[0]["model"], out / "smollm2_u_vs_period.png")
-    lines = ["## SmolLM2-135M-Instruct (transformers, Q4_1 weights de-quantised)", "",
-             f"{rows[0]['windows']} windows of {T} tokens of {rows[0]['corpus']}/{rows[0]['split']}, its own rope "
-             f"(base {rows[0]['params'].get('base'):g}, {len({r['pair'] for r in pairs})} pairs per head); bands "
-             f"relative to its window L = {L}; the U-score reads Δ < {T} (the measured window), so for pairs with "
-             f"P > {T} it sees less than one turn whichever band they are in.", "",
-             "| pairs | pairs per head | share of Σ mean \\|term\\| | U-score (Δ) | U>0 (Δ) | U-score (last query) |",
-             "|---|---|---|---|---|---|"]
-    for g in ("within", "activated", "beyond"):
-        pr = [r for r in pairs if r["band"] == g]
-        br = [r for r in rows if r["component"] == "band" and r["band"] == g]
+    band_rows = [r for r in rows if r["component"] == "band"]
+    plot_scatter([dict(r, train_len=T) for r in pairs], rows[0]["model"], out / "smollm2_u_vs_period.png")
+    n_layers, n_heads = len({r["layer"] for r in pairs}), pairs[0]["heads"]
+    lines = ["## SmolLM2-135M-Instruct (transformers; the Q4_1 GGUF weights de-quantised)", "",
+             f"{rows[0]['windows']} windows of T = {T} tokens of {rows[0]['corpus']}/{rows[0]['split']} (its own "
+             f"tokenizer), its own rope (base {rows[0]['params'].get('base'):g}, "
+             f"{len({r['pair'] for r in pairs})} pairs per head), {n_layers} layers × {n_heads} heads; mean |term| over "
+             f"{rows[0]['magnitude_queries']} evenly spaced query rows per window. Bands here are relative to the "
+             f"measured window T = {T} (a U-score over Δ < T sees only shapes inside it); the model's own window is "
+             f"{L}, beyond which pairs with P > {L} never turn. One model, so no ± over seeds; means over layers and heads.",
+             "",
+             "| pairs (P vs T) | pairs per head | share of Σ mean \\|term\\| | U-score (Δ) | U>0 (Δ) | U-score (last query) "
+             "| far-end lift share (Δ) | initial-key lift share (last query) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for g in GROUPS:
+        pr = [r for r in pairs if _in_group(r, g)]
+        br = [r for r in band_rows if r["band"] == g]
         if pr:
-            lines.append(f"| {GROUP_LABEL[g]} | {len({r['pair'] for r in pr})} | "
-                         f"{statistics.fmean(r['share'] for r in br):.3f} | {statistics.fmean(r['u_score'] for r in pr):.3f} | "
-                         f"{statistics.fmean(r['u_score'] > 0 for r in pr):.2f} | "
-                         f"{statistics.fmean(r['u_score_last'] for r in pr):.3f} |")
-    lines += ["", "![SmolLM2 U-score vs period](rope_pairs/smollm2_u_vs_period.png)", ""]
+            lines.append(f"| {GROUP_LABEL[g].replace('L', 'T')} | {len({r['pair'] for r in pr})} | "
+                         f"{statistics.fmean(r['share'] for r in br):.3f} | "
+                         f"{statistics.fmean(r['u_score'] for r in pr):.3f} | "
+                         f"{statistics.fmean(r['u_positive'] for r in pr):.2f} | "
+                         f"{statistics.fmean(r['u_score_last'] for r in pr):.3f} | "
+                         f"{lift_share(rows, rows[0]['seed'], g):.2f} | "
+                         f"{lift_share(rows, rows[0]['seed'], g, view='_last'):.2f} |")
+    totals = [r for r in rows if r["component"] == "total"]
+    lines += ["", f"Whole logit: {statistics.fmean(t['u_depth'] > 0 for t in totals):.2f} of the heads U-shaped over Δ "
+              f"(mean U-score {statistics.fmean(t['u_score'] for t in totals):.3f}), "
+              f"{statistics.fmean(t['u_depth_last'] > 0 for t in totals):.2f} over key positions for the last query.",
+              "", "![SmolLM2 U-score vs period](rope_pairs/smollm2_u_vs_period.png)", "",
+              "(One point per layer and pair: the mean over its heads; lines at T and 2T.)", ""]
     return lines
 
 
