@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import math
 import statistics
 import sys
@@ -259,7 +258,8 @@ def plot_heatmaps(curves: list[dict], seed: int, model: str, metric: str, path: 
     fig.savefig(path, dpi=90)
 
 
-def plot_scatter(rows: list[dict], model: str, path: Path) -> None:
+def plot_scatter(rows: list[dict], model: str, path: Path, *, length: str = "L",
+                 what: str = "every seed, layer, head and pair") -> None:
     sel = [r for r in rows if r["model"] == model and r["component"] == "pair"]
     L = sel[0]["train_len"]
     fig, axes = _fig(1, 3, 14, 4)
@@ -272,15 +272,16 @@ def plot_scatter(rows: list[dict], model: str, path: Path) -> None:
             pts = [(r["period"] * math.exp(rng.normal(0, 0.04)), r[key]) for r in sel if r["band"] == band]
             if pts:
                 x, y = zip(*pts)
-                ax.scatter(x, y, s=6, alpha=0.5, color=color, label=f"{GROUP_LABEL[band]} ({len(pts)})")
+                ax.scatter(x, y, s=6, alpha=0.5, color=color,
+                           label=f"{GROUP_LABEL[band].replace('L', length)} ({len(pts)})")
         ax.axvline(L, color="k", lw=1)
         ax.axvline(2 * L, color="k", lw=1, ls="--")
         ax.set_xscale("log")
-        ax.set_xlabel("period 2π/θ (tokens); lines: L, 2L")
+        ax.set_xlabel(f"period 2π/θ (tokens); lines: {length}, 2{length}")
         ax.set_ylabel(label)
         ax.axhline(0, color="k", lw=0.5)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"{model}: every seed, layer, head and pair", fontsize=9)
+    fig.suptitle(f"{model}: {what}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 
@@ -425,6 +426,53 @@ def write_page(out: Path, page: Path, command: str) -> str:
             ]) + " |")
         return lines
 
+    def reading() -> list[str]:
+        """Sentences whose numbers come from the records."""
+        def band_mean(group: str, key: str) -> str:
+            return _ms(_seed_stat(pairs, seeds, lambda r: _in_group(r, group), lambda s: statistics.fmean(r[key] for r in s)))
+
+        def band_pos(group: str) -> str:
+            return _ms(_seed_stat(pairs, seeds, lambda r: _in_group(r, group),
+                                  lambda s: statistics.fmean(r["u_score"] > 0 for r in s)), "{:.2f}")
+
+        lifts = {p: statistics.fmean(lift_share(dec, s, p) for s in seeds) for p in periods}
+        top = sorted(lifts, key=lifts.get, reverse=True)[:3]
+        act = [p for p in periods if L < periods[p] <= 2 * L]
+        slow = [p for p in periods if periods[p] > 2 * L]
+        flat = [p for p in slow if 2 * math.pi * L / periods[p] < 0.5]  # θL < 0.5 rad
+        ratio = lambda ps: _ms(_seed_stat(pairs, seeds, lambda r: r["pair"] in ps,  # noqa: E731
+                                          lambda s: statistics.fmean(r["spread"] / r["value"] for r in s)), "{:.2f}")
+        share_of = lambda g: _ms(_seed_stat(bands, seeds, lambda r: r["band"] == g,  # noqa: E731
+                                            lambda s: statistics.fmean(r["share"] for r in s)))
+        mean_of = lambda g, k="u_score": statistics.fmean(  # noqa: E731
+            _seed_stat(pairs, seeds, lambda r: _in_group(r, g), lambda s: statistics.fmean(r[k] for r in s)))
+        within_lift = statistics.fmean(lift_share(dec, s, "within") for s in seeds)
+        beyond_lift = [lift_share(dec, s, "beyond") for s in seeds]
+        more = mean_of("activated") > mean_of("within")
+        return [
+            "**Reading.** "
+            f"The activated pair{'s' if len(act) > 1 else ''} ({', '.join(f'pair {p}, P = {periods[p]:.0f}' for p in act)}) "
+            f"{'are' if len(act) > 1 else 'is'} U-shaped over Δ {'more' if more else 'less'} than the rotating P ≤ L "
+            f"pairs (U-score {band_mean('activated', 'u_score')} vs {band_mean('within', 'u_score')}; U > 0 in "
+            f"{band_pos('activated')} vs {band_pos('within')} of the profiles){', as hope_highfreq describes' if more else ''}; "
+            f"over key positions for the last query: {band_mean('activated', 'u_score_last')} vs "
+            f"{band_mean('within', 'u_score_last')}. The P > 2L pairs: U-score {band_mean('beyond', 'u_score')} "
+            f"(U > 0 in {band_pos('beyond')}); all P > L pairs together: {band_mean('above', 'u_score')}. "
+            f"The lift of the far end (the largest Δ, i.e. the initial keys) above the middle comes "
+            f"{'mostly from pairs with P ≤ L' if within_lift > 0.5 else 'mostly from pairs with P > L'} "
+            f"({within_lift:.2f} of it); the largest shares by pair: "
+            + ", ".join(f"pair {p} (P = {periods[p]:.0f}) {lifts[p]:.2f}" for p in top)
+            + " (with one or two turns inside the window, cos(θΔ − φ) comes back up at Δ ≈ L for a phase φ near 0); the P > 2L pairs "
+            f"supply {_ms(beyond_lift, '{:.2f}')}{' (they pull it down)' if max(beyond_lift) < 0 else ''}. Magnitude: the "
+            f"P > L pairs carry {share_of('above')} of Σ mean |term| (activated {share_of('activated')}, P > 2L "
+            f"{share_of('beyond')}) with {len(act) + len(slow)} of {n_pairs} pairs. The mean term of the P > 2L pairs "
+            f"changes with Δ by spread/mean |term| {ratio(slow)} against {ratio([p for p in periods if periods[p] <= L])} "
+            f"for the P ≤ L pairs; for the {len(flat)} pairs with θL < 0.5 rad that change cannot come from the "
+            "rotation (cos θΔ moves by < 0.13 over the window): it is the content's own dependence on Δ and on the "
+            "first keys, i.e. these pairs act as content channels.",
+            "",
+        ]
+
     def lift_table() -> list[str]:
         lines = ["| end | view | " + " | ".join(GROUP_LABEL[g] for g in GROUPS) + " | heads with a lift |",
                  "|---|---|" + "---|" * (len(GROUPS) + 1)]
@@ -482,6 +530,7 @@ def write_page(out: Path, page: Path, command: str) -> str:
         f"{_ms([lift_share(dec, s, 'above', view='_last') for s in seeds], '{:.2f}')} (last query: initial keys "
         "above the middle).",
         "",
+        *reading(),
         "## By band (mean over layers and heads; ± sd over seeds)",
         "",
         *band_table(),
@@ -529,7 +578,8 @@ def smollm2_section(records: list[dict], out: Path) -> list[str]:
     L, T = rows[0]["train_len"], rows[0]["eval_len"]
     pairs = [r for r in rows if r["component"] == "pair"]
     band_rows = [r for r in rows if r["component"] == "band"]
-    plot_scatter([dict(r, train_len=T) for r in pairs], rows[0]["model"], out / "smollm2_u_vs_period.png")
+    plot_scatter([dict(r, train_len=T) for r in pairs], rows[0]["model"], out / "smollm2_u_vs_period.png",
+                 length="T", what=f"one point per layer and pair (mean over heads); T = {T}, the measured window")
     n_layers, n_heads = len({r["layer"] for r in pairs}), pairs[0]["heads"]
     lines = ["## SmolLM2-135M-Instruct (transformers; the Q4_1 GGUF weights de-quantised)", "",
              f"{rows[0]['windows']} windows of T = {T} tokens of {rows[0]['corpus']}/{rows[0]['split']} (its own "
@@ -554,7 +604,9 @@ def smollm2_section(records: list[dict], out: Path) -> list[str]:
                          f"{lift_share(rows, rows[0]['seed'], g):.2f} | "
                          f"{lift_share(rows, rows[0]['seed'], g, view='_last'):.2f} |")
     totals = [r for r in rows if r["component"] == "total"]
-    lines += ["", f"Whole logit: {statistics.fmean(t['u_depth'] > 0 for t in totals):.2f} of the heads U-shaped over Δ "
+    lines += ["", "Band lift shares far from [0, 1] mean the bands' lifts largely cancel: the whole logit's far end "
+              "is barely above its middle.", "",
+              f"Whole logit: {statistics.fmean(t['u_depth'] > 0 for t in totals):.2f} of the heads U-shaped over Δ "
               f"(mean U-score {statistics.fmean(t['u_score'] for t in totals):.3f}), "
               f"{statistics.fmean(t['u_depth_last'] > 0 for t in totals):.2f} over key positions for the last query.",
               "", "![SmolLM2 U-score vs period](rope_pairs/smollm2_u_vs_period.png)", "",
