@@ -635,8 +635,10 @@ def main(argv: list[str] | None = None) -> int:
             measure_checkpoint(path, args.out, args.windows, args.batch_size)
         if args.smollm2:
             measure_smollm2(args.out, args.smollm2, args.smollm2_length)
+    # the command that measured what the records hold (a --page-only run names the measuring one)
+    hf_rows = [r for r in read_records(args.out / "records.jsonl") if r.get("hf") == "smollm2"]
     command = ("python scripts/analysis_pairs.py --out docs/results/rope_pairs --page docs/results/rope_pairs.md"
-               + (f" --smollm2 {args.smollm2}" if args.smollm2 else ""))
+               + (f" --smollm2 {hf_rows[0]['windows']}" if hf_rows else ""))
     write_page(args.out, args.page, command)
     log(f"wrote {args.page}")
     return 0
