@@ -605,24 +605,15 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     stages = (args.stages or ("models,smollm2,page" if args.study == "ushape" else "far,ppl,page")).split(",")
     torch.set_num_threads(1)
-    if args.study == "ushape":
-        run = {"models": ushape_models, "smollm2": ushape_hf}
-        for st in stages:
-            if st == "page":
-                ushape_page(out, page, args)
-            elif st in run:
-                run[st](args, out)
-            else:
-                raise SystemExit(f"--stages: unknown stage {st!r} for ushape (models, smollm2, page)")
-    else:
-        run = {"far": dilution_far, "ppl": dilution_ppl}
-        for st in stages:
-            if st == "page":
-                dilution_page(out, page, args)
-            elif st in run:
-                run[st](args, out)
-            else:
-                raise SystemExit(f"--stages: unknown stage {st!r} for dilution (far, ppl, page)")
+    run, page_of = ({"models": ushape_models, "smollm2": ushape_hf}, ushape_page) if args.study == "ushape" else \
+        ({"far": dilution_far, "ppl": dilution_ppl}, dilution_page)
+    for st in stages:
+        if st == "page":
+            page_of(out, page, args)
+        elif st in run:
+            run[st](args, out)
+        else:
+            raise SystemExit(f"--stages: unknown stage {st!r} for {args.study} ({', '.join(run)}, page)")
 
 
 if __name__ == "__main__":
