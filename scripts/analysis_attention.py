@@ -52,7 +52,7 @@ from hopekit.analysis.attention import (DENSITY_METRICS, attention_profile, atte
 from hopekit.eval.records import append_records, model_descriptor, model_digest, read_records  # noqa: E402
 from hopekit.eval.stats import paired_ratio, summarize  # noqa: E402
 
-RUNS = Path("/work/study18/runs/analysis/checkpoints")
+RUNS = Path("results/analysis/checkpoints")  # hopekit bench --preset benchmarks/analysis.yaml --run-dir results/analysis
 METHODS = ("rope", "learned", "alibi", "hope_highfreq", "hope_hyperbolic")
 DILUTION_METHODS = ("rope", "alibi", "hope_hyperbolic")
 REMEDY = "log_length"

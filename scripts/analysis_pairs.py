@@ -8,7 +8,8 @@ components"): records, curves, figures and a page.
     python scripts/analysis_pairs.py ... --smollm2 4                       # also SmolLM2-135M on 4 windows of 2048
 
 What it measures (``hopekit.analysis.pairs.pair_profiles``): for each checkpoint (default: the rope
-decoders ``/work/study18/runs/analysis/checkpoints/rope/seed*/checkpoint.pt``), ``--windows``
+decoders ``results/analysis/checkpoints/rope/seed*/checkpoint.pt``, made by
+``hopekit bench --preset benchmarks/analysis.yaml --run-dir results/analysis``), ``--windows``
 non-overlapping windows of ``train_len`` tokens taken at evenly spaced indices of all such windows of
 the test split's documents (no window crosses a document), and for every layer, head and rotary pair
 the mean logit term against Δ, against the key position for the last query, and its mean |·|.
@@ -40,7 +41,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from hopekit.analysis.pairs import BANDS, PairProfiles, pair_profiles, u_parts  # noqa: E402
 from hopekit.eval.records import append_records, make_record, model_descriptor, model_digest, read_records  # noqa: E402
 
-CHECKPOINTS = "/work/study18/runs/analysis/checkpoints/rope/seed*/checkpoint.pt"
+CHECKPOINTS = "results/analysis/checkpoints/rope/seed*/checkpoint.pt"
 TASK = "pair_decomposition"
 GROUPS = ("within", "activated", "beyond", "above")   # "above": every pair with P > L (activated ∪ beyond)
 GROUP_LABEL = {"within": "P ≤ L", "activated": "L < P ≤ 2L", "beyond": "P > 2L", "above": "P > L (both)"}
@@ -462,7 +463,7 @@ def write_page(out: Path, page: Path, command: str) -> str:
             f"{'mostly from pairs with P ≤ L' if within_lift > 0.5 else 'mostly from pairs with P > L'} "
             f"({within_lift:.2f} of it); the largest shares by pair: "
             + ", ".join(f"pair {p} (P = {periods[p]:.0f}) {lifts[p]:.2f}" for p in top)
-            + " (with one or two turns inside the window, cos(θΔ − φ) comes back up at Δ ≈ L for a phase φ near 0); the P > 2L pairs "
+            + " (with half a turn or more inside the window, cos(θΔ − φ) comes back up at Δ ≈ L for a suitable phase φ); the P > 2L pairs "
             f"supply {_ms(beyond_lift, '{:.2f}')}{' (they pull it down)' if max(beyond_lift) < 0 else ''}. Magnitude: the "
             f"P > L pairs carry {share_of('above')} of Σ mean |term| (activated {share_of('activated')}, P > 2L "
             f"{share_of('beyond')}) with {len(act) + len(slow)} of {n_pairs} pairs. The mean term of the P > 2L pairs "

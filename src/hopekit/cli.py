@@ -89,7 +89,8 @@ def _analyze_attention(args: argparse.Namespace) -> int:
     from hopekit.eval import read_records
 
     # KEY=VALUE words are encoding overrides (positional words mix in any order)
-    overrides = [a for a in args.checkpoints if a.startswith("pe.") and "=" in a and not Path(a).exists()]
+    overrides = [a for a in args.checkpoints if "=" in a and not Path(a).exists()
+                 and re.fullmatch(r"[A-Za-z_][\w.]*=.*", a, re.S) and not a.startswith(("/", "."))]
     args.checkpoints = [a for a in args.checkpoints if a not in overrides]
     if bool(args.hf) == bool(args.checkpoints):
         raise ValueError("give checkpoints or --hf NAME (one of them)")

@@ -103,7 +103,7 @@ def test_analyze_attention_records_the_profile_of_the_checkpoint_and_resumes(tmp
     assert main(["analyze", "attention", str(ckpt), "--windows", "3", "--far-lengths", "32", "--out", str(out),
                  "-q"]) == 0
     text = capsys.readouterr().out
-    assert "| 16 | 4, 2 | 1 |" in text, text
+    assert "| 16 | 4, 2 | 3 | 1 |" in text, text
     rows = read_records(out / "records.jsonl")
     model, _, docs = load_for_analysis(str(ckpt))
     want = attention_profile(model, text_windows(docs, 16, 3), first=4, near=2)   # near: 16 / 8
@@ -124,7 +124,7 @@ def test_analyze_attention_records_the_profile_of_the_checkpoint_and_resumes(tmp
     # another group rule into the same directory: its own table rows, never averaged with the first
     assert main(["analyze", "attention", str(ckpt), "--windows", "3", "--near", "4", "--out", str(out), "-q"]) == 0
     text = capsys.readouterr().out
-    assert "| 16 | 4, 2 | 1 |" in text and "| 16 | 4, 4 | 1 |" in text
+    assert "| 16 | 4, 2 | 3 | 1 |" in text and "| 16 | 4, 4 | 3 | 1 |" in text
     # a changed sample count is another measurement (never the old numbers reported as the new)
     assert main(["analyze", "attention", str(ckpt), "--windows", "2", "--out", str(out), "-q"]) == 0
     assert len([r for r in read_records(out / "records.jsonl") if r.get("windows_requested") == 2]) > 0
@@ -139,8 +139,12 @@ def test_analyze_attention_records_the_profile_of_the_checkpoint_and_resumes(tmp
     missing = str(tmp_path / "h@penalty=0.3" / "checkpoint.pt")      # a grid point's folder holds "="
     assert main(["analyze", "attention", missing, "--out", str(out)]) == 2
     assert "no such file" in capsys.readouterr().err
+    before = len(read_records(out / "records.jsonl"))
     assert main(["analyze", "attention", str(ckpt), "train.steps=9", "--out", str(out)]) == 2
-    assert "train.steps=9: no such file" in capsys.readouterr().err
+    assert "train.steps=9: only pe.FIELD=VALUE overrides" in capsys.readouterr().err
+    assert main(["analyze", "attention", str(ckpt), missing, "--windows", "5", "--out", str(out)]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert len(read_records(out / "records.jsonl")) == before        # refused before measuring anything
     assert main(["analyze", "attention", "--out", str(out)]) == 2
     assert "give checkpoints or --hf NAME" in capsys.readouterr().err
 

@@ -19,8 +19,9 @@ at Δ ≈ 0 and at Δ ≈ L and low in between — the global **U-shape** hope_h
   position-dependent view (the paper's U over key positions, high on the initial and the nearest keys).
 
 **Bands** (:func:`period_bands`): ``"within"`` P ≤ L (at least one full turn inside the window),
-``"activated"`` L < P ≤ 2L (more than half a turn: a phase can make both ends high), ``"beyond"``
-P > 2L (less than half a turn: near-monotone or constant over the window). hope_highfreq removes both
+``"activated"`` L < P ≤ 2L (more than half a turn: a phase can make both ends as high as the peak),
+``"beyond"`` P > 2L (less than half a turn: a phase centred on the trough still gives a shallower U, of
+depth (1 − cos(θL/2)) × amplitude; the slowest pairs are near-constant over the window). hope_highfreq removes both
 of the latter two; a zero frequency (an unrotated pair) has P = ∞ and is ``"beyond"``.
 
 **U-score** (:func:`u_score`), of a profile p(Δ), Δ = 0 … n − 1, with ends of width ``w = max(1, n // 8)``::

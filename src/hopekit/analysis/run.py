@@ -208,14 +208,15 @@ def load_for_analysis(source: str, *, hf: bool = False, pe_overrides: Sequence[s
 MAX_WEIGHTS_GIB = 12.0
 
 
-def _weights_gib(model: Any, length: int, hf: bool) -> float:
-    """GiB of the float32 attention weights one forward holds: per layer (batch 8) for a hopekit decoder,
-    every layer at once (batch 1) for a transformers model (``output_attentions``)."""
+def _weights_gib(model: Any, length: int, hf: bool, batch: int) -> float:
+    """GiB a measurement's attention tensors peak at, float32. A transformers model returns every layer's
+    weights at once (``output_attentions``) and :func:`hf_attention` stacks a copy: 2 × layers × heads ×
+    T² per window. A hopekit decoder holds one layer at a time, but the logits, their masked copy, the
+    weights and the next layer's logits overlap: about 4 × heads × T² per window of the batch."""
     cfg = model.config
     heads = getattr(cfg, "n_heads", None) or getattr(cfg, "num_attention_heads", 1)
-    layers = getattr(cfg, "num_hidden_layers", 1) if hf else 8   # hf: all layers; decoder: 8 windows per batch
-    return 2 * layers * heads * float(length) ** 2 * 4 / 2**30   # weights and their logits
-
+    copies = 2 * getattr(cfg, "num_hidden_layers", 1) if hf else 4
+    return copies * batch * heads * float(length) ** 2 * 4 / 2**30
 
 def analyze_attention(sources: Sequence[str], *, out: str | Path, hf: bool = False, length: int | None = None,
                       windows: int = 64, first: int = 4, near: int | None = None, far_lengths: Sequence[int] = (),
@@ -244,20 +245,25 @@ def analyze_attention(sources: Sequence[str], *, out: str | Path, hf: bool = Fal
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "records.jsonl"
-    measured: set[tuple[int, int, int]] = set()   # (length, first, near) of this call: what the figures show
+    measured: set[tuple[int, int, int, int]] = set()   # (length, first, near, windows) of this call: the figures
+    if hf and length is None:
+        raise ValueError("--length: give the window for a pretrained model (at its full window the attention "
+                         "weights of every layer rarely fit in memory)")
+    if not hf:   # every checkpoint is there before anything is measured
+        missing = [s for s in sources if not Path(s).is_file()]
+        if missing:
+            raise FileNotFoundError(f"checkpoint {missing[0]}: no such file")
+    u_batch = 1 if hf else 8
     for source in sources:
         model, fields, docs = load_for_analysis(source, hf=hf, pe_overrides=pe_overrides)
         T = length or fields["train_len"]
-        if hf and length is None:
-            raise ValueError(f"--length: give the window for a pretrained model (its window is {T} tokens; its "
-                             f"attention weights at that length take {_weights_gib(model, T, hf):.0f} GiB)")
         n_near = near if near is not None else max(1, T // 8)
-        for L in [T, *far_lengths]:
-            gib = _weights_gib(model, L, hf)
+        for L, batch in [(T, u_batch), *((L, 1) for L in far_lengths)]:
+            gib = _weights_gib(model, L, hf, batch)
             if gib > MAX_WEIGHTS_GIB:
-                raise ValueError(f"length {L}: the attention weights would take {gib:.0f} GiB (more than "
-                                 f"{MAX_WEIGHTS_GIB} GiB); use a shorter --length / --far-lengths")
-        measured.add((T, first, n_near))
+                raise ValueError(f"length {L}: the attention tensors would take about {gib:.0f} GiB (more than "
+                                 f"{MAX_WEIGHTS_GIB:g} GiB); use a shorter --length / --far-lengths")
+        measured.add((T, first, n_near, windows))
         records = read_records(path) if path.exists() else []
         same = lambda r, metric: (r.get("metric") == metric and r.get("model_digest") == fields["model_digest"]  # noqa: E731
                                   and r.get("params") == fields["params"] and r.get("method") == fields["method"]
@@ -280,17 +286,18 @@ def analyze_attention(sources: Sequence[str], *, out: str | Path, hf: bool = Fal
             log(f"{fields['method']}: far-token mass at {list(todo)} recorded")
     rows = read_records(path)
     # the figures show this call's measurements (one length and group rule), never a mix of settings
-    shown = [r for r in rows if r.get("metric") == "far_token_mass"
-             or (r.get("eval_len"), r.get("first"), r.get("near")) in measured]
-    lengths = {T for T, _, _ in measured}
+    shown = [r for r in rows if (r.get("eval_len"), r.get("first"), r.get("near"), r.get("windows_requested"))
+             in measured]
+    lengths = {T for T, _, _, _ in measured}
     if len(lengths) == 1:
         plot_u_heatmap(shown, out / "u_index.png", eval_len=next(iter(lengths)))
         plot_attention_by_key(shown, out / "attention_by_key.png")
     else:
         log(f"figures u_index.png, attention_by_key.png not drawn: the models were measured at lengths "
             f"{sorted(lengths)} (give --length)")
-    if any(r.get("metric") == "far_token_mass" for r in rows):
-        plot_far_mass(rows, out / "far_mass.png")
+    far_rows = [r for r in rows if r.get("metric") == "far_token_mass" and r.get("windows_requested") == windows]
+    if far_rows:
+        plot_far_mass(far_rows, out / "far_mass.png")
     return path
 
 
@@ -298,31 +305,33 @@ def attention_table(records: Sequence[Mapping[str, Any]]) -> str:
     """Per model and layer: the U-shape index (mean over heads of the window means) and, per length, the
     far-token mass (mean over layers and heads), from the records of :func:`analyze_attention`."""
     rows = [r for r in records if r.get("task") == "attention"]
-    lines = ["| model | length | first, near | layer | U index (mean over heads) | ln(near/middle) | ln(first/middle) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | length | first, near | windows | layer | U index (mean over heads) | ln(near/middle) | "
+             "ln(first/middle) |", "|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple, dict[str, list[float]]] = {}
     for r in rows:
         if r["metric"] in ("u_shape_index", "attention_density_first", "attention_density_middle",
                            "attention_density_near"):
             g = groups.setdefault((r["method"], r.get("seed"), r["eval_len"], r.get("first"), r.get("near"),
-                                   r["layer"]), {})
+                                   r.get("windows_requested"), r["layer"]), {})
             g.setdefault(r["metric"], []).append(r["value"])
-    for (method, seed, T, first, near, layer), g in groups.items():
+    for (method, seed, T, first, near, n_windows, layer), g in groups.items():
         u = sum(g["u_shape_index"]) / len(g["u_shape_index"])
         mid = [max(x, 1e-30) for x in g.get("attention_density_middle", [])]
         ratio = lambda key: (sum(math.log(max(a, 1e-30) / b) for a, b in zip(g[key], mid)) / len(mid)  # noqa: E731
                              if mid and key in g else math.nan)
         label = method if seed is None else f"{method} (seed {seed})"
-        lines.append(f"| `{label}` | {T} | {first}, {near} | {layer} | {u:+.3f} | {ratio('attention_density_near'):+.2f} | "
+        lines.append(f"| `{label}` | {T} | {first}, {near} | {n_windows} | {layer} | {u:+.3f} | "
+                     f"{ratio('attention_density_near'):+.2f} | "
                      f"{ratio('attention_density_first'):+.2f} |")
     far: dict[tuple, list[float]] = {}
     for r in rows:
         if r["metric"] == "far_token_mass":
-            key = (r["method"], r.get("seed"), r["eval_len"], r.get("beyond"), r.get("uniform"))
+            key = (r["method"], r.get("seed"), r["eval_len"], r.get("beyond"), r.get("uniform"), r.get("windows_requested"))
             far.setdefault(key, []).append(r["value"])
     if far:
-        lines += ["", "| model | length | far-token mass (beyond) | uniform attention would give |", "|---|---|---|---|"]
-        for (method, seed, L, b, uniform), v in far.items():
+        lines += ["", "| model | length | windows | far-token mass (beyond) | uniform attention would give |",
+                  "|---|---|---|---|---|"]
+        for (method, seed, L, b, uniform, n_windows), v in far.items():
             label = method if seed is None else f"{method} (seed {seed})"
-            lines.append(f"| `{label}` | {L} | {sum(v) / len(v):.3f} (>{b}) | {uniform:.3f} |")
+            lines.append(f"| `{label}` | {L} | {n_windows} | {sum(v) / len(v):.3f} (>{b}) | {uniform:.3f} |")
     return "\n".join(lines)
