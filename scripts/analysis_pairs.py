@@ -38,12 +38,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from hopekit.analysis.pairs import BANDS, PairProfiles, pair_profiles, u_parts  # noqa: E402
-from hopekit.eval.records import append_records, make_record, model_descriptor, model_digest, read_records  # noqa: E402
+from hopekit.analysis.pairs import (BANDS, GROUPS, PairProfiles, _fig, pair_profiles, pair_records,  # noqa: E402
+                                    plot_pair_heatmaps, u_parts)
+from hopekit.eval.records import append_records, model_descriptor, model_digest, read_records  # noqa: E402
 
 CHECKPOINTS = "results/analysis/checkpoints/rope/seed*/checkpoint.pt"
 TASK = "pair_decomposition"
-GROUPS = ("within", "activated", "beyond", "above")   # "above": every pair with P > L (activated ∪ beyond)
 GROUP_LABEL = {"within": "P ≤ L", "activated": "L < P ≤ 2L", "beyond": "P > 2L", "above": "P > L (both)"}
 
 
@@ -51,8 +51,6 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _r(x: float) -> float:
-    return float(f"{x:.5g}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -70,64 +68,6 @@ def spread_windows(docs: list[torch.Tensor], length: int, count: int) -> torch.T
         raise SystemExit(f"--windows {count}: the split has only {len(every)} windows of {length} tokens")
     picks = np.linspace(0, len(every) - 1, count).round().astype(int)
     return torch.stack([every[i] for i in picks])
-
-
-def rows_for(prof: PairProfiles, common: dict[str, Any], *, per_head: bool = True) -> tuple[list[dict], list[dict]]:
-    """Scalar rows (pairs, bands, total) and curve rows (pairs) of one model's profiles. ``per_head=False``
-    (a large model): pair rows are means over a layer's heads (``head`` None, ``u_positive`` the fraction of
-    heads with a positive U-score) and no curves are kept; band and total rows stay per head."""
-    L = prof.train_len
-    parts = u_parts(prof.profile)             # (layers, H, C)
-    # the last query's curve is read by Δ = T − 1 − n, so that "near" is the most recent keys and "far"
-    # the initial ones in both views (the U-score itself is symmetric in its ends)
-    last = u_parts(prof.last_query[..., ::-1])
-    share = prof.share
-    rows, curves = [], []
-    for li, layer in enumerate(prof.layers):
-        if not per_head:
-            for c, name in enumerate(prof.names):
-                pair = c if name.startswith("pair") else None
-                band = prof.band[c] if pair is not None else "rest"
-                period = float(prof.period[c]) if pair is not None else math.inf
-                rows.append(make_record(
-                    metric="pair_logit_magnitude", value=_r(prof.magnitude[li, :, c].mean()), layer=layer, head=None,
-                    component="pair" if pair is not None else "rest", pair=pair, band=band,
-                    period=None if math.isinf(period) else _r(period), heads=int(prof.profile.shape[1]),
-                    share=_r(share[li, :, c].mean()), u_score=_r(parts["u_score"][li, :, c].mean()),
-                    u_positive=_r((parts["u_score"][li, :, c] > 0).mean()),
-                    u_score_last=_r(last["u_score"][li, :, c].mean()), **common))
-        for h in range(prof.profile.shape[1]):
-            for c, name in enumerate(prof.names if per_head else ()):
-                pair = c if name.startswith("pair") else None
-                period = float(prof.period[c]) if pair is not None else None
-                band = prof.band[c] if pair is not None else "rest"
-                fields = dict(layer=layer, head=h, component="pair" if pair is not None else "rest", pair=pair,
-                              period=None if period is None or math.isinf(period) else _r(period), band=band,
-                              activated=band == "activated", beyond_2L=band == "beyond", above_L=band in BANDS[1:])
-                rows.append(make_record(metric="pair_logit_magnitude", value=_r(prof.magnitude[li, h, c]),
-                                        share=_r(share[li, h, c]), **_u_fields(parts, last, li, h, c),
-                                        **fields, **common))
-                for metric, curve in (("pair_profile_delta", prof.profile), ("pair_profile_last_query", prof.last_query)):
-                    curves.append(make_record(metric=metric, value=[float(f"{v:.4g}") for v in curve[li, h, c]], **fields, **common))
-            for group in GROUPS:
-                idx = [i for i, b in enumerate(prof.band) if (b in BANDS[1:] if group == "above" else b == group)]
-                if not idx:
-                    continue
-                gp = u_parts(prof.profile[li, h, idx].sum(0))
-                gl = u_parts(prof.last_query[li, h, idx].sum(0)[::-1])
-                rows.append(make_record(metric="pair_logit_magnitude", value=_r(prof.magnitude[li, h, idx].sum()),
-                                        share=_r(share[li, h, idx].sum()), layer=layer, head=h, component="band",
-                                        band=group, pairs=len(idx), **_u_fields(gp, gl), **common))
-            tp, tl = u_parts(prof.profile[li, h].sum(0)), u_parts(prof.last_query[li, h].sum(0)[::-1])
-            rows.append(make_record(metric="pair_logit_magnitude", value=_r(prof.logit_magnitude[li, h]), share=1.0,
-                                    layer=layer, head=h, component="total", band=None, **_u_fields(tp, tl), **common))
-    return rows, curves
-
-
-def _u_fields(parts: dict, last: dict, *index: int) -> dict[str, float]:
-    out = {k: _r(float(parts[k][index])) for k in ("u_score", "u_depth", "near", "mid", "far", "spread")}
-    out.update({f"{k}_last": _r(float(last[k][index])) for k in ("u_score", "u_depth", "near", "mid", "far", "spread")})
-    return out
 
 
 def measure_checkpoint(path: str, out: Path, n_windows: int, batch_size: int) -> None:
@@ -155,7 +95,7 @@ def measure_checkpoint(path: str, out: Path, n_windows: int, batch_size: int) ->
                   seed=int(config.train.seed), model=model_descriptor(model), model_digest=digest,
                   corpus=config.data.corpus, split=config.eval.split, tokenizer=config.data.tokenizer,
                   windows=n_windows, checkpoint=str(path))
-    rows, curves = rows_for(prof, common)
+    rows, curves = pair_records(prof, common)
     append_records(out / "curves.jsonl", curves)
     append_records(records, rows)
 
@@ -187,7 +127,7 @@ def measure_smollm2(out: Path, n_windows: int, length: int) -> None:
                   model=model_descriptor(lm.model), model_digest=digest, hf="smollm2", corpus=text.corpus,
                   split=text.split, tokenizer=text.tokenizer, windows=n_windows, magnitude_queries=64,
                   band_len=length)
-    rows, curves = rows_for(prof, common, per_head=False)
+    rows, curves = pair_records(prof, common, per_head=False)
     append_records(out / "curves.jsonl", curves)
     append_records(records, rows)
 
@@ -218,45 +158,6 @@ def _seed_stat(rows: list[dict], seeds: list[int], pick, stat) -> list[float]:
 
 def _in_group(r: dict, group: str) -> bool:
     return r.get("band") in BANDS[1:] if group == "above" else r.get("band") == group
-
-
-def _fig(nrows: int, ncols: int, w: float, h: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(w, h))
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(nrows, ncols, squeeze=False)
-
-
-def plot_heatmaps(curves: list[dict], seed: int, model: str, metric: str, path: Path, title: str) -> None:
-    sel = [c for c in curves if c["seed"] == seed and c["model"] == model and c["metric"] == metric
-           and c["component"] == "pair"]
-    layers, heads = sorted({c["layer"] for c in sel}), sorted({c["head"] for c in sel})
-    fig, axes = _fig(len(layers), len(heads), 3.2 * len(heads), 2.6 * len(layers))
-    L = sel[0]["train_len"]
-    for i, layer in enumerate(layers):
-        for j, h in enumerate(heads):
-            cs = sorted((c for c in sel if c["layer"] == layer and c["head"] == h), key=lambda c: c["pair"])
-            m = np.array([c["value"] for c in cs])
-            m = m / np.maximum(np.abs(m).max(1, keepdims=True), 1e-12)     # each pair scaled to its own max |·|
-            ax = axes[i][j]
-            ax.imshow(m, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest",
-                      extent=(-0.5, m.shape[1] - 0.5, len(cs) - 0.5, -0.5))
-            for k in range(1, len(cs)):   # the period = L and 2L boundaries
-                for edge, style in ((L, "-"), (2 * L, "--")):
-                    p0, p1 = cs[k - 1]["period"] or math.inf, cs[k]["period"] or math.inf
-                    if p0 <= edge < p1:
-                        ax.axhline(k - 0.5, color="k", lw=1.2, ls=style)
-            ax.set_title(f"layer {layer} head {h}", fontsize=8)
-            ax.tick_params(labelsize=6)
-            if j == 0:
-                ax.set_ylabel("pair (period ↑)", fontsize=7)
-            if i == len(layers) - 1:
-                ax.set_xlabel("Δ" if metric.endswith("delta") else "key position n (query T−1)", fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
 
 
 def plot_scatter(rows: list[dict], model: str, path: Path, *, length: str = "L",
@@ -364,10 +265,10 @@ def write_page(out: Path, page: Path, command: str) -> str:
     windows = sorted({r["windows"] for r in dec})
     layers, heads = sorted({r["layer"] for r in dec}), sorted({r["head"] for r in dec})
     fig_dir = out
-    plot_heatmaps(curves, seeds[0], model, "pair_profile_delta", fig_dir / "heatmap_delta.png",
+    plot_pair_heatmaps(curves, seeds[0], model, "pair_profile_delta", fig_dir / "heatmap_delta.png",
                   f"{model}, seed {seeds[0]}: mean term vs Δ per pair (each row / its max |·|); "
                   f"solid: period = L, dashed: 2L")
-    plot_heatmaps(curves, seeds[0], model, "pair_profile_last_query", fig_dir / "heatmap_last_query.png",
+    plot_pair_heatmaps(curves, seeds[0], model, "pair_profile_last_query", fig_dir / "heatmap_last_query.png",
                   f"{model}, seed {seeds[0]}: term of the last query vs key position (each row / its max |·|)")
     plot_scatter(dec, model, fig_dir / "u_vs_period.png")
     plot_band_profiles(curves, seeds[0], model, fig_dir / "band_profiles.png")

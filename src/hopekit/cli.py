@@ -106,6 +106,19 @@ def _analyze_attention(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyze_pairs(args: argparse.Namespace) -> int:
+    from hopekit.analysis.run import analyze_pairs, pairs_table
+    from hopekit.eval import read_records
+
+    if bool(args.hf) == bool(args.checkpoints):
+        raise ValueError("give checkpoints or --hf NAME (one of them)")
+    path = analyze_pairs([args.hf] if args.hf else args.checkpoints, out=args.out, hf=bool(args.hf),
+                         length=args.length, windows=args.windows, log=_log(args))
+    print(pairs_table(read_records(path)))
+    print(f"\nrecords: {path}; figure: {Path(args.out) / 'pairs_delta.png'}")
+    return 0
+
+
 def _analyze_sweep(args: argparse.Namespace) -> int:
     from hopekit.analysis.sweep import write_sweep_report
 
@@ -685,7 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = sub.add_parser("analyze", parents=[common], help="attention against distance: curves, metrics, sweeps",
                              description="Measure what the encodings do with distance, as records and plots: "
                              "`distance` (score-vs-distance curves with their oscillation and monotonicity), `attention` "
-                             "(a trained model's attention on real text), `sweep` "
+                             "(a trained model's attention on real text), `pairs` (RoPE logits pair by pair), `sweep` "
                              "(the report of a bench grid).")
     asub = analyze.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS", parser_class=_Parser)
     dist = asub.add_parser("distance", parents=[common],
@@ -733,6 +746,19 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--out", default="results/analysis/attention", help="output directory")
     att.add_argument("-q", "--quiet", action="store_true", help="no log lines")
     att.set_defaults(func=_analyze_attention)
+    pairs = asub.add_parser("pairs", parents=[common], help="a rotary model's logits split pair by pair",
+                            description="Each layer's attention logits split into one term per rotary pair on "
+                            "test windows: per layer, head and pair the mean |term|, its share of the logit and the "
+                            "U-score of its mean term against distance, pairs grouped by period (<= L, in (L, 2L]: "
+                            "hope_highfreq's activated components, > 2L). Records in --out/records.jsonl and "
+                            "curves.jsonl (resumable); pairs_delta.png.")
+    pairs.add_argument("checkpoints", nargs="*", metavar="CHECKPOINT", help="checkpoints of rotary models")
+    pairs.add_argument("--hf", default=None, metavar="NAME", help="a pretrained transformers Llama-family model instead")
+    pairs.add_argument("--length", type=int, default=None, help="window length (default the training length)")
+    pairs.add_argument("--windows", type=int, default=64, help="test windows (default 64)")
+    pairs.add_argument("--out", default="results/analysis/pairs", help="output directory")
+    pairs.add_argument("-q", "--quiet", action="store_true", help="no log lines")
+    pairs.set_defaults(func=_analyze_pairs)
     sw = asub.add_parser("sweep", parents=[common], help="the report of a bench run with a grid (parameter sweep)",
                          description="sweep.md and one figure per grid axis (perplexity against the parameter, mean ± "
                          "sd over seeds at each multiple) from a bench run directory's records.jsonl and bench.json. "

@@ -157,3 +157,26 @@ def test_analyze_attention_reads_a_transformers_models_own_weights(tiny_dir, tmp
     assert rows and all(r["hf"] == str(tiny_dir) and r["eval_len"] == 24 for r in rows)
     assert main(["analyze", "attention", "--hf", str(tiny_dir), "--out", str(out)]) == 2   # no --length
     assert "--length: give the window for a pretrained model" in capsys.readouterr().err
+
+
+def test_analyze_pairs_splits_a_rotary_checkpoint_and_refuses_other_encodings(tmp_path, capsys):
+    ckpt = _train_tiny(tmp_path / "run", kind="rope")
+    out = tmp_path / "p"
+    assert main(["analyze", "pairs", str(ckpt), "--windows", "3", "--out", str(out), "-q"]) == 0
+    assert "period ≤ L (L = 16)" in capsys.readouterr().out
+    rows = read_records(out / "records.jsonl")
+    pairs = [r for r in rows if r["component"] == "pair"]
+    assert {r["pair"] for r in pairs} == set(range(4))                  # head_dim 8: four rotary pairs
+    for layer in (0, 1):
+        for head in (0, 1):
+            shares = [r["share"] for r in pairs if r["layer"] == layer and r["head"] == head]
+            assert abs(sum(shares) - 1) < 1e-3                          # the pairs' shares of Σ mean |term|
+    assert (out / "pairs_delta.png").stat().st_size > 1000
+    n = len(rows)
+    assert main(["analyze", "pairs", str(ckpt), "--windows", "3", "--out", str(out), "-q"]) == 0
+    assert len(read_records(out / "records.jsonl")) == n                 # recorded: nothing measured again
+    hyp = _train_tiny(tmp_path / "hyp")
+    assert main(["analyze", "pairs", str(hyp), "--out", str(out)]) == 2
+    assert "no rotary pairs to decompose" in capsys.readouterr().err
+    assert main(["analyze", "pairs", str(ckpt), "--windows", "0", "--out", str(out)]) == 2
+    assert "windows=0: expected an int >= 1" in capsys.readouterr().err

@@ -53,7 +53,8 @@ import torch
 from .capture import LayerQK, capture_qk
 
 __all__ = ["BANDS", "pair_periods", "period_bands", "component_names", "pair_logits", "u_parts", "u_score",
-           "PairProfiles", "pair_profiles", "hf_rope_encoding", "hf_capture_qk"]
+           "PairProfiles", "pair_profiles", "hf_rope_encoding", "hf_capture_qk", "GROUPS", "pair_records",
+           "plot_pair_heatmaps"]
 
 #: the period bands, in order: P ≤ L, L < P ≤ 2L, P > 2L
 BANDS = ("within", "activated", "beyond")
@@ -361,3 +362,121 @@ def hf_capture_qk(model: Any, idx: torch.Tensor, enc: Any = None) -> list[LayerQ
         result.append(LayerQK(i, enc.apply(q, feats), enc.apply(k, feats), torch.empty(0), q, k, pos, pos,
                               float(getattr(layers[i].self_attn, "scaling", D ** -0.5))))
     return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Records and figures
+# --------------------------------------------------------------------------------------------------
+
+#: the band sums in the records: each band's pairs, and "above", every pair with P > L (activated ∪ beyond)
+GROUPS = ("within", "activated", "beyond", "above")
+
+
+def _r(x: float) -> float:
+    return float(f"{x:.5g}")
+
+
+def pair_records(prof: PairProfiles, common: dict[str, Any], *, per_head: bool = True) -> tuple[list[dict], list[dict]]:
+    """Record rows of one model's profiles: ``(rows, curves)``. ``rows``: metric ``pair_logit_magnitude``
+    (value = mean |term|) per layer, head and component — a pair, a band's pairs summed (:data:`GROUPS`) or
+    the whole logit — with ``share`` and the U-score parts over Δ and (``*_last``) over key positions for
+    the last query; ``curves``: metric ``pair_profile_delta`` / ``pair_profile_last_query``, each pair's
+    curve. ``common``: the record fields the profiles do not know (method, params, seed, model, ...). ``per_head=False``
+    (a large model): pair rows are means over a layer's heads (``head`` None, ``u_positive`` the fraction of
+    heads with a positive U-score) and no curves are kept; band and total rows stay per head."""
+    from hopekit.eval.records import make_record
+
+    L = prof.train_len
+    parts = u_parts(prof.profile)             # (layers, H, C)
+    # the last query's curve is read by Δ = T − 1 − n, so that "near" is the most recent keys and "far"
+    # the initial ones in both views (the U-score itself is symmetric in its ends)
+    last = u_parts(prof.last_query[..., ::-1])
+    share = prof.share
+    rows, curves = [], []
+    for li, layer in enumerate(prof.layers):
+        if not per_head:
+            for c, name in enumerate(prof.names):
+                pair = c if name.startswith("pair") else None
+                band = prof.band[c] if pair is not None else "rest"
+                period = float(prof.period[c]) if pair is not None else math.inf
+                rows.append(make_record(
+                    metric="pair_logit_magnitude", value=_r(prof.magnitude[li, :, c].mean()), layer=layer, head=None,
+                    component="pair" if pair is not None else "rest", pair=pair, band=band,
+                    period=None if math.isinf(period) else _r(period), heads=int(prof.profile.shape[1]),
+                    share=_r(share[li, :, c].mean()), u_score=_r(parts["u_score"][li, :, c].mean()),
+                    u_positive=_r((parts["u_score"][li, :, c] > 0).mean()),
+                    u_score_last=_r(last["u_score"][li, :, c].mean()), **common))
+        for h in range(prof.profile.shape[1]):
+            for c, name in enumerate(prof.names if per_head else ()):
+                pair = c if name.startswith("pair") else None
+                period = float(prof.period[c]) if pair is not None else None
+                band = prof.band[c] if pair is not None else "rest"
+                fields = dict(layer=layer, head=h, component="pair" if pair is not None else "rest", pair=pair,
+                              period=None if period is None or math.isinf(period) else _r(period), band=band,
+                              activated=band == "activated", beyond_2L=band == "beyond", above_L=band in BANDS[1:])
+                rows.append(make_record(metric="pair_logit_magnitude", value=_r(prof.magnitude[li, h, c]),
+                                        share=_r(share[li, h, c]), **_u_fields(parts, last, li, h, c),
+                                        **fields, **common))
+                for metric, curve in (("pair_profile_delta", prof.profile), ("pair_profile_last_query", prof.last_query)):
+                    curves.append(make_record(metric=metric, value=[float(f"{v:.4g}") for v in curve[li, h, c]], **fields, **common))
+            for group in GROUPS:
+                idx = [i for i, b in enumerate(prof.band) if (b in BANDS[1:] if group == "above" else b == group)]
+                if not idx:
+                    continue
+                gp = u_parts(prof.profile[li, h, idx].sum(0))
+                gl = u_parts(prof.last_query[li, h, idx].sum(0)[::-1])
+                rows.append(make_record(metric="pair_logit_magnitude", value=_r(prof.magnitude[li, h, idx].sum()),
+                                        share=_r(share[li, h, idx].sum()), layer=layer, head=h, component="band",
+                                        band=group, pairs=len(idx), **_u_fields(gp, gl), **common))
+            tp, tl = u_parts(prof.profile[li, h].sum(0)), u_parts(prof.last_query[li, h].sum(0)[::-1])
+            rows.append(make_record(metric="pair_logit_magnitude", value=_r(prof.logit_magnitude[li, h]), share=1.0,
+                                    layer=layer, head=h, component="total", band=None, **_u_fields(tp, tl), **common))
+    return rows, curves
+
+
+def _u_fields(parts: dict, last: dict, *index: int) -> dict[str, float]:
+    out = {k: _r(float(parts[k][index])) for k in ("u_score", "u_depth", "near", "mid", "far", "spread")}
+    out.update({f"{k}_last": _r(float(last[k][index])) for k in ("u_score", "u_depth", "near", "mid", "far", "spread")})
+    return out
+
+
+def _fig(nrows: int, ncols: int, w: float, h: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h))
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+def plot_pair_heatmaps(curves: list[dict], seed: Any, model: str, metric: str, path: Any, title: str) -> None:
+    """Per layer (rows) and head (columns): each pair's curve (``metric``, from :func:`pair_records`' curve
+    rows) as a heat map, pair × Δ (or key position), pairs ordered by period, each scaled to its own max
+    |·|; the period = L (solid) and 2L (dashed) boundaries marked."""
+    sel = [c for c in curves if c["seed"] == seed and c["model"] == model and c["metric"] == metric
+           and c["component"] == "pair"]
+    layers, heads = sorted({c["layer"] for c in sel}), sorted({c["head"] for c in sel})
+    fig, axes = _fig(len(layers), len(heads), 3.2 * len(heads), 2.6 * len(layers))
+    L = sel[0]["train_len"]
+    for i, layer in enumerate(layers):
+        for j, h in enumerate(heads):
+            cs = sorted((c for c in sel if c["layer"] == layer and c["head"] == h), key=lambda c: c["pair"])
+            m = np.array([c["value"] for c in cs])
+            m = m / np.maximum(np.abs(m).max(1, keepdims=True), 1e-12)     # each pair scaled to its own max |·|
+            ax = axes[i][j]
+            ax.imshow(m, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest",
+                      extent=(-0.5, m.shape[1] - 0.5, len(cs) - 0.5, -0.5))
+            for k in range(1, len(cs)):   # the period = L and 2L boundaries
+                for edge, style in ((L, "-"), (2 * L, "--")):
+                    p0, p1 = cs[k - 1]["period"] or math.inf, cs[k]["period"] or math.inf
+                    if p0 <= edge < p1:
+                        ax.axhline(k - 0.5, color="k", lw=1.2, ls=style)
+            ax.set_title(f"layer {layer} head {h}", fontsize=8)
+            ax.tick_params(labelsize=6)
+            if j == 0:
+                ax.set_ylabel("pair (period ↑)", fontsize=7)
+            if i == len(layers) - 1:
+                ax.set_xlabel("Δ" if metric.endswith("delta") else "key position n (query T−1)", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)

@@ -18,7 +18,7 @@ import torch
 from hopekit import pe as pe_lib
 
 __all__ = ["distance_windows", "analyze_distance", "distance_table", "plot_distance", "load_for_analysis",
-           "analyze_attention", "attention_table"]
+           "analyze_attention", "attention_table", "analyze_pairs", "pairs_table"]
 
 TASK = "score_vs_distance"
 
@@ -334,4 +334,91 @@ def attention_table(records: Sequence[Mapping[str, Any]]) -> str:
         for (method, seed, L, b, uniform, n_windows), v in far.items():
             label = method if seed is None else f"{method} (seed {seed})"
             lines.append(f"| `{label}` | {L} | {n_windows} | {sum(v) / len(v):.3f} (>{b}) | {uniform:.3f} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# hopekit analyze pairs: a rotary model's logits, pair by pair
+# --------------------------------------------------------------------------------------------------
+
+
+def analyze_pairs(sources: Sequence[str], *, out: str | Path, hf: bool = False, length: int | None = None,
+                  windows: int = 64, log: Callable[[str], None] = print) -> Path:
+    """Each layer's logits split into one term per rotary pair (:mod:`hopekit.analysis.pairs`) on
+    ``windows`` test windows of ``length`` tokens (default the training length): per layer, head and pair
+    the mean |term|, its share of the logit, and the U-score of its mean term against Δ (over key positions
+    for the last query too), pairs grouped by period: ≤ L, in (L, 2L] (hope_highfreq's "activated"), > 2L,
+    with L the training length or the measured window if shorter. A transformers model's rows are means
+    over a layer's heads. Appends ``out/records.jsonl`` and ``out/curves.jsonl`` (skipping a model already
+    measured the same way) and draws ``pairs_delta.png`` (pair × Δ heat maps) of the last model."""
+    from .attention import text_windows
+    from .pairs import hf_capture_qk, hf_rope_encoding, pair_profiles, pair_records, plot_pair_heatmaps
+    from hopekit.eval.records import append_records, read_records
+
+    if not sources:
+        raise ValueError("checkpoints: give at least one (or --hf NAME)")
+    for name, value, low in (("windows", windows, 1), ("length", length, 8)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ValueError(f"{name}={value!r}: expected an int >= {low}")
+    if hf and length is None:
+        raise ValueError("--length: give the window for a pretrained model")
+    if not hf:
+        missing = [s for s in sources if not Path(s).is_file()]
+        if missing:
+            raise FileNotFoundError(f"checkpoint {missing[0]}: no such file")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path, curves_path = out / "records.jsonl", out / "curves.jsonl"
+    last = None
+    for source in sources:
+        model, fields, docs = load_for_analysis(source, hf=hf)
+        enc = hf_rope_encoding(model.config) if hf else model.pe
+        if not getattr(enc, "uses_rotate", False) or not hasattr(enc, "spectrum"):
+            raise ValueError(f"{source}: its encoding {fields['params'].get('kind')!r} has no rotary pairs to "
+                             f"decompose (rope-family methods and hope_highfreq have)")
+        T = length or fields["train_len"]
+        band_len = min(T, fields["train_len"])
+        common = dict(fields, eval_len=T, task="pair_decomposition", windows_requested=windows, band_len=band_len)
+        done = path.exists() and any(r.get("model_digest") == fields["model_digest"] and r.get("eval_len") == T
+                                     and r.get("windows_requested") == windows and r.get("params") == fields["params"]
+                                     for r in read_records(path))
+        if done:
+            log(f"{fields['method']}: pairs at {T} already recorded")
+        else:
+            ids = text_windows(docs, T, windows)
+            long = T > 512
+            prof = pair_profiles(model, ids, train_len=band_len, enc=enc, capture=hf_capture_qk if hf else None,
+                                 batch_size=1 if hf else 8, query_chunk=16 if long else None,
+                                 magnitude_queries=64 if long else None)
+            rows, curves = pair_records(prof, common, per_head=not hf)
+            append_records(curves_path, curves)
+            append_records(path, rows)
+            log(f"{fields['method']}: {ids.shape[0]} windows of {T} decomposed into {len(prof.names)} components")
+        last = common
+    curves = [c for c in (read_records(curves_path) if curves_path.exists() else [])
+              if c.get("model_digest") == last["model_digest"] and c.get("eval_len") == last["eval_len"]
+              and c.get("windows_requested") == windows]
+    if curves:
+        plot_pair_heatmaps(curves, last.get("seed"), curves[0]["model"], "pair_profile_delta", out / "pairs_delta.png",
+                           f"{last['method']}: each pair's mean logit term against Δ (scaled per pair)")
+    return path
+
+
+def pairs_table(records: Sequence[Mapping[str, Any]]) -> str:
+    """Per model and band (period ≤ L, in (L, 2L], > 2L, and every pair with period > L): the share of
+    the logit magnitude and the mean U-score over Δ, averaged over layers and heads."""
+    rows = [r for r in records if r.get("task") == "pair_decomposition" and r.get("component") in ("band", "total")]
+    acc: dict[tuple, dict[str, list[float]]] = {}
+    for r in rows:
+        key = (r["method"], r.get("seed"), r["eval_len"], r.get("band_len"), r.get("band") or "whole logit")
+        a = acc.setdefault(key, {"share": [], "u": []})
+        a["share"].append(r["share"])
+        a["u"].append(r["u_score"])
+    lines = ["| model | length | band (L = band_len) | share of the logit magnitude | U-score of the band's summed term over Δ |",
+             "|---|---|---|---|---|"]
+    labels = {"within": "period ≤ L", "activated": "L < period ≤ 2L", "beyond": "period > 2L", "above": "period > L"}
+    for (method, seed, T, L, band), a in acc.items():
+        label = method if seed is None else f"{method} (seed {seed})"
+        lines.append(f"| `{label}` | {T} | {labels.get(band, band)} (L = {L}) | {sum(a['share']) / len(a['share']):.3f} | "
+                     f"{sum(a['u']) / len(a['u']):+.3f} |")
     return "\n".join(lines)
