@@ -292,3 +292,14 @@ def test_the_hyperbolic_scale_preset_sweeps_the_penalty_at_a_fixed_omega_scale()
         ("hope_hyperbolic", 0.2, lam) for lam in penalties]
     assert b.grids == {"hope_hyperbolic": {"penalty": penalties}} and b.seeds == (0, 1, 2)
     assert b.experiment.eval.split == "validation" and b.experiment.eval.multiples == (1, 4, 16)
+
+
+def test_a_learned_table_shorter_than_the_longest_length_draws_no_score_curve_and_stops_nothing(tmp_path):
+    """The score-vs-distance record probes positions up to the longest evaluated length; a learned table
+    (random until trained, possibly shorter) is left out instead of failing the bench before training."""
+    from hopekit.bench import _record_score_vs_distance
+
+    path = grid_bench(tmp_path, "  rope: {kind: rope}\n  learned: {kind: learned, max_len: 32}\n")
+    bench = load_bench(path, ["eval.multiples=[1,4]"])
+    _record_score_vs_distance(bench, tmp_path / "records.jsonl")
+    assert {r["method"] for r in read_records(tmp_path / "records.jsonl")} == {"rope"}
