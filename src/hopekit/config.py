@@ -506,20 +506,14 @@ _NO_DEFAULT = object()
 
 
 def _absent_pe_field_means_same(key: str, flat: Mapping[str, Any]) -> bool:
-    """True when ``…<field>``'s sibling ``…kind`` names a pe method whose parameter class says that a
-    config without that field computes what today's (its siblings in ``flat``) computes."""
+    """True when ``…<field>``'s sibling ``…kind`` names a pe method that says a config without that field
+    computes what today's (its siblings in ``flat``) computes (:func:`hopekit.pe.same_as_absent`)."""
     from . import pe as pe_lib
 
     prefix, _, name = key.rpartition(".")
-    kind = flat.get(f"{prefix}.kind" if prefix else "kind")
-    if not isinstance(kind, str) or kind not in pe_lib.REGISTRY:
-        return False
-    same = getattr(pe_lib.REGISTRY[kind].params, "absent_means_same", None)
-    if same is None:
-        return False
     start = f"{prefix}." if prefix else ""
     siblings = {k[len(start):]: v for k, v in flat.items() if k.startswith(start) and "." not in k[len(start):]}
-    return bool(same(name, siblings))
+    return pe_lib.same_as_absent(siblings, name)
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

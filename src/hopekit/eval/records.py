@@ -224,9 +224,8 @@ def canonical_params(params: Any) -> Any:
 
     if not isinstance(params, Mapping) or params.get("kind") not in pe_lib.REGISTRY:
         return params
-    same = getattr(pe_lib.REGISTRY[params["kind"]].params, "absent_means_same", None)
     return {k: canonical_params(v) for k, v in params.items()   # nested configs too (BiPE's inter)
-            if same is None or not same(k, params)}
+            if not pe_lib.same_as_absent(params, k)}
 
 
 def model_descriptor(model: nn.Module) -> str:

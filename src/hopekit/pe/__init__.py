@@ -30,7 +30,7 @@ from .schedules import (DynamicNTKParams, HighFreqParams, LinearParams, Llama3Pa
 
 __all__ = [
     "REGISTRY", "Method", "build", "from_config", "parse", "to_config", "resolve", "name_of", "method_of",
-    "example_config", "make_params",
+    "example_config", "make_params", "same_as_absent",
     "PositionalEncoding", "Params", "reset_encodings",
     "RotaryEncoding", "LongRoPEEncoding", "HyperbolicEncoding", "ALiBi", "Sinusoidal", "Learned", "NoPE",
     "RopeParams", "LinearParams", "NTKParams", "DynamicNTKParams", "YarnParams", "Llama3Params",
@@ -184,6 +184,14 @@ def to_config(params: Params) -> dict[str, Any]:
             value = list(value)
         out[f.name] = value
     return out
+
+
+def same_as_absent(config: Mapping[str, Any], name: str) -> bool:
+    """Whether a saved pe config lacking the field ``name`` computes what ``config`` (a resolved pe config
+    of today) computes: a field added later, at the value that reproduces the older code
+    (``Params.absent_means_same``). Used to resume older runs and to match older records."""
+    kind = config.get("kind")
+    return isinstance(kind, str) and kind in REGISTRY and REGISTRY[kind].params.absent_means_same(name, config)
 
 
 def resolve(config: Mapping[str, Any] | Params) -> dict[str, Any]:

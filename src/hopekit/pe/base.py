@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -118,6 +118,12 @@ class Params:
 
     def check_tokenizer(self, tokenizer: Any) -> None:  # noqa: B027 - optional hook
         """Checks of parameters that name token ids against the tokenizer in use; default: nothing."""
+
+    @classmethod
+    def absent_means_same(cls, name: str, config: Mapping[str, Any]) -> bool:
+        """Whether a saved configuration without the field ``name`` (written before the field existed)
+        computes what ``config`` (today's resolved fields) computes; default: no field may be absent."""
+        return False
 
     @classmethod
     def fill_train_len(cls, fields: dict[str, Any], train_len: int) -> dict[str, Any]:
