@@ -29,6 +29,28 @@ def distance_windows(train_len: int, max_distance: int) -> list[tuple[int, int]]
     return list(zip(edges[:-1], edges[1:]))
 
 
+def _check_ints(*checks: tuple[str, Any, int], optional: bool = True) -> None:
+    """``(name, value, low)``: each value an int >= low (or None, unset, when ``optional``), else one line
+    naming it."""
+    for name, value, low in checks:
+        if value is None and optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name}={value!r}: expected an int >= {low}")
+
+
+def _check_sources(sources: Sequence[str], hf: bool, length: int | None) -> None:
+    """Checkpoints (or one pretrained model) to measure, all checked before anything is measured."""
+    if not sources:
+        raise ValueError("checkpoints: give at least one (or --hf NAME)")
+    if hf and length is None:
+        raise ValueError("--length: give the window for a pretrained model (at its full window the attention "
+                         "weights of every layer rarely fit in memory)")
+    missing = [] if hf else [s for s in sources if not Path(s).is_file()]
+    if missing:
+        raise FileNotFoundError(f"checkpoint {missing[0]}: no such file")
+
+
 def analyze_distance(methods: Mapping[str, pe_lib.Params], *, head_dim: int, num_heads: int, train_len: int,
                      max_distance: int, out: str | Path, sources: Sequence[str] = ("aligned", "gaussian"),
                      seeds: Sequence[int] = (0, 1, 2), samples: int = 32, head: int = 0,
@@ -43,10 +65,8 @@ def analyze_distance(methods: Mapping[str, pe_lib.Params], *, head_dim: int, num
     from .plots import bin_curve, log_bins
     from hopekit.eval.records import append_records, make_record, read_records, record_key
 
-    for name, value in (("head_dim", head_dim), ("num_heads", num_heads), ("train_len", train_len),
-                        ("max_distance", max_distance), ("samples", samples)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r}: expected an int >= 1")
+    _check_ints(("head_dim", head_dim, 1), ("num_heads", num_heads, 1), ("train_len", train_len, 1),
+                ("max_distance", max_distance, 1), ("samples", samples, 1), optional=False)
     bad = [s for s in sources if s not in ("aligned", "gaussian")]
     if bad or not sources:
         raise ValueError(f"sources={list(sources)!r}: expected 'aligned' and/or 'gaussian'")
@@ -233,12 +253,9 @@ def analyze_attention(sources: Sequence[str], *, out: str | Path, hf: bool = Fal
                             plot_far_mass, plot_u_heatmap, profile_records, text_windows)
     from hopekit.eval.records import append_records, read_records
 
-    if not sources:
-        raise ValueError("checkpoints: give at least one (or --hf NAME)")
-    for name, value, low in (("windows", windows, 1), ("first", first, 1), ("near", near, 1), ("length", length, 2),
-                             ("beyond", beyond, 0)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-            raise ValueError(f"{name}={value!r}: expected an int >= {low}")
+    _check_sources(sources, hf, length)
+    _check_ints(("windows", windows, 1), ("first", first, 1), ("near", near, 1), ("length", length, 2),
+                ("beyond", beyond, 0))
     bad = [L for L in far_lengths if isinstance(L, bool) or not isinstance(L, int) or L < 2]
     if bad:
         raise ValueError(f"far_lengths: {bad[0]!r} is not a length >= 2 (got {list(far_lengths)})")
@@ -246,13 +263,6 @@ def analyze_attention(sources: Sequence[str], *, out: str | Path, hf: bool = Fal
     out.mkdir(parents=True, exist_ok=True)
     path = out / "records.jsonl"
     measured: set[tuple[int, int, int, int]] = set()   # (length, first, near, windows) of this call: the figures
-    if hf and length is None:
-        raise ValueError("--length: give the window for a pretrained model (at its full window the attention "
-                         "weights of every layer rarely fit in memory)")
-    if not hf:   # every checkpoint is there before anything is measured
-        missing = [s for s in sources if not Path(s).is_file()]
-        if missing:
-            raise FileNotFoundError(f"checkpoint {missing[0]}: no such file")
     u_batch = 1 if hf else 8
     for source in sources:
         model, fields, docs = load_for_analysis(source, hf=hf, pe_overrides=pe_overrides)
@@ -355,17 +365,8 @@ def analyze_pairs(sources: Sequence[str], *, out: str | Path, hf: bool = False, 
     from .pairs import hf_capture_qk, hf_rope_encoding, pair_profiles, pair_records, plot_pair_heatmaps
     from hopekit.eval.records import append_records, read_records
 
-    if not sources:
-        raise ValueError("checkpoints: give at least one (or --hf NAME)")
-    for name, value, low in (("windows", windows, 1), ("length", length, 8)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-            raise ValueError(f"{name}={value!r}: expected an int >= {low}")
-    if hf and length is None:
-        raise ValueError("--length: give the window for a pretrained model")
-    if not hf:
-        missing = [s for s in sources if not Path(s).is_file()]
-        if missing:
-            raise FileNotFoundError(f"checkpoint {missing[0]}: no such file")
+    _check_sources(sources, hf, length)
+    _check_ints(("windows", windows, 1), ("length", length, 8))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path, curves_path = out / "records.jsonl", out / "curves.jsonl"
