@@ -13,7 +13,12 @@ Glossary (one name per idea, everywhere; docs/conventions.md has the full versio
 * ``hope_hyperbolic`` (Dai et al. 2025) and ``hope_highfreq`` (Chen et al. 2024) — two unrelated
   methods that share the name HoPE; never called by the bare name.
 
-The core, :mod:`hopekit.pe`, depends on torch alone.
+The core, :mod:`hopekit.pe`, depends on torch alone. :func:`hopekit.attention` is attention with any
+of its encodings (:mod:`hopekit.functional`).
 """
 
 __version__ = "0.1.0"
+
+from .functional import attention  # noqa: E402  (the public attention entry point)
+
+__all__ = ["attention", "__version__"]

@@ -5,12 +5,14 @@ a final norm and a tied LM head. The positional encoding is whatever ``config.pe
 **once** (``model.pe``, shared by every block, holding any learnable positional parameters) and its
 position features are prepared **once per forward** (:class:`Context`) and passed down to every block.
 
-Attention branches on the encoding's capability flags, never on a method name:
+Attention is :func:`hopekit.attention` (:mod:`hopekit.functional`), which branches on the encoding's
+capability flags, never on a method name, and never materialises a T×T tensor per head:
 
-* ``uses_rotate`` (RoPE family) and plain methods → ``scaled_dot_product_attention``; we never
-  materialise a T×T tensor (only a (Tq, Tk) boolean mask when several tokens are fed after a cache);
-* ``uses_bias`` (ALiBi) → logits · scale + bias;  ``uses_scores`` (hope_hyperbolic) → the encoding's
-  own logits · scale. Both run over blocks of ``attn_chunk`` query rows, so memory is O(chunk · T);
+* ``uses_rotate`` (RoPE family; rotated here with the features made once per forward) and plain
+  methods → ``scaled_dot_product_attention``;
+* ``uses_bias`` (ALiBi), ``uses_scores`` (hope_hyperbolic) → their kernels (:mod:`hopekit.kernels`)
+  where they apply, else the chunked reference over blocks of ``attn_chunk`` query rows (memory
+  O(chunk · T));
 * ``uses_embed`` (sinusoidal, learned) → added to the token embeddings at the input;
 * ``uses_tokens`` (BiPE) → positions come from the token ids: intra-segment ones for ``embed``,
   segment indices for attention (the running segment state travels in the KV cache).
@@ -33,10 +35,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import pe as pe_lib
+from .functional import attention, chunked_attention
 from .pe.base import PositionalEncoding, check_bool, check_int, check_positions, check_real
 
 __all__ = ["ModelConfig", "Context", "KVCache", "RMSNorm", "SwiGLU", "Attention", "Block", "Decoder",
-           "chunked_attention"]
+           "chunked_attention"]  # chunked_attention: now in hopekit.functional, kept importable from here
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -227,64 +230,10 @@ class Attention(nn.Module):
             q, k = ctx.enc.apply(q, ctx.rotary), ctx.enc.apply(k, ctx.rotary)
         if cache is not None:
             k, v = cache.update(layer, k, v)                                      # (B, H_kv, past + T, D)
-        if self.n_kv_heads != self.n_heads:  # query head h reads KV head h // (H / H_kv)
-            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)       # (B, H, Tk, D)
-            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)       # (B, H, Tk, D)
-        if ctx.enc.uses_bias or ctx.enc.uses_scores:
-            y = self._chunked(q, k, v, ctx)
-        else:
-            y = self._sdpa(q, k, v, ctx)
+        y = attention(ctx.enc, q, k, v, ctx.q_pos, ctx.k_pos, scale=self.scale, rotated=True, embedded=True,
+                      dropout_p=self.dropout if self.training else 0.0, chunk=self.chunk)   # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)         # (B, T, H·D)
         return F.dropout(self.wo(y), self.dropout, self.training)
-
-    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: Context) -> torch.Tensor:
-        Tq, Tk = q.shape[2], k.shape[2]
-        mask = None
-        if ctx.past and Tq > 1:  # new row i sees keys 0 … past + i (SDPA's is_causal is top-left aligned)
-            mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=ctx.past)  # (Tq, Tk)
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=ctx.past == 0 and Tq > 1,
-            dropout_p=self.dropout if self.training else 0.0)
-
-    def _chunked(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: Context) -> torch.Tensor:
-        return chunked_attention(ctx.enc, q, k, v, ctx.q_pos, ctx.k_pos, past=ctx.past, scale=self.scale,
-                                 chunk=self.chunk, dropout_p=self.dropout if self.training else 0.0)
-
-
-def chunked_attention(enc: PositionalEncoding, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                      q_pos: torch.Tensor, k_pos: torch.Tensor, *, past: int, scale: float, chunk: int,
-                      dropout_p: float = 0.0, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Causal attention for ``uses_bias`` / ``uses_scores`` encodings, ``chunk`` query rows at a time.
-
-    ``q`` ``(B, H, Tq, D)``; ``k``, ``v`` ``(B, H, Tk, D)`` with ``Tk = past + Tq`` (heads already
-    repeated for GQA); query row i sees keys ``0 … past + i``. Logits are the encoding's own
-    (``scores``) or ``q·k · scale + bias``. ``mask`` (optional, boolean, True = may attend,
-    broadcastable to ``(B, H, Tq, Tk)``) removes further keys, e.g. padding. Memory is O(chunk · Tk):
-    never (H, Tq, Tk). Returns ``(B, H, Tq, D)``.
-    """
-    Tq = q.shape[2]
-    if Tq > chunk:  # several chunks slice k and v again and again: make the slices plain memory once
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    out = []
-    for s in range(0, Tq, chunk):
-        e = min(s + chunk, Tq)
-        n = past + e  # keys after this chunk's last query are masked anyway: never compute them
-        qc, kc, vc = q[:, :, s:e], k[:, :, :n], v[:, :, :n]                       # (B, H, e−s | n, D)
-        qp, kp = q_pos[..., s:e], k_pos[..., :n]
-        # in place on logits made here (none of these ops keeps its output for backward): less memory traffic
-        if enc.uses_scores:  # the encoding's own logits from raw q, k (−inf on future keys)
-            logits = enc.scores(qc, kc, qp, kp).float() * scale                   # (B, H, e−s, n)
-        else:
-            bias = enc.bias(qp, kp)                                               # (H | B, H, e−s, n)
-            logits = (qc @ kc.transpose(-1, -2)).float().mul_(scale).add_(bias)   # (B, H, e−s, n)
-        rows = past + torch.arange(s, e, device=q.device)
-        blocked = torch.arange(n, device=q.device)[None, :] > rows[:, None]       # (e−s, n): future keys
-        if mask is not None:
-            blocked = blocked | ~mask[..., s:e, :n]
-        probs = logits.masked_fill_(blocked, float("-inf")).softmax(dim=-1).to(v.dtype)
-        probs = F.dropout(probs, dropout_p, dropout_p > 0)
-        out.append(probs @ vc)                                                    # (B, H, e−s, D)
-    return torch.cat(out, dim=2)                                                  # (B, H, Tq, D)
 
 
 class Block(nn.Module):

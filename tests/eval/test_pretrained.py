@@ -186,8 +186,8 @@ def test_the_forward_passes_no_quadratic_mask(lm, monkeypatch):
     from hopekit.integrations.hf import patch as patch_module
 
     seen = []
-    real = patch_module.chunked_attention
-    monkeypatch.setattr(patch_module, "chunked_attention", lambda *a, **k: seen.append(k["mask"]) or real(*a, **k))
+    real = patch_module.attention
+    monkeypatch.setattr(patch_module, "attention", lambda *a, **k: seen.append(k["mask"]) or real(*a, **k))
     model = hf.patch_model(copy.deepcopy(lm.model), {"kind": "alibi"})
     with torch.no_grad():
         HFLogits(model)(torch.randint(0, model.config.vocab_size, (2, 40)))

@@ -44,7 +44,7 @@ except ImportError as err:  # pragma: no cover - version guard
     raise ImportError("hopekit.integrations.hf needs transformers >= 4.56 (pip install 'hopekit[hf]')") from err
 
 from ... import pe
-from ...model import chunked_attention
+from ...functional import attention
 from .rope import head_dim_of, params_from_config
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "ATTENTION_NAME", "HopekitRotary", "patch_model", "resolve_pe", "encoding_of",
@@ -92,10 +92,6 @@ def full_attention_mask(input_ids: torch.Tensor) -> torch.Tensor:
     return torch.ones_like(input_ids)
 
 
-def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
-    return x if groups == 1 else x.repeat_interleave(groups, dim=1)  # KV head j serves query heads j·g … j·g+g−1
-
-
 def hopekit_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                       **kwargs: Any) -> tuple[torch.Tensor, None]:
@@ -110,8 +106,6 @@ def hopekit_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
                            f"patched by hopekit.integrations.hf.patch_model")
     B, H, Tq, D = query.shape
     Tk = key.shape[2]
-    groups = H // key.shape[1]
-    key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
     position_ids = kwargs.get("position_ids")
     if position_ids is None:
         position_ids = torch.arange(Tk - Tq, Tk, device=query.device)[None]
@@ -131,8 +125,8 @@ def hopekit_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
                   <= Tk - Tq + torch.arange(Tq, device=query.device)[:, None])        # (Tq, Tk)
         mask = mask | ~(mask & causal).any(dim=-1, keepdim=True)
     scale = scaling if scaling is not None else D ** -0.5
-    out = chunked_attention(enc, query, key, value, q_pos, k_pos, past=Tk - Tq, scale=scale, chunk=ATTN_CHUNK,
-                            dropout_p=dropout if module.training else 0.0, mask=mask)
+    out = attention(enc, query, key, value, q_pos, k_pos, scale=scale, mask=mask, chunk=ATTN_CHUNK,
+                    dropout_p=dropout if module.training else 0.0)
     return out.transpose(1, 2).contiguous(), None
 
 
