@@ -10,27 +10,32 @@ product as two extra channels, put *first*::
     v' = [0,   0,   v]
 
 and ``q'·k'`` = A_i + m_h·r_j + q·k·scale = −m_h·(q_pos_i − k_pos_j) + q·k·scale + (rounding of A_i).
-The rounding of A_i is the same for every key of row i, so softmax removes it. The CPU GEMM under
-PyTorch's flash attention accumulates the channels in order with fused multiply-adds: the first step
-is A_i exactly, the second rounds A_i + m_h·r_j once, at the size of the *relative* bias (small for
-the near keys that carry the weight), not at the size of m_h·r_j. The logits are then as accurate as
-the reference's ``q·k·scale − m_h·|Δ|`` (the tests compare both with the float64 closed form), and
-one call of ``torch.ops.aten._scaled_dot_product_flash_attention_for_cpu`` (causal, blocked, with its
-log-sum-exp) does the rest, forward and backward. With a KV cache (``past`` > 0, several queries), the
-cached keys and the new ones are two calls merged by their log-sum-exps.
+The rounding of A_i is the same for every key of row i, so softmax removes it. The GEMM inside PyTorch's
+CPU flash attention (MKL's sgemm on blocks of 32 to 256 query rows and 64 to 512 keys) accumulates the
+channels in order with fused multiply-adds: its first step is A_i exactly, its second rounds
+A_i + m_h·r_j once, at the size of the *relative* bias (small for the near keys that carry the weight),
+not at the size of m_h·r_j. The logits are then as accurate as the reference's ``q·k·scale − m_h·|Δ|``
+(the tests compare both with the float64 closed form), and one call of
+``torch.ops.aten._scaled_dot_product_flash_attention_for_cpu`` (causal, blocked, with its log-sum-exp)
+does the rest, forward and backward, with nothing of size (Tq, Tk).
 
-That the GEMM accumulates in this order is a property of the BLAS, not a promise: a short probe
-(:func:`exact_here`) checks it once per process, dtype and head dim, and where it fails :func:`applies`
+That the GEMM accumulates in this order is a property of the BLAS, not a promise. MKL keeps it on
+blocks whose rows and keys are multiples of 32, not on thin ones (1 to 3 rows or keys, i.e. decoding
+and odd tails), so every call here has a multiple of :data:`ROW_ALIGN` rows and keys (padding, and
+with a KV cache a split in two calls merged by log-sum-exp: :class:`_ChannelAttention`); fewer query
+rows than that (decoding) run the reference, which costs one small matmul there. A short probe
+(:func:`exact_here`) checks the order once per process and head dim; where it fails, :func:`applies`
 says no and the ``pe/`` reference (:func:`hopekit.model.chunked_attention`) runs. ALiBi's weights also
-pass through float32's subnormal range, which x86 computes on ~100× slower; the kernel runs with
+cross float32's subnormal range, which x86 computes on ~100× slower; the kernel runs with
 flush-to-zero on its OpenMP threads (:func:`flush_denormals`).
 
 Where the fast path runs (:func:`applies`): CPU tensors; float32, float64, bfloat16 and float16 (bf16 and
 fp16 are computed in float32: on CPU, fp32 flash attention is as fast as bf16 forward and twice as fast
-backward, and float32 keeps the exact bias); an ALiBi encoding (or BiPE with an ALiBi between segments);
-no extra mask, no dropout. Positions must put every key a query sees at or before it (true for the
-non-decreasing positions of a decoder, BiPE's segment indices included) and span less than 2^24; when
-they do not, :func:`attend` runs the reference instead (documented fallback, same result).
+backward, and float32 keeps the bias exact); an ALiBi encoding (or BiPE with an ALiBi between segments);
+at least :data:`ROW_ALIGN` query rows; no extra mask, no dropout. Positions must put every key a query
+sees at or before it (true for the non-decreasing positions of a decoder, BiPE's segment indices
+included) and span less than 2^24; where they do not, :func:`attend` runs the reference instead (the
+same result; one host read of the positions decides).
 """
 
 from __future__ import annotations
@@ -56,6 +61,9 @@ EXTRA = 2
 MAX_SPAN = 2 ** 24
 #: query rows per block when :func:`attend` falls back to the reference
 FALLBACK_CHUNK = 256
+#: every kernel call has a multiple of this many query rows and keys (:class:`_ChannelAttention`); calls
+#: with fewer queries (decoding) run the reference, whose cost at that size is one small matmul
+ROW_ALIGN = 64
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -77,9 +85,10 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def applies(enc, q: torch.Tensor, k: torch.Tensor, *, mask: torch.Tensor | None, dropout_p: float) -> bool:
-    """Whether :func:`attend` computes this causal call exactly: kernels enabled, an ALiBi bias with as
-    many slopes as q has heads, no ``mask``, no dropout, CPU tensors of one floating dtype, and the
-    channel accumulation verified on this machine (:func:`exact_here`)."""
+    """Whether :func:`attend` computes this causal call with the fused kernel: kernels enabled, an ALiBi
+    bias with as many slopes as q has heads, no ``mask``, no dropout, CPU tensors of one floating dtype,
+    at least :data:`ROW_ALIGN` query rows, and the channel accumulation verified on this machine
+    (:func:`exact_here`). (:func:`attend` still computes any call: through the reference otherwise.)"""
     if not enabled() or mask is not None or dropout_p != 0.0:
         return False
     alibi = alibi_of(enc)
@@ -89,7 +98,7 @@ def applies(enc, q: torch.Tensor, k: torch.Tensor, *, mask: torch.Tensor | None,
         return False
     if q.device.type != "cpu" or k.device != q.device or q.dtype not in _DTYPES or k.dtype != q.dtype:
         return False
-    if alibi.num_heads != q.shape[1]:
+    if alibi.num_heads != q.shape[1] or q.shape[2] < ROW_ALIGN:
         return False
     return exact_here(q.dtype, q.shape[-1])
 
@@ -113,7 +122,7 @@ def attend(enc, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.
         return v.new_empty((B, H, 0, v.shape[-1]))
     q_pos, k_pos = q_pos.to(q.device), k_pos.to(q.device)
     dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
-    if (q.device.type != "cpu" or dtype not in _DTYPES or not exact_here(dtype, D)
+    if (Tq < ROW_ALIGN or q.device.type != "cpu" or dtype not in _DTYPES or not exact_here(dtype, D)
             or not _positions_fit(q_pos, k_pos, past)):
         return _reference(enc, q, k, v, q_pos, k_pos, scale=scale, past=past)
     ct = _compute_dtype(dtype)
@@ -162,16 +171,25 @@ def _reference(enc, q, k, v, q_pos, k_pos, *, scale, past) -> torch.Tensor:
     return chunked_attention(enc, q, k, v, q_pos, k_pos, past=past, scale=scale, chunk=FALLBACK_CHUNK)
 
 
-def _widen(x: torch.Tensor, chan: torch.Tensor | None, ct: torch.dtype, scale: float = 1.0) -> torch.Tensor:
-    """``[chan, x·scale]`` (``chan`` None: zeros) in ``ct``, ``(B, H, T, EXTRA + D)`` contiguous (the flash
-    kernel runs ~15 % faster on it than on the (B, T, H, ·) layout the decoder's projections come in)."""
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _widen(x: torch.Tensor, chan: torch.Tensor | None, ct: torch.dtype, scale: float = 1.0, *,
+           rows: int, front: int = 0) -> torch.Tensor:
+    """``(B, H, rows, EXTRA + D)`` contiguous in ``ct``: ``[chan, x·scale]`` (``chan`` None: zeros) at
+    rows ``front … front + T``, zeros elsewhere. (The flash kernel runs ~15 % faster on this layout than
+    on the (B, T, H, ·) one the decoder's projections come in.)"""
     B, H, T, D = x.shape
-    out = torch.empty((B, H, T, EXTRA + D), dtype=ct, device=x.device)
+    out = torch.empty((B, H, rows, EXTRA + D), dtype=ct, device=x.device)
+    out[:, :, :front].zero_()
+    out[:, :, front + T:].zero_()
+    part = out[:, :, front:front + T]
     if chan is None:
-        out[..., :EXTRA].zero_()
+        part[..., :EXTRA].zero_()
     else:
-        out[..., :EXTRA] = chan
-    body = out[..., EXTRA:]
+        part[..., :EXTRA] = chan
+    body = part[..., EXTRA:]
     if scale == 1.0:
         body.copy_(x)
     elif x.dtype == ct:
@@ -181,42 +199,71 @@ def _widen(x: torch.Tensor, chan: torch.Tensor | None, ct: torch.dtype, scale: f
     return out
 
 
+def _rows(t: torch.Tensor, rows: int, start: int, fill: float) -> torch.Tensor:
+    """``t`` ``(B, H, T, …)`` placed at rows ``start …`` of a ``rows``-row tensor filled with ``fill``."""
+    if start == 0 and t.shape[2] == rows:
+        return t
+    out = t.new_full((*t.shape[:2], rows, *t.shape[3:]), fill)
+    out[:, :, start:start + t.shape[2]] = t
+    return out
+
+
 class _ChannelAttention(torch.autograd.Function):
-    """Flash attention of the widened q', k', v' (module docstring); gradients for q, k, v."""
+    """Flash attention of the widened q', k', v' (module docstring); gradients for q, k, v.
+
+    The GEMMs inside the kernel run on blocks of at most 256 query rows and 512 keys and on the tails;
+    MKL accumulates K in order on those that are multiples of 32 but not on thin ones (1 to 3 rows or
+    keys), so every call here has a multiple of :data:`ROW_ALIGN` rows and keys: padded at the end
+    (causal: no real row sees a key after it) and, with a cache, split as keys ``0 … P`` (P = ``past``
+    rounded down to :data:`ROW_ALIGN`, seen by every row: a plain call) and keys ``P … Tk`` (causal,
+    with ``past − P`` empty rows in front so that start-aligned is end-aligned), merged by log-sum-exp.
+    Padding rows and keys are zeros; their outputs are dropped and their gradients are zero."""
 
     @staticmethod
     def forward(ctx, q, k, v, q_chan, k_chan, scale: float, past: int):
-        ct = q_chan.dtype
-        qx, kx, vx = _widen(q, q_chan, ct, scale), _widen(k, k_chan, ct), _widen(v, None, ct)
-        Tq = q.shape[2]
+        ct, Tq, Tk = q_chan.dtype, q.shape[2], k.shape[2]
+        cut = past // ROW_ALIGN * ROW_ALIGN                                       # cached keys in a plain call
+        front = past - cut                                                        # empty rows in the causal one
+        n = _round_up(front + Tq, ROW_ALIGN)
+        calls = [(_widen(q, q_chan, ct, scale, rows=n, front=front),
+                  _widen(k[:, :, cut:], k_chan[..., cut:, :], ct, rows=n),
+                  _widen(v[:, :, cut:], None, ct, rows=n), True, front)]
+        if cut:
+            m = _round_up(Tq, ROW_ALIGN)
+            calls.append((_widen(q, q_chan, ct, scale, rows=m),
+                          _widen(k[:, :, :cut], k_chan[..., :cut, :], ct, rows=cut),
+                          _widen(v[:, :, :cut], None, ct, rows=cut), False, 0))
         with flush_denormals():
-            if past == 0 or Tq == 1:  # past == 0: SDPA's causal (start-aligned) is the end-aligned one
-                out, lse = _flash(qx, kx, vx, 0.0, past == 0 and Tq > 1, scale=1.0)
-            else:  # the cached keys (all seen) and the new ones (causal), merged by log-sum-exp
-                out_c, lse_c = _flash(qx, kx[:, :, :past], vx[:, :, :past], 0.0, False, scale=1.0)
-                out_n, lse_n = _flash(qx, kx[:, :, past:], vx[:, :, past:], 0.0, True, scale=1.0)
-        if past and Tq > 1:
-            lse = torch.logaddexp(lse_c, lse_n)                                   # (B, H, Tq)
-            out = out_c * (lse_c - lse).exp()[..., None] + out_n * (lse_n - lse).exp()[..., None]
-        ctx.save_for_backward(qx, kx, vx, out, lse)
-        ctx.scale, ctx.past, ctx.dtypes = scale, past, (q.dtype, k.dtype, v.dtype)
+            results = [_flash(qx, kx, vx, 0.0, causal, scale=1.0) for qx, kx, vx, causal, _ in calls]
+        outs = [o[:, :, s:s + Tq] for (o, _), (*_, s) in zip(results, calls)]   # (B, H, Tq, EXTRA + D)
+        lses = [lse[:, :, s:s + Tq] for (_, lse), (*_, s) in zip(results, calls)]  # (B, H, Tq)
+        if cut:
+            lse = torch.logaddexp(*lses)
+            out = sum(o * (part - lse).exp()[..., None] for o, part in zip(outs, lses))
+        else:
+            out, lse = outs[0], lses[0]
+        ctx.save_for_backward(*(t for call in calls for t in call[:3]), out, lse)
+        ctx.scale, ctx.layout, ctx.dtypes = scale, [call[3:] for call in calls], (q.dtype, k.dtype, v.dtype)
+        ctx.keys, ctx.cut = Tk, cut
         return out[..., EXTRA:]
 
     @staticmethod
     def backward(ctx, grad):
-        qx, kx, vx, out, lse = ctx.saved_tensors
-        past, Tq = ctx.past, qx.shape[2]
-        gx = F.pad(grad.to(out.dtype), (EXTRA, 0))                               # (B, H, Tq, EXTRA + D)
-        with flush_denormals():
-            if past == 0 or Tq == 1:
-                dq, dk, dv = _flash_backward(gx, qx, kx, vx, out, lse, 0.0, past == 0 and Tq > 1, scale=1.0)
-            else:  # each part with the merged output and log-sum-exp: its share of the full softmax
-                dq_c, dk_c, dv_c = _flash_backward(gx, qx, kx[:, :, :past], vx[:, :, :past], out, lse, 0.0,
-                                                   False, scale=1.0)
-                dq_n, dk_n, dv_n = _flash_backward(gx, qx, kx[:, :, past:], vx[:, :, past:], out, lse, 0.0,
-                                                   True, scale=1.0)
-        if past and Tq > 1:
-            dq, dk, dv = dq_c + dq_n, torch.cat([dk_c, dk_n], dim=2), torch.cat([dv_c, dv_n], dim=2)
+        *saved, out, lse = ctx.saved_tensors
+        Tq, Tk, cut = out.shape[2], ctx.keys, ctx.cut
+        grad = F.pad(grad.to(out.dtype), (EXTRA, 0))                              # (B, H, Tq, EXTRA + D)
+        parts = []
+        with flush_denormals():  # each call with the merged output and log-sum-exp: its share of the softmax
+            for i, (causal, start) in enumerate(ctx.layout):
+                qx, kx, vx = saved[3 * i:3 * i + 3]
+                rows = qx.shape[2]
+                parts.append(_flash_backward(_rows(grad, rows, start, 0.0), qx, kx, vx, _rows(out, rows, start, 0.0),
+                                             _rows(lse, rows, start, float("inf")), 0.0, causal, scale=1.0))
+        dq = sum(dqx[:, :, start:start + Tq] for (_, start), (dqx, _, _) in zip(ctx.layout, parts))
+        (_, dk, dv), cached = parts[0], parts[1:]                                 # keys cut … Tk, then 0 … cut
+        dk, dv = dk[:, :, :Tk - cut], dv[:, :, :Tk - cut]
+        if cached:
+            dk, dv = torch.cat([cached[0][1], dk], dim=2), torch.cat([cached[0][2], dv], dim=2)
         q_dtype, k_dtype, v_dtype = ctx.dtypes
         return ((dq[..., EXTRA:] * ctx.scale).to(q_dtype), dk[..., EXTRA:].to(k_dtype), dv[..., EXTRA:].to(v_dtype),
                 None, None, None, None)
@@ -232,8 +279,10 @@ def exact_here(dtype: torch.dtype, head_dim: int) -> bool:
     The probe's positions jump by 2^20 after the first key. Anchored at the first key, every A_i and
     m·r_j is then ~2^20·m, and a GEMM that rounded m·r_j before adding A_i would be off by ~1e-2 in the
     logits; anchored at the second key, the same problem has small channels for every key that carries
-    weight. Forward (full causal, a decode step, a cached prefix) and backward (full causal) must agree to 1e-4 (an
-    exact GEMM agrees to ~1e-6). float64 needs no probe: at spans below 2^24 its rounding is ≤ 2^-29·m."""
+    weight. Forward and backward must agree to 1e-4 (an exact GEMM agrees to ~1e-6), on calls with the
+    block shapes long inputs use: 800 causal rows (blocks of 256 and 64 rows, 512 and 320 keys), 100 rows
+    after a cache of 700, 600 rows after 200 (forward only). float64 needs no probe: at spans below 2^24
+    its rounding is ≤ 2^-29·m."""
     ct = _compute_dtype(dtype)
     if ct == torch.float64:
         return True
@@ -254,15 +303,16 @@ def _probe(ct: torch.dtype, head_dim: int, T: int = 800) -> bool:
         rel_q, rel_k = (pos[past:] - pos[anchor]).to(ct), (pos - pos[anchor]).to(ct)
         q_chan = torch.stack(torch.broadcast_tensors(-slopes[:, None] * rel_q, slopes[:, None]), dim=-1)[None]
         k_chan = torch.stack([torch.ones_like(rel_k), rel_k], dim=-1)[None, None]
-        leaves = [t.clone().requires_grad_(past == 0) for t in (q[:, :, past:], k, v)]
+        backward = past != T - 600
+        leaves = [t.clone().requires_grad_(backward) for t in (q[:, :, past:], k, v)]
         with torch.autocast("cpu", enabled=False):
             out = _ChannelAttention.apply(*leaves, q_chan, k_chan, scale, past)
-        if past:  # the backward kernels are the same for every past: run them once
+        if not backward:
             return [out]
-        return [out.detach(), *torch.autograd.grad(out, leaves, grad)]
+        return [out.detach(), *torch.autograd.grad(out, leaves, grad[:, :, past:])]
 
     try:
-        for past in (0, T - 1, T // 2 + 3):
+        for past in (0, T - 100, T - 600):
             for got, want in zip(run(0, past), run(1, past)):
                 if not (got - want).abs().max() <= 1e-4 * want.abs().max():
                     return False
