@@ -103,6 +103,7 @@ def applies(enc, q: torch.Tensor, k: torch.Tensor, *, mask: torch.Tensor | None,
     return exact_here(q.dtype, q.shape[-1])
 
 
+@torch.compiler.disable  # a host read of the positions, ctypes and an opaque kernel: one clean graph break
 def attend(enc, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
            *, scale: float, past: int) -> torch.Tensor:
     """Causal ALiBi attention, the result of ``chunked_attention(enc, q, k, v, q_pos, k_pos, past=past,
