@@ -391,3 +391,25 @@ def test_flushing_changes_nothing_measurable(monkeypatch):
         results.append((out, *torch.autograd.grad(out.square().sum(), (q, k, v))))
     for flushed, kept in zip(*results):
         assert rel_err(flushed, kept) <= 1e-6
+
+
+@pytest.mark.slow
+def test_a_compiled_caller_runs_the_kernel_eagerly():
+    """``attend`` is one graph break under ``torch.compile`` (it reads positions on the host): the
+    compiled caller gets the same values and gradients."""
+    B, H, T, D = 1, 4, 64, 32
+    proj = torch.nn.Linear(H * D, H * D)
+    enc, pos = alibi(H, D), positions("offset", B, T)
+
+    def layer(x):
+        q = proj(x).view(B, T, H, D).transpose(1, 2)
+        return ka.attend(enc, q, q, q, pos, pos, scale=D ** -0.5, past=0)
+
+    x = torch.randn(B, T, H * D, requires_grad=True)
+    eager = layer(x)
+    (eager_grad,) = torch.autograd.grad(eager.sum(), x)
+    compiled = torch.compile(layer)(x)
+    (compiled_grad,) = torch.autograd.grad(compiled.sum(), x)
+    assert KERNEL_CALLS
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-5, atol=1e-6)

@@ -240,7 +240,7 @@ class _ChannelAttention(torch.autograd.Function):
         lses = [lse[:, :, s:s + Tq] for (_, lse), (*_, s) in zip(results, calls)]  # (B, H, Tq)
         if cut:
             lse = torch.logaddexp(*lses)
-            out = sum(o * (part - lse).exp()[..., None] for o, part in zip(outs, lses))
+            out = outs[0] * (lses[0] - lse).exp()[..., None] + outs[1] * (lses[1] - lse).exp()[..., None]
         else:
             out, lse = outs[0], lses[0]
         ctx.save_for_backward(*(t for call in calls for t in call[:3]), out, lse)
@@ -260,11 +260,11 @@ class _ChannelAttention(torch.autograd.Function):
                 rows = qx.shape[2]
                 parts.append(_flash_backward(_rows(grad, rows, start, 0.0), qx, kx, vx, _rows(out, rows, start, 0.0),
                                              _rows(lse, rows, start, float("inf")), 0.0, causal, scale=1.0))
-        dq = sum(dqx[:, :, start:start + Tq] for (_, start), (dqx, _, _) in zip(ctx.layout, parts))
-        (_, dk, dv), cached = parts[0], parts[1:]                                 # keys cut … Tk, then 0 … cut
-        dk, dv = dk[:, :, :Tk - cut], dv[:, :, :Tk - cut]
-        if cached:
-            dk, dv = torch.cat([cached[0][1], dk], dim=2), torch.cat([cached[0][2], dv], dim=2)
+        (dq, dk, dv), start = parts[0], ctx.layout[0][1]                          # keys cut … Tk
+        dq, dk, dv = dq[:, :, start:start + Tq], dk[:, :, :Tk - cut], dv[:, :, :Tk - cut]
+        if cut:                                                                   # keys 0 … cut, every row
+            dq_c, dk_c, dv_c = parts[1]
+            dq, dk, dv = dq + dq_c[:, :, :Tq], torch.cat([dk_c, dk], dim=2), torch.cat([dv_c, dv], dim=2)
         q_dtype, k_dtype, v_dtype = ctx.dtypes
         return ((dq[..., EXTRA:] * ctx.scale).to(q_dtype), dk[..., EXTRA:].to(k_dtype), dv[..., EXTRA:].to(v_dtype),
                 None, None, None, None)
