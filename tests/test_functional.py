@@ -168,3 +168,26 @@ def test_the_decoder_calls_the_entry_point(monkeypatch):
     m = Decoder(ModelConfig(vocab_size=11, d_model=32, n_layers=2, n_heads=2, pe={"kind": "sinusoidal"}))
     m(torch.randint(0, 11, (1, 5)))
     assert len(calls) == 2 and all(kw["embedded"] and kw["rotated"] for kw in calls)
+
+
+@pytest.mark.parametrize("kind", ["alibi", "bipe_alibi"])
+def test_the_dispatcher_runs_the_kernel_where_it_applies(kind, monkeypatch):
+    """At a length the attention kernel takes, hopekit.attention calls it (and only with kernels on),
+    and the result is the dense reference's to float32 rounding."""
+    import importlib
+
+    config = {"kind": "bipe", "inter": {"kind": "alibi"}} if kind == "bipe_alibi" else {"kind": "alibi"}
+    enc = pe.build(pe.parse(config, train_len=64), head_dim=D, num_heads=H)
+    module = importlib.import_module(f"hopekit.kernels.{'alibi'}")
+    calls = []
+    real = module.attend
+    monkeypatch.setattr(module, "attend", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    q, k, v = qkv(Tq=80, Tk=80, kv_heads=2, dtype=torch.float32)
+    pos = torch.arange(80) * 2
+    out = hopekit.attention(enc, q, k, v, pos, pos)
+    assert calls == [1]
+    with kernels.use_kernels(False):
+        ref = hopekit.attention(enc, q, k, v, pos, pos)
+    assert calls == [1]
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.double(), dense_reference(enc.double(), q, k, v, pos, pos), rtol=1e-5, atol=1e-6)

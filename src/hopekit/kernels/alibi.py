@@ -25,7 +25,7 @@ and odd tails), so every call here has a multiple of :data:`ROW_ALIGN` rows and 
 with a KV cache a split in two calls merged by log-sum-exp: :class:`_ChannelAttention`); fewer query
 rows than that (decoding) run the reference, which costs one small matmul there. A short probe
 (:func:`exact_here`) checks the order once per process and head dim; where it fails, :func:`applies`
-says no and the ``pe/`` reference (:func:`hopekit.model.chunked_attention`) runs. ALiBi's weights also
+says no and the ``pe/`` reference (:func:`hopekit.functional.chunked_attention`) runs. ALiBi's weights also
 cross float32's subnormal range, which x86 computes on ~100× slower; the kernel runs with
 flush-to-zero on its OpenMP threads (:func:`flush_denormals`).
 
@@ -167,7 +167,7 @@ def _positions_fit(q_pos: torch.Tensor, k_pos: torch.Tensor, past: int) -> bool:
 
 
 def _reference(enc, q, k, v, q_pos, k_pos, *, scale, past) -> torch.Tensor:
-    from ..model import chunked_attention  # the pe/ reference; local import: the model imports the kernels
+    from ..functional import chunked_attention  # the pe/ reference; local import: functional imports the kernels
 
     return chunked_attention(enc, q, k, v, q_pos, k_pos, past=past, scale=scale, chunk=FALLBACK_CHUNK)
 
