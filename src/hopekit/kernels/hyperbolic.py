@@ -188,10 +188,10 @@ def _factor(delta: torch.Tensor, rates64: torch.Tensor, sign: float, dtype: torc
     """e^{−sign · r_c · δ}, shape (Bp|1, H|1, nodes|1, rows, D), in float64 then cast once to ``dtype``;
     with ``cut``, exponents below −_NEGLIGIBLE give exactly 0."""
     x = delta.to(torch.float64)[:, None, :, :, None] * rates64[None, :, None, None, :]  # r·δ, (Bp, H, n, rows, D)
-    f = torch.exp(-sign * x)
-    if cut:
-        f = f.masked_fill_(x > _NEGLIGIBLE, 0.0)
-    return f.to(dtype)
+    if not cut:
+        return torch.exp(-sign * x).to(dtype)
+    far = x > _NEGLIGIBLE
+    return torch.exp(-x.clamp_(max=_NEGLIGIBLE)).masked_fill_(far, 0.0).to(dtype)  # no subnormal exp
 
 
 # --------------------------------------------------------------------------------------------------
@@ -299,15 +299,17 @@ class _HyperbolicAttention(torch.autograd.Function):
             o, part_lse = flash(Q, K, V, 0.0, group[-1], scale=scale / 2)  # [a ± b] is √2 · the eigenbasis
             parts.append((o.unflatten(1, (H, -1)), part_lse.unflatten(1, (H, -1))))
         # merge: the log-sum-exp over every group a row is in, then out = Σ_g e^{lse_g − lse} out_g
-        lse = parts[0][1].reshape(B, H, plan.padded).to(torch.float32, copy=True)   # the leaves hold every row
+        # (in float64: the weights then carry only the rounding of each group's own lse)
+        lse = parts[0][1].reshape(B, H, plan.padded).to(torch.float64)     # the leaves hold every row
         for (kind, nodes, *_), (_, part_lse) in zip(groups[1:], parts[1:]):
             rows = _qrows(lse, kind, nodes, plan)
-            rows.copy_(torch.logaddexp(rows, part_lse))
+            rows.copy_(torch.logaddexp(rows, part_lse.to(torch.float64)))
         out = parts[0][0].reshape(B, H, plan.padded, D).to(acc)
-        out.mul_(torch.exp(parts[0][1].reshape(B, H, plan.padded) - lse)[..., None])
+        out.mul_(torch.exp(parts[0][1].reshape(B, H, plan.padded) - lse).to(acc)[..., None])
         for (kind, nodes, *_), (o, part_lse) in zip(groups[1:], parts[1:]):
-            weight = torch.exp(part_lse - _qrows(lse, kind, nodes, plan))[..., None]
+            weight = torch.exp(part_lse - _qrows(lse, kind, nodes, plan)).to(acc)[..., None]
             _qrows(out, kind, nodes, plan).addcmul_(o, weight)
+        lse = lse.to(parts[0][1].dtype)
         out = out.to(v.dtype)
         ctx.save_for_backward(q, k, v, rates)
         ctx.state = (plan, scale, row_scale, groups, out, lse)
