@@ -212,10 +212,13 @@ def _eigen(x: torch.Tensor, rows: int, dtype: torch.dtype) -> torch.Tensor:
     return out
 
 
-def _uneigen(g: torch.Tensor) -> torch.Tensor:
-    """The transpose of :func:`_eigen` (the same map): [gu + gv, gu − gv]."""
+def _uneigen(g: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The transpose of :func:`_eigen` (the same map) on ``g`` ``(B, H, T, D)``: [gu + gv, gu − gv]."""
     h = g.shape[-1] // 2
-    return torch.cat([g[..., :h] + g[..., h:], g[..., :h] - g[..., h:]], dim=-1)
+    out = torch.empty(g.shape, dtype=dtype)
+    torch.add(g[..., :h], g[..., h:], out=out[..., :h])
+    torch.sub(g[..., :h], g[..., h:], out=out[..., h:])
+    return out
 
 
 def _inputs(q, k, v, plan: _Plan, row_scale, acc):
@@ -298,6 +301,7 @@ class _HyperbolicAttention(torch.autograd.Function):
             Q, K, V = _operands(group, qe, ke, vf, plan, q.dtype)
             o, part_lse = flash(Q, K, V, 0.0, group[-1], scale=scale / 2)  # [a ± b] is √2 · the eigenbasis
             parts.append((o.unflatten(1, (H, -1)), part_lse.unflatten(1, (H, -1))))
+            del Q, K, V
         # merge: the log-sum-exp over every group a row is in, then out = Σ_g e^{lse_g − lse} out_g
         # (in float64: the weights then carry only the rounding of each group's own lse)
         lse = parts[0][1].reshape(B, H, plan.padded).to(torch.float64)     # the leaves hold every row
@@ -309,52 +313,72 @@ class _HyperbolicAttention(torch.autograd.Function):
         for (kind, nodes, *_), (o, part_lse) in zip(groups[1:], parts[1:]):
             weight = torch.exp(part_lse - _qrows(lse, kind, nodes, plan)).to(acc)[..., None]
             _qrows(out, kind, nodes, plan).addcmul_(o, weight)
-        lse = lse.to(parts[0][1].dtype)
+        del parts
         out = out.to(v.dtype)
-        ctx.save_for_backward(q, k, v, rates)
-        ctx.state = (plan, scale, row_scale, groups, out, lse)
+        lse = lse.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
+        if q.dtype == acc:   # keep the eigenbasis rows (the size of q and k) instead of q and k
+            ctx.save_for_backward(rates)
+            ctx.rows = (qe, ke, vf)
+        else:
+            ctx.save_for_backward(rates, q, k, v)
+            ctx.rows = None
+        ctx.state = (plan, scale, row_scale, groups, out, lse, q.dtype, k.shape, v.dtype)
         return out[:, :, :Tq]
 
     @staticmethod
     def backward(ctx, grad):
         _, flash_bwd = _flash_ops()
-        q, k, v, rates = ctx.saved_tensors
-        plan, scale, row_scale, groups, out, lse = ctx.state
-        acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-        B, H, Tq, D = q.shape
-        past, T = plan.past, plan.padded
+        plan, scale, row_scale, groups, out, lse, dtype, k_shape, v_dtype = ctx.state
+        rates, *saved = ctx.saved_tensors
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        B, H, Tk, D = k_shape
+        Tq, past, T = plan.tq, plan.past, plan.padded
         want_q, want_k, want_v, want_rates = ctx.needs_input_grad[:4]
         with torch.autocast(device_type="cpu", enabled=False):
-            qe, ke, vf = _inputs(q, k, v, plan, row_scale, acc)
-            g = grad.new_zeros((B, H, T, D), dtype=out.dtype)
-            g[:, :, :Tq] = grad
-            dqe = torch.zeros((B, H, T, D), dtype=acc)
-            dke = torch.zeros((B, H, past + T, D), dtype=acc)
-            dv = torch.zeros((B, H, past + T, D), dtype=acc)
+            qe, ke, vf = ctx.rows if ctx.rows is not None else _inputs(*saved, plan, row_scale, acc)
+            grad = grad.to(out.dtype)
+            if T != Tq:
+                g = grad.new_zeros((B, H, T, D))
+                g[:, :, :Tq] = grad
+            else:
+                g = grad
+            dqe = torch.empty((B, H, T, D), dtype=acc)
+            dke = torch.empty((B, H, past + T, D), dtype=acc)
+            dv = torch.empty((B, H, past + T, D), dtype=acc)
             drates = torch.zeros((H, D), dtype=acc)
-            for group in groups:
+            for group in groups:  # the leaves write every tree row, the prefix every cached row: no zero fill
                 kind, nodes, fq, fk, dlq, dlk, causal = group
-                Q, K, V = _operands(group, qe, ke, vf, plan, q.dtype)
+                Q, K, V = _operands(group, qe, ke, vf, plan, dtype)
                 gq, gk, gv = flash_bwd(_flat(_qrows(g, kind, nodes, plan)), Q, K, V,
                                        _flat(_qrows(out, kind, nodes, plan)), _flat(_qrows(lse, kind, nodes, plan)),
                                        0.0, causal, scale=scale / 2)
                 gq, gk, gv = gq.unflatten(1, (H, -1)), gk.unflatten(1, (H, -1)), gv.unflatten(1, (H, -1))
-                _qrows(dqe, kind, nodes, plan).addcmul_(gq, fq)
-                _krows(dke, kind, nodes, plan).addcmul_(gk, fk)
-                _krows(dv, kind, nodes, plan).add_(gv)
+                q_rows, k_rows, v_rows = (_qrows(dqe, kind, nodes, plan), _krows(dke, kind, nodes, plan),
+                                          _krows(dv, kind, nodes, plan))
+                if kind == "leaf":                                 # the first group: every tree row
+                    torch.mul(gq, fq, out=q_rows)
+                else:
+                    q_rows.addcmul_(gq, fq)
+                if kind == "level":
+                    k_rows.addcmul_(gk, fk)
+                    v_rows.add_(gv)
+                else:                                              # leaves: the tree rows; prefix: the cached rows
+                    torch.mul(gk, fk, out=k_rows)
+                    v_rows.copy_(gv)
                 if want_rates:  # d e^{−r·δ}/dr = −δ · e^{−r·δ}: Σ over rows of −δ · (dQ ⊙ Q), likewise for K
                     for gx, x, dl in ((gq, Q, dlq), (gk, K, dlk)):
                         prod = gx.to(acc) * x.unflatten(1, (H, -1)).to(acc)        # (B, H, nodes, rows, D)
                         drates -= (prod * dl.to(acc)[:, None, :, :, None]).sum(dim=(0, 2, 3))
+                del Q, K, V, gq, gk, gv
             dq = dk = dvv = dr = None
             if want_q:
                 if row_scale is not None:
                     dqe.mul_(row_scale[:, None, :, None].to(acc))
-                dq = _uneigen(dqe[:, :, :Tq]).to(q.dtype)
+                dq = _uneigen(dqe[:, :, :Tq], dtype)
             if want_k:
-                dk = _uneigen(dke[:, :, :past + Tq]).to(k.dtype)
+                dk = _uneigen(dke[:, :, :Tk], dtype)
             if want_v:
-                dvv = dv[:, :, :past + Tq].to(v.dtype)
+                dvv = dv[:, :, :Tk].to(v_dtype)
             if want_rates:
                 dr = (drates if rates.shape[0] == H else drates.sum(0, keepdim=True)).to(rates.dtype)
         return dq, dk, dvv, dr, None, None, None
