@@ -334,3 +334,24 @@ def test_bad_input_is_one_clear_error():
         kh.attend(enc, q, k, v, pos, torch.arange(6), scale=0.25, past=0)
     with pytest.raises(ValueError, match="head_dim=16"):
         kh.attend(enc, q[..., :8], k, v, pos, pos, scale=0.25, past=0)
+
+
+def test_plan_is_made_once_for_every_layer_of_a_forward(monkeypatch):
+    """The same position tensors (as every layer of a forward passes them) reuse the plan and its
+    factor tables; positions changed in place, or a learnable λ changed by a step, are seen."""
+    made = []
+    real = kh._plan
+    monkeypatch.setattr(kh, "_plan", lambda *a, **kw: made.append(1) or real(*a, **kw))
+    enc = hyper(16, 2, learnable=True, penalty=0.25)
+    q, k, v = inputs(1, 2, 70, 16)
+    pos = torch.arange(70)
+    outs = [kh.attend(enc, q, k, v, pos, pos, scale=0.25, past=0) for _ in range(3)]
+    assert len(made) == 1 and all(torch.equal(o, outs[0]) for o in outs)
+    with torch.no_grad():
+        enc.penalty_raw.add_(0.5)                        # an optimizer step
+    torch.testing.assert_close(kh.attend(enc, q, k, v, pos, pos, scale=0.25, past=0),
+                               reference(enc, q, k, v, pos, pos, 0.25, 0), rtol=1e-5, atol=1e-6)
+    pos.mul_(2)                                          # the same tensor, new positions
+    torch.testing.assert_close(kh.attend(enc, q, k, v, pos, pos, scale=0.25, past=0),
+                               reference(enc, q, k, v, pos, pos, 0.25, 0), rtol=1e-5, atol=1e-6)
+    assert len(made) == 2

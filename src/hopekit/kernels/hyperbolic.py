@@ -100,7 +100,7 @@ def attend(enc, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.
     plan = None
     if Tq > 0 and v.dtype == q.dtype and q.dtype in _DTYPES:
         r_max = float(rates.detach().max())
-        plan = _plan(q_pos, k_pos, Tq, past, 2 * _LEAF_EXPONENT / max(r_max, 1e-30))
+        plan = _cached_plan(q_pos, k_pos, Tq, past, 2 * _LEAF_EXPONENT / max(r_max, 1e-30))
     if plan is None:  # positions this path does not cover: the reference (same result, T×chunk memory)
         from ..model import chunked_attention
 
@@ -133,6 +133,7 @@ class _Plan:
     level_delta: list[torch.Tensor]   # |p − p_lo| per level ℓ (node size T_pad / 2^ℓ)
     prefix_q: torch.Tensor | None     # p_m − p_first (queries against the cached keys), (Bp, 1, Tq)
     prefix_k: torch.Tensor | None     # p_first − p_n (cached keys), (Bp, 1, past)
+    groups: tuple | None = None       # (rates, dtype, groups) of the last call (see _groups)
 
     @property
     def padded(self) -> int:
@@ -182,6 +183,24 @@ def _plan(q_pos: torch.Tensor, k_pos: torch.Tensor, tq: int, past: int, span_lim
         prefix_q = (qp - first)[:, None]                                        # (Bp, 1, Tq)
         prefix_k = (first - kp[:, :past])[:, None]                              # (Bp, 1, past)
     return _Plan(tq, past, levels, leaf, pos, leaf_delta, level_delta, prefix_q, prefix_k)
+
+
+#: the last plan made, with the position tensors it was made from: every layer of a forward passes the
+#: same position tensors, so the plan (and its factor tables) is made once per forward
+_LAST: list[tuple] = []
+
+
+def _cached_plan(q_pos: torch.Tensor, k_pos: torch.Tensor, tq: int, past: int, span_limit: float) -> _Plan | None:
+    try:
+        key = (q_pos._version, k_pos._version, tq, past, span_limit)
+    except RuntimeError:           # inference tensors keep no version counter: plan every call
+        return _plan(q_pos, k_pos, tq, past, span_limit)
+    for qp, kp, k, plan in _LAST:
+        if qp is q_pos and kp is k_pos and k == key:
+            return plan
+    plan = _plan(q_pos, k_pos, tq, past, span_limit)
+    _LAST[:] = [(q_pos, k_pos, key, plan)]
+    return plan
 
 
 def _factor(delta: torch.Tensor, rates64: torch.Tensor, sign: float, dtype: torch.dtype, cut: bool) -> torch.Tensor:
@@ -262,8 +281,17 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
 
 def _groups(plan: _Plan, rates: torch.Tensor, acc: torch.dtype) -> list[tuple]:
     """The rectangle groups of one call, each ``(kind, nodes, fq, fk, dq, dk, causal)``: factor tables
-    (Bp|1, H|1, nodes|1, rows, D) for its query and key rows, the distances δ with factor e^{−r·δ}."""
+    (Bp|1, H|1, nodes|1, rows, D) for its query and key rows, the distances δ with factor e^{−r·δ}.
+    Kept on the plan for the next call with the same rates (the other layers of the forward)."""
     r64 = rates.detach().to(torch.float64)                                 # exact: the rates are float32
+    if plan.groups is not None and plan.groups[1] == acc and torch.equal(plan.groups[0], r64):
+        return plan.groups[2]
+    groups = _make_groups(plan, r64, acc)
+    plan.groups = (r64.clone(), acc, groups)
+    return groups
+
+
+def _make_groups(plan: _Plan, r64: torch.Tensor, acc: torch.dtype) -> list[tuple]:
     d = plan.leaf_delta
     groups = [("leaf", 1 << plan.levels, _factor(d, r64, 1.0, acc, False), _factor(d, r64, -1.0, acc, False),
                d, -d, True)]
