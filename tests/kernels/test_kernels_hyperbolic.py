@@ -348,10 +348,10 @@ def test_plan_is_made_once_for_every_layer_of_a_forward(monkeypatch):
     outs = [kh.attend(enc, q, k, v, pos, pos, scale=0.25, past=0) for _ in range(3)]
     assert len(made) == 1 and all(torch.equal(o, outs[0]) for o in outs)
     with torch.no_grad():
-        enc.penalty_raw.add_(0.5)                        # an optimizer step
+        enc.penalty_raw.add_(0.5)                        # an optimizer step (new rates: new leaf span limit)
     torch.testing.assert_close(kh.attend(enc, q, k, v, pos, pos, scale=0.25, past=0),
                                reference(enc, q, k, v, pos, pos, 0.25, 0), rtol=1e-5, atol=1e-6)
     pos.mul_(2)                                          # the same tensor, new positions
     torch.testing.assert_close(kh.attend(enc, q, k, v, pos, pos, scale=0.25, past=0),
                                reference(enc, q, k, v, pos, pos, 0.25, 0), rtol=1e-5, atol=1e-6)
-    assert len(made) == 2
+    assert len(made) == 3
