@@ -23,6 +23,7 @@ skips it): one T×T float32 tensor per head is T²·4 bytes (64 MB per head at T
     python benchmarks/attention.py                          # B1 H16 T4096 D64 float32, forward
     python benchmarks/attention.py --backward               # forward + backward (grads of x and weights)
     python benchmarks/attention.py --dtype bfloat16 --seq 2048 --repeats 5
+    python benchmarks/attention.py --positions randomized --batch 2
 """
 
 from __future__ import annotations
@@ -57,9 +58,13 @@ class Setup:
         grad = args.backward
         self.x = torch.randn(B, T, width, dtype=self.dtype, requires_grad=grad)
         self.weights = [(torch.randn(width, width) / math.sqrt(width)).to(self.dtype).requires_grad_(grad)
-                        for _ in range(4)]
+                        for _ in range(4)]                                    # (out, in), as nn.Linear
         self.grad_out = torch.randn(B, T, width, dtype=self.dtype)
-        self.pos = torch.arange(T)
+        if args.positions == "randomized":   # as train.positions="randomized": sorted subsets of [0, 16 T)
+            gen = torch.Generator().manual_seed(1)
+            self.pos = torch.stack([torch.randperm(16 * T, generator=gen)[:T].sort().values for _ in range(B)])
+        else:
+            self.pos = torch.arange(T)
         self.scale = 1.0 / math.sqrt(D)
         self.rope = pe.build("rope", head_dim=D, base=10000.0)
         feats = self.rope.features(self.pos)
@@ -70,14 +75,14 @@ class Setup:
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, T, H, D = self.shape
         wq, wk, wv, _ = self.weights
-        return tuple((x @ w).view(B, T, H, D).transpose(1, 2) for w in (wq, wk, wv))  # (B, H, T, D) views
+        return tuple(F.linear(x, w).view(B, T, H, D).transpose(1, 2) for w in (wq, wk, wv))  # (B, H, T, D)
 
     def layer(self, attn: Callable) -> Callable[[], torch.Tensor]:
         B, T, H, D = self.shape
 
         def run() -> torch.Tensor:
             y = attn(*self.project(self.x))                                      # (B, H, T, D)
-            return y.transpose(1, 2).reshape(B, T, H * D) @ self.weights[3]
+            return F.linear(y.transpose(1, 2).reshape(B, T, H * D), self.weights[3])
         return run
 
 
@@ -123,15 +128,16 @@ def oracle(s: Setup, name: str, q, k, v, rows: torch.Tensor) -> torch.Tensor | N
     q, k, v = q.double(), k.double(), v.double()
     B, H, T, D = q.shape
     qr, h = q[:, :, rows], D // 2
-    delta = (s.pos[rows][:, None] - s.pos[None, :]).double()                 # (R, T)
+    pos = s.pos.reshape(-1, T)                                               # (B|1, T)
+    delta = (pos[:, rows, None] - pos[:, None, :]).double()[:, None]         # (B|1, 1, R, T)
     if name.startswith("rope"):
         inv_freq = 1.0 / 10000.0 ** (torch.arange(0, D, 2, dtype=torch.float64) / D)
 
         def rot(x, p):
-            ang = p.double()[:, None] * inv_freq
+            ang = (p.double()[..., None] * inv_freq)[:, None]                 # (B|1, 1, T, D/2)
             c, si = ang.cos(), ang.sin()
             return torch.cat([x[..., :h] * c - x[..., h:] * si, x[..., h:] * c + x[..., :h] * si], -1)
-        logits = rot(qr, s.pos[rows]) @ rot(k, s.pos).transpose(-1, -2) * s.scale
+        logits = rot(qr, pos[:, rows]) @ rot(k, pos).transpose(-1, -2) * s.scale
     elif name.startswith("hope_hyperbolic"):
         omega = s.hyper.params.omega_scale / s.hyper.params.base ** (torch.arange(0, D, 2, dtype=torch.float64) / D)
         lam = s.hyper.params.resolved_penalty
@@ -186,6 +192,8 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=4096)
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--positions", default="contiguous", choices=("contiguous", "randomized"),
+                   help="randomized: per batch row a sorted random subset of [0, 16·T), as in training")
     p.add_argument("--backward", action="store_true", help="time forward + backward (grads of x and the weights)")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--warmup", type=int, default=1)
@@ -259,7 +267,8 @@ def main() -> None:
 
     B, T, H, D = s.shape
     what = "forward + backward" if args.backward else "forward"
-    print(f"attention incl. projections, {what}: B{B} H{H} T{T} D{D} {args.dtype}, causal; median of "
+    print(f"attention incl. projections, {what}: B{B} H{H} T{T} D{D} {args.dtype}, {args.positions} positions, "
+          f"causal; median of "
           f"{args.repeats} interleaved runs; torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}")
     base = med[BASELINE]
