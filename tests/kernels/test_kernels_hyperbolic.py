@@ -192,6 +192,22 @@ def test_kv_cache_with_batched_positions():
     check(enc, q, k, v, k_pos[:, past:], k_pos, past=past)
 
 
+@pytest.mark.parametrize("omega_scale,penalty", [(1.0, 1.05), (0.2, 0.21), (0.01, 0.0105), (1e-5, 1.000001e-5)])
+@pytest.mark.parametrize("offset", [0, 1_000_000])
+def test_long_range_positions(omega_scale, penalty, offset):
+    """As benchmarks/hyperbolic_precision.py probes the logits: keys at distances 0 … 2^20 from the
+    queries, at absolute offsets 0 and 10^6, for rates from RoPE's (everything far decays to a logit of
+    exactly 0) down to 1e-5 (terms still significant at Δ = 2^20); a KV-cache call with 4 new queries."""
+    enc = hyper(16, 2, omega_scale=omega_scale, penalty=penalty)
+    deltas = torch.cat([torch.arange(0, 40), torch.logspace(6, 20, 40, base=2).long()]).unique()
+    top = offset + int(deltas.max())
+    k_pos = (top - deltas).flip(0)                       # ascending, the last four are the new queries
+    Tq = 4
+    q, k, v = inputs(1, 2, Tq, 16, past=len(k_pos) - Tq)
+    q, k = 2 * q, 2 * k                                  # logits of a few units
+    check(enc, q, k, v, k_pos[-Tq:], k_pos, past=len(k_pos) - Tq)
+
+
 def test_float64_is_exact():
     enc = hyper(16, 2)
     q, k, v = inputs(1, 2, 200, 16, past=20, dtype=torch.float64)
