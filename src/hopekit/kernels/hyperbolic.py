@@ -31,15 +31,16 @@ The backward pass calls the flash backward once per rectangle group with the mer
 log-sum-exp (which makes each group's gradients exact), recomputing the scaled copies instead of
 keeping them, and chains through the factors by hand, including the gradient of learnable rates.
 
-Where this path does not apply (:func:`applies`: another device, dropout, a mask, float16) or the
-positions are not non-decreasing and shared by queries and keys (checked once per call),
+The plan (tree shape, distances, factor tables) is made from the positions on the host once per
+forward: every layer passes the same position tensors, and the last plan is kept with them. Where
+this path does not apply (:func:`applies`: another device, dropout, a mask, float16) or the positions
+decrease or the queries' positions are not the last keys' positions (found when the plan is made),
 :func:`attend` runs the reference.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 
@@ -98,7 +99,7 @@ def attend(enc, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.
     k_pos = check_positions(k_pos, "k_pos", Tk, batch=B)
     rates = enc.rates(q.device)                                              # (H|1, D) float32
     plan = None
-    if Tq > 0 and v.dtype == q.dtype and q.dtype in _DTYPES:
+    if Tq > 0 and q.dtype in _DTYPES and k.dtype == v.dtype == q.dtype:
         r_max = float(rates.detach().max())
         plan = _cached_plan(q_pos, k_pos, Tq, past, 2 * _LEAF_EXPONENT / max(r_max, 1e-30))
     if plan is None:  # positions this path does not cover: the reference (same result, T×chunk memory)
