@@ -185,6 +185,20 @@ def measure_memory(args: argparse.Namespace, name: str) -> float:
     return _status_mb("VmHWM") - before
 
 
+def profile(name: str, fn: Callable, run: Callable) -> None:
+    """One run of ``fn`` under torch.profiler: self CPU time by op, the flash-attention kernels apart."""
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile() as prof:
+        run(fn)
+    ops = sorted(((e.key, e.self_cpu_time_total / 1e3, e.count) for e in prof.key_averages()), key=lambda t: -t[1])
+    total = sum(t for _, t, _ in ops)
+    flash = sum(t for key, t, _ in ops if "flash_attention" in key)
+    print(f"\nwhere the time goes, {name}: {total:.0f} ms of ops, {flash:.0f} ms ({flash / total:.0%}) in "
+          f"flash-attention kernels; top ops (self ms, calls):")
+    print("  " + "; ".join(f"{key} {t:.0f} ({c})" for key, t, c in ops[:8]))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=1)
@@ -199,6 +213,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--rows", default="", help="comma-separated subset of rows (the baseline is always run)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory column (one process per row)")
+    p.add_argument("--profile", action="store_true", help="also print where each fast row's time goes (torch.profiler)")
     p.add_argument("--json", action="store_true", help="also print the medians as one JSON line")
     p.add_argument("--measure-memory", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -284,6 +299,10 @@ def main() -> None:
           f"one T×T float32 tensor per head is {T * T * 4 / 2**20:.0f} MB, for all heads {T * T * 4 * H * B / 2**20:.0f} MB")
     for note in notes:
         print(f"note: {note}")
+    if args.profile:
+        for name in fns:
+            if name.endswith("fast") or name == BASELINE:
+                profile(name, fns[name], run)
     if args.json:
         print(json.dumps({"config": vars(args), "median_ms": med, "vs_reference": vs_ref, "vs_float64": vs_f64,
                           "peak_mb": memory}))
