@@ -274,7 +274,8 @@ def main() -> None:
 
     memory: dict[str, float] = {}
     if not args.no_memory:
-        argv = [a for a in sys.argv[1:] if not a.startswith("--rows")]
+        argv = [f"--batch={args.batch}", f"--heads={args.heads}", f"--seq={args.seq}", f"--head-dim={args.head_dim}",
+                f"--dtype={args.dtype}", f"--positions={args.positions}"] + (["--backward"] if args.backward else [])
         for name in rows:
             done = subprocess.run([sys.executable, __file__, *argv, "--measure-memory", name],
                                   capture_output=True, text=True, check=True)

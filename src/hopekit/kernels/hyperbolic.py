@@ -331,17 +331,17 @@ class _HyperbolicAttention(torch.autograd.Function):
             o, part_lse = flash(Q, K, V, 0.0, group[-1], scale=scale / 2)  # [a ± b] is √2 · the eigenbasis
             parts.append((o.unflatten(1, (H, -1)), part_lse.unflatten(1, (H, -1))))
             del Q, K, V
-        # merge: the log-sum-exp over every group a row is in, then out = Σ_g e^{lse_g − lse} out_g
+        # merge: lse = log Σ_g e^{lse_g} over the groups a row is in, then out = Σ_g e^{lse_g − lse} out_g
         # (in float64: the weights then carry only the rounding of each group's own lse)
-        lse = parts[0][1].reshape(B, H, plan.padded).to(torch.float64)     # the leaves hold every row
-        for (kind, nodes, *_), (_, part_lse) in zip(groups[1:], parts[1:]):
-            rows = _qrows(lse, kind, nodes, plan)
-            rows.copy_(torch.logaddexp(rows, part_lse.to(torch.float64)))
-        out = parts[0][0].reshape(B, H, plan.padded, D).to(acc)
-        out.mul_(torch.exp(parts[0][1].reshape(B, H, plan.padded) - lse).to(acc)[..., None])
-        for (kind, nodes, *_), (o, part_lse) in zip(groups[1:], parts[1:]):
-            weight = torch.exp(part_lse - _qrows(lse, kind, nodes, plan)).to(acc)[..., None]
-            _qrows(out, kind, nodes, plan).addcmul_(o, weight)
+        every = torch.full((len(groups), B, H, plan.padded), float("-inf"), dtype=torch.float64)
+        for (kind, nodes, *_), part, (_, part_lse) in zip(groups, every, parts):
+            _qrows(part, kind, nodes, plan).copy_(part_lse)
+        lse = torch.logsumexp(every, dim=0)                                    # (B, H, T_pad)
+        weights = every.sub_(lse).exp_().to(acc)[..., None]                   # (G, B, H, T_pad, 1)
+        out = parts[0][0].reshape(B, H, plan.padded, D)                      # the leaves hold every row
+        out = out.mul_(weights[0]) if out.dtype == acc else out * weights[0]
+        for (kind, nodes, *_), weight, (o, _) in zip(groups[1:], weights[1:], parts[1:]):
+            _qrows(out, kind, nodes, plan).addcmul_(o, _qrows(weight, kind, nodes, plan))
         del parts
         out = out.to(v.dtype)
         lse = lse.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
