@@ -365,12 +365,11 @@ class _HyperbolicAttention(torch.autograd.Function):
         want_q, want_k, want_v, want_rates = ctx.needs_input_grad[:4]
         with torch.autocast(device_type="cpu", enabled=False):
             qe, ke, vf = ctx.rows if ctx.rows is not None else _inputs(*saved, plan, row_scale, acc)
-            grad = grad.to(out.dtype)
-            if T != Tq:
-                g = grad.new_zeros((B, H, T, D))
+            if T != Tq or grad.dtype != out.dtype:
+                g = out.new_zeros((B, H, T, D))
                 g[:, :, :Tq] = grad
-            else:
-                g = grad
+            else:   # one copy to plain memory here, not one per group (the decoder's grad is a transpose)
+                g = grad.contiguous()
             dqe = torch.empty((B, H, T, D), dtype=acc)
             dke = torch.empty((B, H, past + T, D), dtype=acc)
             dv = torch.empty((B, H, past + T, D), dtype=acc)
