@@ -316,6 +316,20 @@ def _operands(group, qe, ke, vf, plan: _Plan, dtype):
     return _flat(Q), _flat(K), _flat(_krows(vf, kind, nodes, plan))
 
 
+def _finish(ctx, q, k, v, rates, plan, scale, row_scale, groups, qe, ke, vf, out, lse):
+    """Save what the backward needs; the output rows of the real queries in v's dtype."""
+    out = out.to(v.dtype)
+    lse = lse.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
+    if q.dtype == qe.dtype:   # keep the eigenbasis rows (the size of q and k) instead of q and k
+        ctx.save_for_backward(rates)
+        ctx.rows = (qe, ke, vf)
+    else:
+        ctx.save_for_backward(rates, q, k, v)
+        ctx.rows = None
+    ctx.state = (plan, scale, row_scale, groups, out, lse, q.dtype, k.shape, v.dtype)
+    return out[:, :, :plan.tq]
+
+
 class _HyperbolicAttention(torch.autograd.Function):
 
     @staticmethod
@@ -331,6 +345,9 @@ class _HyperbolicAttention(torch.autograd.Function):
             o, part_lse = flash(Q, K, V, 0.0, group[-1], scale=scale / 2)  # [a ± b] is √2 · the eigenbasis
             parts.append((o.unflatten(1, (H, -1)), part_lse.unflatten(1, (H, -1))))
             del Q, K, V
+        if len(parts) == 1:   # one leaf holds everything: nothing to merge
+            out, lse = parts[0][0].reshape(B, H, plan.padded, D), parts[0][1].reshape(B, H, plan.padded)
+            return _finish(ctx, q, k, v, rates, plan, scale, row_scale, groups, qe, ke, vf, out, lse)
         # merge: lse = log Σ_g e^{lse_g} over the groups a row is in, then out = Σ_g e^{lse_g − lse} out_g
         # (in float64: the weights then carry only the rounding of each group's own lse)
         every = torch.full((len(groups), B, H, plan.padded), float("-inf"), dtype=torch.float64)
@@ -343,16 +360,7 @@ class _HyperbolicAttention(torch.autograd.Function):
         for (kind, nodes, *_), weight, (o, _) in zip(groups[1:], weights[1:], parts[1:]):
             _qrows(out, kind, nodes, plan).addcmul_(o, _qrows(weight, kind, nodes, plan))
         del parts
-        out = out.to(v.dtype)
-        lse = lse.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
-        if q.dtype == acc:   # keep the eigenbasis rows (the size of q and k) instead of q and k
-            ctx.save_for_backward(rates)
-            ctx.rows = (qe, ke, vf)
-        else:
-            ctx.save_for_backward(rates, q, k, v)
-            ctx.rows = None
-        ctx.state = (plan, scale, row_scale, groups, out, lse, q.dtype, k.shape, v.dtype)
-        return out[:, :, :Tq]
+        return _finish(ctx, q, k, v, rates, plan, scale, row_scale, groups, qe, ke, vf, out, lse)
 
     @staticmethod
     def backward(ctx, grad):
