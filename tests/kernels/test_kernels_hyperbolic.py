@@ -371,3 +371,16 @@ def test_plan_is_made_once_for_every_layer_of_a_forward(monkeypatch):
     torch.testing.assert_close(kh.attend(enc, q, k, v, pos, pos, scale=0.25, past=0),
                                reference(enc, q, k, v, pos, pos, 0.25, 0), rtol=1e-5, atol=1e-6)
     assert len(made) == 3
+
+
+def test_v_changed_in_place_after_the_forward_is_refused():
+    enc = hyper(16, 2)
+    q, k, v = inputs(1, 2, 64, 16, grad=True)
+    pos = torch.arange(64)
+    v_leaf = v.detach().clone().requires_grad_(True)
+    vv = v_leaf * 1.0                                    # a non-leaf the caller could still change
+    out = kh.attend(enc, q, k, vv, pos, pos, scale=0.25, past=0)
+    with torch.no_grad():
+        vv.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()

@@ -321,8 +321,12 @@ def _finish(ctx, q, k, v, rates, plan, scale, row_scale, groups, qe, ke, vf, out
     out = out.to(v.dtype)
     lse = lse.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
     if q.dtype == qe.dtype:   # keep the eigenbasis rows (the size of q and k) instead of q and k
-        ctx.save_for_backward(rates)
-        ctx.rows = (qe, ke, vf)
+        if vf is v:           # v itself: saved so that autograd sees an in-place change of it
+            ctx.save_for_backward(rates, v)
+            ctx.rows = (qe, ke)
+        else:
+            ctx.save_for_backward(rates)
+            ctx.rows = (qe, ke, vf)
     else:
         ctx.save_for_backward(rates, q, k, v)
         ctx.rows = None
@@ -372,7 +376,7 @@ class _HyperbolicAttention(torch.autograd.Function):
         Tq, past, T = plan.tq, plan.past, plan.padded
         want_q, want_k, want_v, want_rates = ctx.needs_input_grad[:4]
         with torch.autocast(device_type="cpu", enabled=False):
-            qe, ke, vf = ctx.rows if ctx.rows is not None else _inputs(*saved, plan, row_scale, acc)
+            qe, ke, vf = ctx.rows + tuple(saved) if ctx.rows is not None else _inputs(*saved, plan, row_scale, acc)
             if T != Tq or grad.dtype != out.dtype:
                 g = out.new_zeros((B, H, T, D))
                 g[:, :, :Tq] = grad
