@@ -297,7 +297,8 @@ def main() -> None:
         mem = f"{memory[name]:.0f}" if name in memory else "—"
         print(f"| {name} | {m:.1f} | {m / base:.2f} | {lo:.0f}–{hi:.0f} | {ref} | {f64} | {mem} |")
     print("\nerrors are max |Δ| / max |v| of the attention output (before the output projection); "
-          f"one T×T float32 tensor per head is {T * T * 4 / 2**20:.0f} MB, for all heads {T * T * 4 * H * B / 2**20:.0f} MB")
+          f"one T×T float32 tensor per head is {T * T * 4 / 2**20:.0f} MB, "
+          f"for all heads {T * T * 4 * H * B / 2**20:.0f} MB")
     for note in notes:
         print(f"note: {note}")
     if args.profile:
