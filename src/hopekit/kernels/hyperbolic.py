@@ -405,7 +405,7 @@ class _HyperbolicAttention(torch.autograd.Function):
                 else:                                              # leaves: the tree rows; prefix: the cached rows
                     torch.mul(gk, fk, out=k_rows)
                     v_rows.copy_(gv)
-                if want_rates:  # d e^{−r·δ}/dr = −δ·e^{−r·δ}: Σ over rows of −δ · (dQ ⊙ Q), likewise for K
+                if want_rates:  # d e^{−rδ}/dr = −δ·e^{−rδ}: sum over rows of −δ · (dQ ⊙ Q), likewise for K
                     for gx, x, dl in ((gq, Q, dlq), (gk, K, dlk)):
                         prod = gx.to(acc) * x.unflatten(1, (H, -1)).to(acc)        # (B, H, nodes, rows, D)
                         drates -= (prod * dl.to(acc)[:, None, :, :, None]).sum(dim=(0, 2, 3))
