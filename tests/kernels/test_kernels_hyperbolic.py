@@ -384,3 +384,26 @@ def test_v_changed_in_place_after_the_forward_is_refused():
         vv.mul_(2)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
+
+
+@pytest.mark.slow
+def test_a_compiled_caller_runs_the_kernel_eagerly():
+    """``attend`` is one graph break under ``torch.compile`` (it plans on the host): a compiled caller
+    gets the eager values and gradients, learnable λ included."""
+    B, H, T, D = 1, 2, 150, 16
+    proj = torch.nn.Linear(H * D, H * D)
+    enc = hyper(D, H, learnable=True, per_head=True)
+    pos = torch.arange(T)
+
+    def layer(x):
+        q = proj(x).view(B, T, H, D).transpose(1, 2)
+        return kh.attend(enc, q, q, q, pos, pos, scale=D ** -0.5, past=0)
+
+    x = torch.randn(B, T, H * D, requires_grad=True)
+    eager = layer(x)
+    eager_grads = torch.autograd.grad(eager.sum(), [x, enc.penalty_raw])
+    compiled = torch.compile(layer)(x)
+    compiled_grads = torch.autograd.grad(compiled.sum(), [x, enc.penalty_raw])
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    for a, b in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -72,6 +72,7 @@ def applies(enc, q: torch.Tensor, k: torch.Tensor, *, mask, dropout_p: float) ->
             and q.dtype in _DTYPES and k.dtype == q.dtype and _flash_ops() is not None)
 
 
+@torch.compiler.disable  # host-side planning and an opaque kernel: one clean graph break under torch.compile
 def attend(enc, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
            *, scale: float, past: int) -> torch.Tensor:
     """Causal hope_hyperbolic attention, exactly ``chunked_attention(enc, q, k, v, q_pos, k_pos,
