@@ -15,10 +15,11 @@ Every row does what one attention layer of the reference decoder does: x ``(B, T
 Before timing, every fast row's attention output is checked against its reference's (``max |Δ|``,
 relative to max |v|; the run stops above 1e-4 in float32, 5e-2 in bfloat16), and every row's against
 a float64 oracle of its own encoding (closed forms: rotation by float64 angles; Σ_c Q_c K_c e^{−r_c Δ}
-with the exact rates; −slope·Δ) on 64 query rows spread over the sequence. Runs are interleaved (one of each, then again) so that machine noise hits
-every row alike; the table gives medians and the ratio to rope + SDPA. ``peak MB`` is the growth of the
-process's peak resident memory while the row runs once in a fresh process (Linux; ``--no-memory``
-skips it): one T×T float32 tensor per head is T²·4 bytes (64 MB per head at T = 4096).
+with the exact rates; −slope·Δ) on 64 query rows spread over the sequence. Runs are interleaved (one
+of each, then again) so that machine noise hits every row alike; the table gives medians and the ratio
+to rope + SDPA. ``peak MB`` is the growth of the process's peak resident memory while the row runs
+once in a fresh process (Linux; ``--no-memory`` skips it): one T×T float32 tensor per head is T²·4
+bytes (64 MB per head at T = 4096).
 
     python benchmarks/attention.py                          # B1 H16 T4096 D64 float32, forward
     python benchmarks/attention.py --backward               # forward + backward (grads of x and weights)
