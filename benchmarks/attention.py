@@ -7,7 +7,7 @@ Every row does what one attention layer of the reference decoder does: x ``(B, T
 * **rope + SDPA** (the baseline): ``hopekit.pe.rotary.apply_rotary`` on q and k, then
   ``F.scaled_dot_product_attention(is_causal=True)`` (CPU flash attention);
 * **projections only**: the four matmuls, attention replaced by v (the floor every row pays);
-* **hope_hyperbolic reference**: ``hopekit.model.chunked_attention`` over ``HyperbolicEncoding.scores``;
+* **hope_hyperbolic reference**: ``hopekit.functional.chunked_attention`` over ``HyperbolicEncoding.scores``;
 * **hope_hyperbolic fast**: ``hopekit.kernels.hyperbolic.attend``;
 * **alibi reference**: ``chunked_attention`` over ``ALiBi.bias``;
 * **alibi fast**: ``hopekit.kernels.alibi.attend``, when that module is importable (else a note).
@@ -91,7 +91,7 @@ def attentions(s: Setup) -> tuple[dict[str, Callable], dict[str, str], list[str]
     """The rows' attention functions (q, k, v) → (B, H, T, D), which fast row checks against which
     reference, and notes for rows left out."""
     from hopekit.kernels import hyperbolic
-    from hopekit.model import chunked_attention
+    from hopekit.functional import chunked_attention
     from hopekit.pe.rotary import apply_rotary
 
     pos, scale = s.pos, s.scale

@@ -170,15 +170,15 @@ def test_the_decoder_calls_the_entry_point(monkeypatch):
     assert len(calls) == 2 and all(kw["embedded"] and kw["rotated"] for kw in calls)
 
 
-@pytest.mark.parametrize("kind", ["alibi", "bipe_alibi"])
+@pytest.mark.parametrize("kind", ["alibi", "bipe_alibi", "hope_hyperbolic"])
 def test_the_dispatcher_runs_the_kernel_where_it_applies(kind, monkeypatch):
     """At a length the attention kernel takes, hopekit.attention calls it (and only with kernels on),
     and the result is the dense reference's to float32 rounding."""
     import importlib
 
-    config = {"kind": "bipe", "inter": {"kind": "alibi"}} if kind == "bipe_alibi" else {"kind": "alibi"}
+    config = {"kind": "bipe", "inter": {"kind": "alibi"}} if kind == "bipe_alibi" else pe.example_config(kind, D)
     enc = pe.build(pe.parse(config, train_len=64), head_dim=D, num_heads=H)
-    module = importlib.import_module(f"hopekit.kernels.{'alibi'}")
+    module = importlib.import_module(f"hopekit.kernels.{'hyperbolic' if enc.uses_scores else 'alibi'}")
     calls = []
     real = module.attend
     monkeypatch.setattr(module, "attend", lambda *a, **kw: calls.append(1) or real(*a, **kw))

@@ -22,7 +22,7 @@ __all__ = ["ENV_VAR", "ATTENTION_KERNELS", "enabled", "use_kernels"]
 
 #: the attention kernels :func:`hopekit.attention` tries in order; each module has ``applies(enc, q, k, *,
 #: mask, dropout_p)`` and ``attend(enc, q, k, v, q_pos, k_pos, *, scale, past)``
-ATTENTION_KERNELS: tuple[str, ...] = ("alibi",)
+ATTENTION_KERNELS: tuple[str, ...] = ("hyperbolic", "alibi")
 
 #: the environment variable that selects the kernels: "auto" (the default) or "reference"
 ENV_VAR = "HOPEKIT_KERNELS"

@@ -1,6 +1,6 @@
 """hope_hyperbolic attention without a T×T logit tensor, on the fused SDPA kernel.
 
-The reference (:func:`hopekit.model.chunked_attention` over :meth:`HyperbolicEncoding.scores`)
+The reference (:func:`hopekit.functional.chunked_attention` over :meth:`HyperbolicEncoding.scores`)
 materialises every chunk's logits Σ_c Q_c K_c e^{−r_c(m−n)} and runs an eager softmax. This path
 computes the same attention with CPU flash-attention calls that each return an output and its
 log-sum-exp, merged exactly at the end. It rests on one observation about the stable form
@@ -104,7 +104,7 @@ def attend(enc, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.
         r_max = float(rates.detach().max())
         plan = _cached_plan(q_pos, k_pos, Tq, past, 2 * _LEAF_EXPONENT / max(r_max, 1e-30))
     if plan is None:  # positions this path does not cover: the reference (same result, T×chunk memory)
-        from ..model import chunked_attention
+        from ..functional import chunked_attention
 
         return chunked_attention(enc, q, k, v, q_pos, k_pos, past=past, scale=scale, chunk=256)
     row_scale = None
