@@ -4,7 +4,8 @@ Every row rotates the same q and k ``(B, H, T, D)`` with cos/sin computed once b
 does once per forward. ``--layout bhtd``: q and k are contiguous ``(B, H, T, D)`` tensors;
 ``--layout bthd``: they are the decoder's ``wq(x).view(B, T, H, D).transpose(1, 2)``, a strided view of a
 contiguous ``(B, T, H, D)`` buffer. The **copy** row reads and writes the same bytes (``q.clone()``, in q's
-own layout): no rotary apply can beat it by much, so the ratio against it is the figure of merit.
+own layout; with ``--backward`` also a copy of the gradient, as a plain ``clone`` passes its gradient on without
+touching it): no rotary apply can beat it by much, so the ratio against it is the figure of merit.
 
 Rows: ``hopekit fast path`` (:func:`hopekit.kernels.rotary.apply_rotary`: inductor C++ on CPU, Triton on
 CUDA; its first call, which compiles, is timed separately and printed above the table), ``hopekit
@@ -43,6 +44,19 @@ import torch
 
 Row = tuple[Callable[[], tuple[torch.Tensor, torch.Tensor]], Callable[[torch.Tensor], torch.Tensor]]
 _same = lambda t: t  # noqa: E731
+
+
+class _Copy(torch.autograd.Function):
+    """The floor: a copy of x forward (in x's layout) and, with --backward, a copy of the gradient backward,
+    the bytes a rotary apply reads and writes each way (a plain ``clone`` passes its gradient on for free)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.clone()
 
 
 def rotary_methods() -> list[str]:
@@ -127,7 +141,7 @@ def rows(q: torch.Tensor, k: torch.Tensor, methods: list[str], args,
     from hopekit.kernels.rotary import apply_rotary as fast
     from hopekit.pe.rotary import apply_rotary as reference
 
-    out: dict[str, Row] = {"copy (floor)": (lambda: (q.clone(), k.clone()), _same)}
+    out: dict[str, Row] = {"copy (floor)": (lambda: (_Copy.apply(q), _Copy.apply(k)), _same)}
     first_call: dict[str, float] = {}
     for method in methods:
         feats = features(method, q.shape[-1], q.shape[0], q.shape[2], args.positions, args.rotary_fraction)
@@ -196,7 +210,9 @@ def main() -> None:
     q, k = (q_leaf, k_leaf) if args.layout == "bhtd" else (q_leaf.transpose(1, 2), k_leaf.transpose(1, 2))
     leaves = [q_leaf, k_leaf]
     fns, first_call = rows(q, k, methods, args, leaves)
-    grads = [torch.randn(B, H, T, D, dtype=dtype, device=device) for _ in range(2)]
+    # output gradients in the layout SDPA's backward gives them (that of a (B, T, H, D) buffer) for bthd
+    grads = [torch.randn(shape, dtype=dtype, device=device) for _ in range(2)]
+    grads = grads if args.layout == "bhtd" else [g.transpose(1, 2) for g in grads]
 
     def run(fn) -> float:
         _sync(q)

@@ -89,7 +89,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
         if triton_rotary is not None:
             return triton_rotary.apply_rotary(x, cos, sin)
     elif x.device.type == "cpu" and x.numel() >= CPU_MIN_NUMEL and not _cpu_broken and x.dim() <= 4:
-        return _CpuRotation.apply(x, cos, sin, False)
+        if x.requires_grad and torch.is_grad_enabled():
+            return _CpuRotation.apply(x, cos, sin, False)
+        return _cpu_rotate(x, cos, sin, False)
     return reference(x, cos, sin)
 
 
@@ -150,45 +152,62 @@ class _CpuRotation(torch.autograd.Function):
 
 
 def _cpu_rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool) -> torch.Tensor:
-    """Canonicalise to 4 dims in memory order, run the kernel compiled for that pattern, undo the permute.
+    """Run the kernel compiled for this pattern of inputs (compiling it on first use).
 
-    ``x`` ``(..., T, D)`` (2 to 4 dims, any strides) is viewed as ``(B, H, T, D)`` and its first three
-    dims permuted outermost-stride first, so the kernel streams through memory and writes its output in
-    the same order; cos/sin ``(T, h)`` / ``(B, 1, T, h)`` are viewed alike. Each pattern (dtype, order,
-    batched cos/sin, partial rotary, direction) gets its own compiled function: a pattern compiles once,
-    and patterns do not share dynamo's per-function recompile limit.
+    Each pattern (dtype, rank, batched cos/sin, partial rotary, direction, inference tensor) gets its own
+    compiled function, so that patterns do not share dynamo's per-function recompile limit; within one,
+    a new length, batch, head count or head dim reuses the kernel (dynamic shapes).
     """
+    global _cpu_broken
     if x.stride(-1) != 1:
         x = x.contiguous()
-    x4 = x.reshape((1,) * (4 - x.dim()) + tuple(x.shape))  # a view: only leading 1-dims are added
-    cos4 = cos if cos.dim() == 4 else cos[None, None]
-    sin4 = sin if sin.dim() == 4 else sin[None, None]
-    order = tuple(sorted(range(3), key=lambda d: -x4.stride(d))) + (3,)  # stable: ties keep their order
-    inverse_order = tuple(order.index(d) for d in range(4))
-    xp, cp, sp = x4.permute(order), cos4.permute(order), sin4.permute(order)
-    key = (x.dtype, order, cos4.shape[0] > 1, x.shape[-1] > 2 * cos.shape[-1], inverse, x.is_inference())
-    fn = _compiled.get(key) or _compile(key, inverse_rotation if inverse else rotation)
-    global _cpu_broken
+    key = (x.dtype, x.dim(), cos.dim(), x.shape[-1] > 2 * cos.shape[-1], inverse, x.is_inference())
+    fn = _compiled.get(key) or _compile(key)
+    x = x.detach()  # the graph sees one state (no grad, no autocast): dynamo would recompile on each change
     try:
-        if _autocast_on():  # the kernel is float32 arithmetic; one state, one graph
-            with torch.autocast("cpu", enabled=False):
-                out = fn(xp, cp, sp)
-        else:
-            out = fn(xp, cp, sp)
+        if torch.is_grad_enabled() or _autocast_on():
+            with torch.no_grad(), torch.autocast("cpu", enabled=False):
+                return fn(x, cos, sin)
+        return fn(x, cos, sin)
     except torch._dynamo.exc.BackendCompilerFailed as e:  # e.g. no working C++ compiler
         _cpu_broken = True
         warnings.warn(f"hopekit.kernels.rotary: inductor could not compile the CPU rotary kernel, using the "
                       f"reference from now on ({type(e).__name__}: {str(e).splitlines()[0][:200]})", RuntimeWarning)
-        out = (inverse_rotation if inverse else rotation)(xp, cp, sp)
-    return out.permute(inverse_order).reshape(x.shape)
+        return _in_memory_order(x, cos, sin, inverse_rotation if inverse else rotation)
 
 
-def _compile(key: tuple, fn: Callable) -> Callable:
-    # a copy of fn's code object per pattern: dynamo caches compiled graphs on the code object
-    dtype, order, batched, partial, inverse, inference = key
-    name = (f"{fn.__name__}_{str(dtype).removeprefix('torch.')}_{''.join(map(str, order))}"
-            f"{'_batched' if batched else ''}{'_partial' if partial else ''}{'_inference' if inference else ''}")
-    code = fn.__code__.replace(co_name=name)
-    compiled = torch.compile(types.FunctionType(code, fn.__globals__, name), dynamic=True)
+def _in_memory_order(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, fn: Callable) -> torch.Tensor:
+    """``fn`` applied to ``x`` ``(..., T, D)`` (2 to 4 dims) viewed as ``(B, H, T, D)`` in memory order.
+
+    A ``(B, T, H, D)`` buffer seen through ``transpose(1, 2)`` (the decoder's q and k) is rotated as the
+    buffer it is, so the loop streams through memory and writes its output in the same layout.
+    """
+    shape = x.shape
+    x = x.reshape((1,) * (4 - x.dim()) + tuple(shape))  # a view: adds leading 1-dims
+    cos = cos if cos.dim() == 4 else cos[None, None]
+    sin = sin if sin.dim() == 4 else sin[None, None]
+    if x.stride(1) < x.stride(2):  # heads inside positions in memory
+        out = fn(x.transpose(1, 2), cos.transpose(1, 2), sin.transpose(1, 2)).transpose(1, 2)
+    else:
+        out = fn(x, cos, sin)
+    return out.reshape(shape)
+
+
+def _kernel(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return _in_memory_order(x, cos, sin, rotation)
+
+
+def _kernel_inverse(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return _in_memory_order(x, cos, sin, inverse_rotation)
+
+
+def _compile(key: tuple) -> Callable:
+    # dynamo caches graphs on the code object: one copy of the template's code per pattern
+    dtype, dim, cos_dim, partial, inverse, inference = key
+    template = _kernel_inverse if inverse else _kernel
+    name = (f"{template.__name__}_{str(dtype).removeprefix('torch.')}_{dim}d{'_batched' if cos_dim == 4 else ''}"
+            f"{'_partial' if partial else ''}{'_inference' if inference else ''}")
+    code = template.__code__.replace(co_name=name)
+    compiled = torch.compile(types.FunctionType(code, template.__globals__, name), dynamic=True)
     _compiled[key] = compiled
     return compiled
