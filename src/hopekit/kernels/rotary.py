@@ -46,13 +46,13 @@ _FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def rotation(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """The rotation in float32 arithmetic, rounded once to ``x``'s dtype: what every fast path computes.
-
-    Eager, it is several passes over memory; traced by ``torch.compile`` it becomes one loop.
+    """The rotation in float32 arithmetic (float64 for float64), rounded once to ``x``'s dtype: what every
+    fast path computes. Eager, it is several passes over memory; traced by ``torch.compile``, one loop.
     """
     half = cos.shape[-1]
-    x1, x2 = x[..., :half].float(), x[..., half:2 * half].float()
-    cos, sin = cos.float(), sin.float()
+    acc = torch.promote_types(x.dtype, torch.float32)
+    x1, x2 = x[..., :half].to(acc), x[..., half:2 * half].to(acc)
+    cos, sin = cos.to(acc), sin.to(acc)
     out = [(x1 * cos - x2 * sin).to(x.dtype), (x2 * cos + x1 * sin).to(x.dtype)]
     if x.shape[-1] > 2 * half:
         out.append(x[..., 2 * half:])
