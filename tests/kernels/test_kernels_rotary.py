@@ -76,6 +76,7 @@ def assert_rotation(out: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, sin: 
 def eager_kernels(monkeypatch):
     """The fast path at every size, its kernels uncompiled (the same code run op by op)."""
     monkeypatch.setattr(kr, "CPU_MIN_NUMEL", 0)
+    monkeypatch.setattr(kr, "CPU_COMPILE_AFTER", 0)
     monkeypatch.setattr(kr, "_compiled", {})
     monkeypatch.setattr(kr, "_compile", lambda key: kr._kernel_inverse if key[4] else kr._kernel)
     calls = []
@@ -240,6 +241,23 @@ def test_small_tensors_take_the_reference_and_never_compile(monkeypatch):
     assert torch.equal(kr.apply_rotary(x, feats.cos, feats.sin), reference(x, feats.cos, feats.sin))
 
 
+def test_the_reference_runs_until_a_compile_pays_off(eager_kernels, monkeypatch):
+    """Calls of CPU_MIN_NUMEL elements or more take the reference until it has rotated CPU_COMPILE_AFTER
+    elements in them (a one-off call never pays for a compile); smaller calls do not count."""
+    monkeypatch.setattr(kr, "CPU_MIN_NUMEL", 2 * 3 * 9 * 64)
+    monkeypatch.setattr(kr, "CPU_COMPILE_AFTER", 3 * 2 * 3 * 9 * 64)
+    monkeypatch.setattr(kr, "_rented", 0)
+    feats = encoding("rope", 64).features(torch.arange(9))
+    small, x = make_x(1, 3, 9, 64, torch.bfloat16), make_x(2, 3, 9, 64, torch.bfloat16)
+    for _ in range(5):
+        assert torch.equal(kr.apply_rotary(small, feats.cos, feats.sin), reference(small, feats.cos, feats.sin))
+    for _ in range(3):
+        assert torch.equal(kr.apply_rotary(x, feats.cos, feats.sin), reference(x, feats.cos, feats.sin))
+    assert eager_kernels == []
+    assert_rotation(kr.apply_rotary(x, feats.cos, feats.sin), x, feats.cos, feats.sin)
+    assert eager_kernels == [False]
+
+
 @pytest.mark.parametrize("how", ["use_kernels", "env"])
 def test_kernels_off_runs_the_reference(eager_kernels, monkeypatch, how):
     enc = encoding("rope", 64)
@@ -298,6 +316,7 @@ def test_a_failing_compiler_falls_back_to_the_reference_once(monkeypatch):
         raise NoCompiler()
 
     monkeypatch.setattr(kr, "CPU_MIN_NUMEL", 0)
+    monkeypatch.setattr(kr, "CPU_COMPILE_AFTER", 0)
     monkeypatch.setattr(kr, "_cpu_broken", False)
     monkeypatch.setattr(kr, "_compiled", {})
     monkeypatch.setattr(kr, "_compile", lambda key: broken)
@@ -316,6 +335,7 @@ def test_a_failing_compiler_falls_back_to_the_reference_once(monkeypatch):
 @pytest.fixture
 def compiled_kernels(monkeypatch):
     monkeypatch.setattr(kr, "CPU_MIN_NUMEL", 0)
+    monkeypatch.setattr(kr, "CPU_COMPILE_AFTER", 0)
     monkeypatch.setattr(kr, "_cpu_broken", False)
 
 

@@ -13,9 +13,13 @@ Where it runs:
 * **CPU**, tensors of at least :data:`CPU_MIN_NUMEL` elements: an inductor C++ kernel
   (``torch.compile`` of :func:`rotation`, dynamic shapes: a new length, batch or head count does not
   recompile), one vectorised loop that reads ``x`` once and writes the output once, in ``x``'s own
-  memory order (a ``transpose(1, 2)`` view of a ``(B, T, H, D)`` projection stays that layout). Its
-  first call in a process compiles (seconds, see ``benchmarks/NOTES.md``; later processes reuse
-  inductor's on-disk cache); smaller tensors run the reference, which is faster there.
+  memory order (a ``transpose(1, 2)`` view of a ``(B, T, H, D)`` projection stays that layout).
+  Smaller tensors run the reference, which is faster there per call. Compiling costs seconds once per
+  process (importing dynamo and inductor, tracing; the C++ is cached on disk across processes), which
+  a one-off call never earns back, so the reference also runs until it has rotated
+  :data:`CPU_COMPILE_AFTER` elements in such calls (about what it rotates in the time of a first
+  compile: a training run switches within its first steps, a one-off analysis never compiles). Set
+  ``CPU_COMPILE_AFTER = 0`` to compile at the first call. Numbers: ``benchmarks/NOTES.md``.
 * **CUDA**: the Triton kernel of :mod:`hopekit.kernels.triton_rotary` (any strides, any size).
 * **Under** ``torch.compile``: the plain float32 arithmetic of :func:`rotation`, which the caller's
   compiler fuses with its neighbours.
@@ -36,11 +40,14 @@ from . import enabled
 from ..pe.base import check_floating
 from ..pe.rotary import apply_rotary as reference
 
-__all__ = ["apply_rotary", "rotation", "CPU_MIN_NUMEL"]
+__all__ = ["apply_rotary", "rotation", "inverse_rotation", "CPU_MIN_NUMEL", "CPU_COMPILE_AFTER"]
 
-#: elements of ``x`` from which the CPU path runs the compiled kernel; below it the reference is as fast
-#: or faster per call and a first call would pay seconds of compilation (measured: benchmarks/NOTES.md)
-CPU_MIN_NUMEL = 1 << 18
+#: elements of ``x`` from which the CPU path may run the compiled kernel: below it the reference is as
+#: fast or faster per call (the compiled call has ~50 µs of fixed overhead; measured: benchmarks/NOTES.md)
+CPU_MIN_NUMEL = 1 << 16
+#: elements the reference rotates (in calls of CPU_MIN_NUMEL or more) before the first compile: the
+#: reference's ~5 ns per element against a first compile of ~5 s (0: compile at the first such call)
+CPU_COMPILE_AFTER = 1 << 30
 
 _FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -89,6 +96,10 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
         if triton_rotary is not None:
             return triton_rotary.apply_rotary(x, cos, sin)
     elif x.device.type == "cpu" and x.numel() >= CPU_MIN_NUMEL and not _cpu_broken and x.dim() <= 4:
+        global _rented
+        if _rented < CPU_COMPILE_AFTER:  # not yet worth a compile
+            _rented += x.numel()
+            return reference(x, cos, sin)
         if x.requires_grad and torch.is_grad_enabled():
             return _CpuRotation.apply(x, cos, sin, False)
         return _cpu_rotate(x, cos, sin, False)
@@ -133,6 +144,7 @@ def _triton():
 # ---------------------------------------------------------------------------------------------------
 
 _cpu_broken = False  # set when inductor fails to compile (e.g. no C++ compiler): the reference from then on
+_rented = 0  # elements the reference has rotated in calls the kernel could have taken
 _compiled: dict[tuple, Callable] = {}
 
 
