@@ -164,18 +164,24 @@ def _cpu_rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: 
     if cos.stride(-1) != 1 or sin.stride() != cos.stride():
         cos, sin = cos.contiguous(), sin.contiguous()
     out = torch.empty_like(x)  # x's strides where x is dense (a transposed view stays one), else contiguous
-    lead = (1,) * (4 - x.dim())
-    x4, o4 = x.reshape(lead + tuple(x.shape)), out.reshape(lead + tuple(x.shape))  # views: leading 1-dims
+    shape, xs, os_ = tuple(x.shape), x.stride(), out.stride()
+    if x.dim() < 4:  # as (B, H, T, D): leading 1-dims (their strides only order the walk: outermost)
+        pad = 4 - x.dim()
+        shape, xs, os_ = (1,) * pad + shape, (1 << 40,) * pad + xs, (1 << 40,) * pad + os_
     if cos.dim() == 2:  # cos/sin strides over (B, H, T); 0 where they broadcast
         sc = (0, 0, cos.stride(0))
     else:
         sc = (cos.stride(0) if cos.shape[0] > 1 else 0, 0, cos.stride(2))
-    order = sorted(range(3), key=lambda d: -x4.stride(d))  # walk x in memory order (stable for ties)
-    code = _native()(x4.data_ptr(), cos.data_ptr(), sin.data_ptr(), o4.data_ptr(), _DTYPE_CODE[x.dtype],
-                     *(x4.shape[d] for d in order), *(x4.stride(d) for d in order), *(o4.stride(d) for d in order),
-                     *(sc[d] for d in order), cos.shape[-1], x.shape[-1], int(inverse),
-                     int(out.numel() * out.element_size() >= STREAM_MIN_BYTES), torch.get_num_threads())
-    if code:  # pragma: no cover - the arguments are checked above
+    if xs[0] >= xs[1] >= xs[2] or xs[0] >= xs[2] >= xs[1]:  # walk x in memory order
+        o = (0, 1, 2) if xs[1] >= xs[2] else (0, 2, 1)
+    else:
+        o = tuple(sorted(range(3), key=lambda d: -xs[d]))
+    stream = out.numel() * out.element_size() >= STREAM_MIN_BYTES
+    code = _lib[0](x.data_ptr(), cos.data_ptr(), sin.data_ptr(), out.data_ptr(), _DTYPE_CODE[x.dtype],
+                   shape[o[0]], shape[o[1]], shape[o[2]], xs[o[0]], xs[o[1]], xs[o[2]],
+                   os_[o[0]], os_[o[1]], os_[o[2]], sc[o[0]], sc[o[1]], sc[o[2]],
+                   cos.shape[-1], shape[3], int(inverse), int(stream), torch.get_num_threads())
+    if code:  # pragma: no cover - the arguments are checked before
         raise RuntimeError(f"hopekit.kernels.rotary: the C kernel refused its arguments (code {code})")
     return out
 
