@@ -37,6 +37,7 @@ import hashlib
 import os
 import platform
 import subprocess
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -50,7 +51,7 @@ from ..pe.rotary import apply_rotary as reference
 __all__ = ["apply_rotary", "rotation", "inverse_rotation", "CPU_MIN_NUMEL", "STREAM_MIN_BYTES"]
 
 #: elements of ``x`` from which the CPU kernel runs: below it the reference's few small ops are as fast
-#: (the kernel call has ~10 µs of fixed cost; measured: benchmarks/NOTES.md)
+#: (the kernel call costs ~15 µs of Python and ctypes; measured: benchmarks/NOTES.md)
 CPU_MIN_NUMEL = 1 << 14
 #: output bytes from which the CPU kernel writes with non-temporal stores (smaller outputs stay in cache
 #: for the attention that reads them next)
@@ -232,7 +233,13 @@ def _build(flags: list[str] | None = None) -> Path:
         path = _cache_dir() / f"rotary-{key}.so"
         if path.exists():
             return path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:  # an unwritable cache: a private temporary one
+            path = Path(tempfile.gettempdir()) / f"hopekit-{os.getuid() if hasattr(os, 'getuid') else 0}" / path.name
+            if path.exists():
+                return path
+            path.parent.mkdir(parents=True, exist_ok=True)
         source = path.with_suffix(f".{os.getpid()}.c")
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         source.write_text(_C_SOURCE)
@@ -394,6 +401,78 @@ static inline __attribute__((always_inline)) void rotate_row_direct(
         put64(o + (half + i) * esize, hi, stream);
     }
 }
+/* count 16-bit rows (x at x + k*xstep bytes, out at o + k*ostep) sharing one cos/sin row of half = 32 or 64
+   pairs, each written whole: the cos/sin vectors are loaded once for all of them */
+static inline __attribute__((always_inline)) void rotate_group16(
+        const char* x, int64_t xstep, const float* c, const float* s, char* o, int64_t ostep, int64_t count,
+        int64_t half, float sign, int dtype, int stream) {
+    const __m512 sg = _mm512_set1_ps(sign);
+    const int chunks = (int)(half / 32);
+    if (dtype == 1) {  /* bfloat16: even and odd elements as float32 lanes, one op each (shift, mask) */
+        const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+        const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+        const __m512i high = _mm512_set1_epi32((int)0xffff0000u), one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7fff);
+        __m512 ce[2], co[2], se[2], so[2];
+        for (int j = 0; j < chunks; j++) {
+            const __m512 c0 = _mm512_loadu_ps(c + 32 * j), c1 = _mm512_loadu_ps(c + 32 * j + 16);
+            const __m512 s0 = _mm512_loadu_ps(s + 32 * j), s1 = _mm512_loadu_ps(s + 32 * j + 16);
+            ce[j] = _mm512_permutex2var_ps(c0, even, c1);
+            co[j] = _mm512_permutex2var_ps(c0, odd, c1);
+            se[j] = _mm512_mul_ps(sg, _mm512_permutex2var_ps(s0, even, s1));
+            so[j] = _mm512_mul_ps(sg, _mm512_permutex2var_ps(s0, odd, s1));
+        }
+#define HK_RNE(v) _mm512_add_epi32(_mm512_castps_si512(v), _mm512_add_epi32(bias, _mm512_and_si512(_mm512_srli_epi32(_mm512_castps_si512(v), 16), one)))
+#define HK_PACK(e, o) _mm512_mask_blend_epi16(0xaaaaaaaau, _mm512_srli_epi32(HK_RNE(e), 16), HK_RNE(o))
+        for (int64_t k = 0; k < count; k++) {
+            const char* xr = x + k * xstep;
+            char* orow = o + k * ostep;
+            for (int j = 0; j < chunks; j++) {
+                const int64_t i = 32 * j;
+                const __m512i va = _mm512_loadu_si512(xr + 2 * i), vb = _mm512_loadu_si512(xr + 2 * (half + i));
+                const __m512 ae = _mm512_castsi512_ps(_mm512_slli_epi32(va, 16)), ao = _mm512_castsi512_ps(_mm512_and_si512(va, high));
+                const __m512 be = _mm512_castsi512_ps(_mm512_slli_epi32(vb, 16)), bo = _mm512_castsi512_ps(_mm512_and_si512(vb, high));
+                const __m512 o1e = _mm512_sub_ps(_mm512_mul_ps(ae, ce[j]), _mm512_mul_ps(be, se[j]));
+                const __m512 o1o = _mm512_sub_ps(_mm512_mul_ps(ao, co[j]), _mm512_mul_ps(bo, so[j]));
+                const __m512 o2e = _mm512_add_ps(_mm512_mul_ps(be, ce[j]), _mm512_mul_ps(ae, se[j]));
+                const __m512 o2o = _mm512_add_ps(_mm512_mul_ps(bo, co[j]), _mm512_mul_ps(ao, so[j]));
+                put64(orow + 2 * i, HK_PACK(o1e, o1o), stream);
+                put64(orow + 2 * (half + i), HK_PACK(o2e, o2o), stream);
+            }
+        }
+#undef HK_PACK
+#undef HK_RNE
+        return;
+    }
+    __m512 cv[4], sv[4];
+    for (int j = 0; j < 2 * chunks; j++) {
+        cv[j] = _mm512_loadu_ps(c + 16 * j);
+        sv[j] = _mm512_mul_ps(sg, _mm512_loadu_ps(s + 16 * j));
+    }
+    for (int64_t k = 0; k < count; k++) {
+        const char* xr = x + k * xstep;
+        char* orow = o + k * ostep;
+        for (int j = 0; j < chunks; j++) {
+            const int64_t i = 32 * j;
+            __m512 a = loadv(xr, i, 0xffff, dtype), b = loadv(xr, half + i, 0xffff, dtype);
+            __m512 a2 = loadv(xr, i + 16, 0xffff, dtype), b2 = loadv(xr, half + i + 16, 0xffff, dtype);
+            __m512 o1 = _mm512_sub_ps(_mm512_mul_ps(a, cv[2 * j]), _mm512_mul_ps(b, sv[2 * j]));
+            __m512 o2 = _mm512_add_ps(_mm512_mul_ps(b, cv[2 * j]), _mm512_mul_ps(a, sv[2 * j]));
+            __m512 p1 = _mm512_sub_ps(_mm512_mul_ps(a2, cv[2 * j + 1]), _mm512_mul_ps(b2, sv[2 * j + 1]));
+            __m512 p2 = _mm512_add_ps(_mm512_mul_ps(b2, cv[2 * j + 1]), _mm512_mul_ps(a2, sv[2 * j + 1]));
+            __m512i lo, hi;
+            if (dtype == 2) {
+                const int mode = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+                lo = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtps_ph(o1, mode)), _mm512_cvtps_ph(p1, mode), 1);
+                hi = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtps_ph(o2, mode)), _mm512_cvtps_ph(p2, mode), 1);
+            } else {
+                lo = bf16_pack(o1, p1);
+                hi = bf16_pack(o2, p2);
+            }
+            put64(orow + 2 * i, lo, stream);
+            put64(orow + 2 * (half + i), hi, stream);
+        }
+    }
+}
 #define HK_DIRECT 1
 #elif defined(HK_AVX2)
 #define W 8
@@ -490,6 +569,37 @@ static inline __attribute__((always_inline)) void walk(
         int64_t half, int64_t d, float sign, int stream) {
     const int64_t esize = dtype == 0 ? 4 : 2;
     _Alignas(64) char buf[MAX_D * 4];
+#if defined(HK_DIRECT)
+    /* 16-bit rows of 32 or 64 pairs, full-width rotary, every row 64-byte aligned: the rows of one position
+       (its heads) share cos/sin vectors held in registers */
+    const int group = dtype != 0 && d == 2 * half && (half == 32 || half == 64) &&
+        (!stream || (((uintptr_t)out | (uintptr_t)(so0 * esize) | (uintptr_t)(so1 * esize) | (uintptr_t)(so2 * esize)) & 63) == 0);
+    if (group && tiled) {  /* (i0, t-tile, t, heads) */
+        const int64_t tiles = (n2 + TILE - 1) / TILE;
+        for (int64_t u = start; u < stop; u++) {
+            const int64_t i0 = u / tiles, lo = (u % tiles) * TILE, hi = lo + TILE < n2 ? lo + TILE : n2;
+            for (int64_t i2 = lo; i2 < hi; i2++) {
+                const int64_t at = i0 * sc0 + i2 * sc2;
+                rotate_group16((const char*)x + (i0 * sx0 + i2 * sx2) * esize, sx1 * esize, cos + at, sin + at,
+                               (char*)out + (i0 * so0 + i2 * so2) * esize, so1 * esize, n1, half, sign, dtype, stream);
+            }
+        }
+        return;
+    }
+    if (group && sc2 == 0) {  /* runs of i2 (the heads) share a cos/sin row */
+        int64_t i2 = start % n2, i1 = (start / n2) % n1, i0 = start / (n2 * n1);
+        for (int64_t r = start; r < stop;) {
+            const int64_t run = n2 - i2 < stop - r ? n2 - i2 : stop - r;
+            const int64_t at = i0 * sc0 + i1 * sc1;
+            rotate_group16((const char*)x + (i0 * sx0 + i1 * sx1 + i2 * sx2) * esize, sx2 * esize, cos + at, sin + at,
+                           (char*)out + (i0 * so0 + i1 * so1 + i2 * so2) * esize, so2 * esize, run, half, sign, dtype, stream);
+            r += run;
+            i2 += run;
+            if (i2 == n2) { i2 = 0; if (++i1 == n1) { i1 = 0; i0++; } }
+        }
+        return;
+    }
+#endif
     if (tiled) {
         const int64_t tiles = (n2 + TILE - 1) / TILE;
         for (int64_t u = start; u < stop; u++) {
