@@ -18,7 +18,8 @@ arithmetic (static shapes: what a plain compile reaches), and the peers that are
   the angles, computing cos/sin inside every call; it is given the interleaved permutation of q/k and the
   interleaved angles, so it computes the same rotation in its own layout (its output is permuted back for
   the check only, outside the timing);
-* CUDA only: Liger-Kernel's Triton ``liger_rotary_pos_emb`` and flash-attn's ``apply_rotary_emb``.
+* CUDA only: Liger-Kernel's Triton ``liger_rotary_pos_emb`` and flash-attn's ``apply_rotary_emb`` (both
+  given cos/sin in the activation dtype, as they take them).
 
 Each row's output is first checked against hopekit's reference (``max |Δ|`` column; bfloat16/float16 rows
 differ by their rounding: the fast path and several peers multiply in float32, the reference in the
@@ -127,10 +128,11 @@ def peer_rows(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Te
         try:
             from flash_attn.layers.rotary import apply_rotary_emb as flash_rotary
 
-            if cos.dim() == 2:                                          # (B, T, H, D) views, cos (T, r/2)
+            if cos.dim() == 2:  # (B, T, H, D) views; cos/sin (T, r/2) in x's dtype, as flash-attn requires
+                fc, fs = cos.to(q.dtype), sin.to(q.dtype)
                 out["flash-attn apply_rotary_emb"] = (
-                    lambda: (flash_rotary(q.transpose(1, 2), cos, sin).transpose(1, 2),
-                             flash_rotary(k.transpose(1, 2), cos, sin).transpose(1, 2)), _same)
+                    lambda: (flash_rotary(q.transpose(1, 2), fc, fs).transpose(1, 2),
+                             flash_rotary(k.transpose(1, 2), fc, fs).transpose(1, 2)), _same)
         except ImportError:
             pass
     return out
