@@ -301,7 +301,9 @@ static inline uint16_t f32_to_bf16(float f) {  /* round to nearest even; NaN sta
 }
 #if defined(HK_AVX512) || defined(HK_AVX2)
 static inline float f16_to_f32(uint16_t v) { return _cvtsh_ss(v); }
-static inline uint16_t f32_to_f16(float f) { return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline uint16_t f32_to_f16(float f) {
+    return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
 #elif defined(__FLT16_MAX__)
 static inline float f16_to_f32(uint16_t v) { _Float16 h; memcpy(&h, &v, 2); return (float)h; }
 static inline uint16_t f32_to_f16(float f) { _Float16 h = (_Float16)f; uint16_t v; memcpy(&v, &h, 2); return v; }
@@ -346,7 +348,8 @@ static inline void storev(char* row, int64_t i, __mmask16 m, __m512 v, int dtype
     }
     _mm256_mask_storeu_epi16((uint16_t*)row + i, m, h);
 }
-static inline __attribute__((always_inline)) void rotate_row(const char* x, const float* c, const float* s, char* row, int64_t half, float sign, int dtype) {
+static inline __attribute__((always_inline)) void rotate_row(
+        const char* x, const float* c, const float* s, char* row, int64_t half, float sign, int dtype) {
     __m512 sg = _mm512_set1_ps(sign);
     for (int64_t i = 0; i < half; i += W) {
         __mmask16 m = half - i >= W ? (__mmask16)0xffff : (__mmask16)((1u << (half - i)) - 1u);
@@ -411,7 +414,8 @@ static inline __attribute__((always_inline)) void rotate_group16(
     if (dtype == 1) {  /* bfloat16: even and odd elements as float32 lanes, one op each (shift, mask) */
         const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
         const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
-        const __m512i high = _mm512_set1_epi32((int)0xffff0000u), one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7fff);
+        const __m512i high = _mm512_set1_epi32((int)0xffff0000u), one = _mm512_set1_epi32(1);
+        const __m512i bias = _mm512_set1_epi32(0x7fff);
         __m512 ce[2], co[2], se[2], so[2];
         for (int j = 0; j < chunks; j++) {
             const __m512 c0 = _mm512_loadu_ps(c + 32 * j), c1 = _mm512_loadu_ps(c + 32 * j + 16);
@@ -421,7 +425,8 @@ static inline __attribute__((always_inline)) void rotate_group16(
             se[j] = _mm512_mul_ps(sg, _mm512_permutex2var_ps(s0, even, s1));
             so[j] = _mm512_mul_ps(sg, _mm512_permutex2var_ps(s0, odd, s1));
         }
-#define HK_RNE(v) _mm512_add_epi32(_mm512_castps_si512(v), _mm512_add_epi32(bias, _mm512_and_si512(_mm512_srli_epi32(_mm512_castps_si512(v), 16), one)))
+#define HK_RNE(v) _mm512_add_epi32(_mm512_castps_si512(v), \
+        _mm512_add_epi32(bias, _mm512_and_si512(_mm512_srli_epi32(_mm512_castps_si512(v), 16), one)))
 #define HK_PACK(e, o) _mm512_mask_blend_epi16(0xaaaaaaaau, _mm512_srli_epi32(HK_RNE(e), 16), HK_RNE(o))
         for (int64_t k = 0; k < count; k++) {
             const char* xr = x + k * xstep;
@@ -429,8 +434,10 @@ static inline __attribute__((always_inline)) void rotate_group16(
             for (int j = 0; j < chunks; j++) {
                 const int64_t i = 32 * j;
                 const __m512i va = _mm512_loadu_si512(xr + 2 * i), vb = _mm512_loadu_si512(xr + 2 * (half + i));
-                const __m512 ae = _mm512_castsi512_ps(_mm512_slli_epi32(va, 16)), ao = _mm512_castsi512_ps(_mm512_and_si512(va, high));
-                const __m512 be = _mm512_castsi512_ps(_mm512_slli_epi32(vb, 16)), bo = _mm512_castsi512_ps(_mm512_and_si512(vb, high));
+                const __m512 ae = _mm512_castsi512_ps(_mm512_slli_epi32(va, 16));
+                const __m512 ao = _mm512_castsi512_ps(_mm512_and_si512(va, high));
+                const __m512 be = _mm512_castsi512_ps(_mm512_slli_epi32(vb, 16));
+                const __m512 bo = _mm512_castsi512_ps(_mm512_and_si512(vb, high));
                 const __m512 o1e = _mm512_sub_ps(_mm512_mul_ps(ae, ce[j]), _mm512_mul_ps(be, se[j]));
                 const __m512 o1o = _mm512_sub_ps(_mm512_mul_ps(ao, co[j]), _mm512_mul_ps(bo, so[j]));
                 const __m512 o2e = _mm512_add_ps(_mm512_mul_ps(be, ce[j]), _mm512_mul_ps(ae, se[j]));
@@ -462,8 +469,10 @@ static inline __attribute__((always_inline)) void rotate_group16(
             __m512i lo, hi;
             if (dtype == 2) {
                 const int mode = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-                lo = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtps_ph(o1, mode)), _mm512_cvtps_ph(p1, mode), 1);
-                hi = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtps_ph(o2, mode)), _mm512_cvtps_ph(p2, mode), 1);
+                lo = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtps_ph(o1, mode)),
+                                        _mm512_cvtps_ph(p1, mode), 1);
+                hi = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtps_ph(o2, mode)),
+                                        _mm512_cvtps_ph(p2, mode), 1);
             } else {
                 lo = bf16_pack(o1, p1);
                 hi = bf16_pack(o2, p2);
@@ -497,7 +506,8 @@ static inline void storev(char* row, int64_t i, __m256 v, int dtype) {
     }
     _mm_storeu_si128((__m128i*)((uint16_t*)row + i), h);
 }
-static inline __attribute__((always_inline)) void rotate_row(const char* x, const float* c, const float* s, char* row, int64_t half, float sign, int dtype) {
+static inline __attribute__((always_inline)) void rotate_row(
+        const char* x, const float* c, const float* s, char* row, int64_t half, float sign, int dtype) {
     __m256 sg = _mm256_set1_ps(sign);
     int64_t i = 0;
     for (; i + W <= half; i += W) {
@@ -513,7 +523,8 @@ static inline __attribute__((always_inline)) void rotate_row(const char* x, cons
     }
 }
 #else
-static inline __attribute__((always_inline)) void rotate_row(const char* x, const float* c, const float* s, char* row, int64_t half, float sign, int dtype) {
+static inline __attribute__((always_inline)) void rotate_row(
+        const char* x, const float* c, const float* s, char* row, int64_t half, float sign, int dtype) {
     for (int64_t i = 0; i < half; i++) {
         float a = load1(x, i, dtype), b = load1(x, half + i, dtype), ci = c[i], si = sign * s[i];
         store1(row, i, a * ci - b * si, dtype);
@@ -573,7 +584,8 @@ static inline __attribute__((always_inline)) void walk(
     /* 16-bit rows of 32 or 64 pairs, full-width rotary, every row 64-byte aligned: the rows of one position
        (its heads) share cos/sin vectors held in registers */
     const int group = dtype != 0 && d == 2 * half && (half == 32 || half == 64) &&
-        (!stream || (((uintptr_t)out | (uintptr_t)(so0 * esize) | (uintptr_t)(so1 * esize) | (uintptr_t)(so2 * esize)) & 63) == 0);
+        (!stream || (((uintptr_t)out | (uintptr_t)(so0 * esize) | (uintptr_t)(so1 * esize)
+                      | (uintptr_t)(so2 * esize)) & 63) == 0);
     if (group && tiled) {  /* (i0, t-tile, t, heads) */
         const int64_t tiles = (n2 + TILE - 1) / TILE;
         for (int64_t u = start; u < stop; u++) {
@@ -592,7 +604,8 @@ static inline __attribute__((always_inline)) void walk(
             const int64_t run = n2 - i2 < stop - r ? n2 - i2 : stop - r;
             const int64_t at = i0 * sc0 + i1 * sc1;
             rotate_group16((const char*)x + (i0 * sx0 + i1 * sx1 + i2 * sx2) * esize, sx2 * esize, cos + at, sin + at,
-                           (char*)out + (i0 * so0 + i1 * so1 + i2 * so2) * esize, so2 * esize, run, half, sign, dtype, stream);
+                           (char*)out + (i0 * so0 + i1 * so1 + i2 * so2) * esize, so2 * esize, run, half, sign,
+                           dtype, stream);
             r += run;
             i2 += run;
             if (i2 == n2) { i2 = 0; if (++i1 == n1) { i1 = 0; i0++; } }
@@ -653,9 +666,12 @@ int hk_rotary(const void* x, const float* cos, const float* sin, void* out, int 
         nt = omp_get_num_threads(); id = omp_get_thread_num();
 #endif
         const int64_t start = units * id / nt, stop = units * (id + 1) / nt;
-        if (dtype == 0) walk(x, cos, sin, out, 0, tiled, start, stop, n1, n2, sx0, sx1, sx2, so0, so1, so2, sc0, sc1, sc2, half, d, sign, stream);
-        else if (dtype == 1) walk(x, cos, sin, out, 1, tiled, start, stop, n1, n2, sx0, sx1, sx2, so0, so1, so2, sc0, sc1, sc2, half, d, sign, stream);
-        else walk(x, cos, sin, out, 2, tiled, start, stop, n1, n2, sx0, sx1, sx2, so0, so1, so2, sc0, sc1, sc2, half, d, sign, stream);
+#define HK_WALK(DT) walk(x, cos, sin, out, DT, tiled, start, stop, n1, n2, sx0, sx1, sx2, so0, so1, so2, \
+                         sc0, sc1, sc2, half, d, sign, stream)
+        if (dtype == 0) HK_WALK(0);
+        else if (dtype == 1) HK_WALK(1);
+        else HK_WALK(2);
+#undef HK_WALK
 #if defined(__SSE2__)
         if (stream) _mm_sfence();
 #endif
