@@ -101,7 +101,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
         return reference(x, cos, sin)
     if _is_compiling():
         return rotation(x, cos, sin)
-    if x.device.type == "cuda":
+    if x.device.type == "cuda" and x.dim() <= 4:
         triton_rotary = _triton()
         if triton_rotary is not None:
             return triton_rotary.apply_rotary(x, cos, sin)
