@@ -137,7 +137,11 @@ class RotaryEncoding(PositionalEncoding):
         return cos_sin(positions, self.spectrum(self._seq_len(positions, seq_len)))
 
     def apply(self, x: torch.Tensor, features: RotaryFeatures) -> torch.Tensor:
-        return apply_rotary(x, features.cos, features.sin)
+        """Rotate q or k with ``features``: :func:`apply_rotary`, on the fast path where one applies
+        (:mod:`hopekit.kernels.rotary`; ``HOPEKIT_KERNELS=reference`` runs :func:`apply_rotary` itself)."""
+        from ..kernels import rotary as kernels  # imported on first use: hopekit.pe imports torch alone
+
+        return kernels.apply_rotary(x, features.cos, features.sin)
 
     def rotate(self, q, k, q_pos, k_pos, *, seq_len=None):
         check_qk(self, q, k)
