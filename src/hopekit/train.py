@@ -47,7 +47,7 @@ global norm ``grad_clip`` (0 = off).
 everywhere else, CPU included; ``"bf16"`` forces bf16 autocast (also on CPU); ``"fp32"`` disables
 autocast. Parameters and optimiser state stay fp32 either way. On the default bench's model bf16
 autocast trains as well as fp32 on CPU (final validation loss within seed noise of fp32 over 3 seeds;
-benchmarks/NOTES.md), but it is faster only where the CPU computes in bf16 natively
+benchmarks/NOTES.md), but it can only be faster where the CPU computes in bf16 natively
 (:func:`cpu_has_native_bf16`: AVX512-BF16 or AMX-BF16 on x86, the BF16 extension on Arm); elsewhere
 its matmuls and attention are emulated and a step is ~3x *slower* than fp32 (the run logs a note). On
 CPUs with native bf16, ``auto`` stays fp32 until a training step there is measured faster under bf16
