@@ -19,6 +19,7 @@ by default, and reports throughput: each round's wall time divided by all their 
     python benchmarks/bench_train_step.py --methods rope,alibi --variants eager --rounds 9
     python benchmarks/bench_train_step.py --threads 1                   # one intra-op thread per worker
     python benchmarks/bench_train_step.py --lanes 2                     # two 1-thread runs side by side
+    python benchmarks/bench_train_step.py --threads 1 --clock cpu       # CPU seconds: on a shared machine
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # --- worker (one per variant, in its own process) ------------------------------------------------
 
-def worker(variant: str, threads: int, preset: str) -> None:
+def worker(variant: str, threads: int, preset: str, clock_name: str = "wall") -> None:
     import torch
 
     from hopekit import train as train_lib
@@ -48,6 +49,7 @@ def worker(variant: str, threads: int, preset: str) -> None:
 
     if threads:
         torch.set_num_threads(threads)
+    clock = time.perf_counter if clock_name == "wall" else time.process_time
     raw = load_yaml(preset_path(preset))
     models: dict[str, tuple] = {}
 
@@ -70,7 +72,7 @@ def worker(variant: str, threads: int, preset: str) -> None:
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        t = time.perf_counter()
+        t = time.perf_counter()  # wall: compiling happens partly in inductor's worker processes
         step()
         step()
         return step, time.perf_counter() - t
@@ -85,9 +87,9 @@ def worker(variant: str, threads: int, preset: str) -> None:
         step = models[method][0]
         times = []
         for _ in range(req["steps"]):
-            t = time.perf_counter()
+            t = clock()
             step()
-            times.append(time.perf_counter() - t)
+            times.append(clock() - t)
         print(json.dumps({"times": times, "first": first, "threads": torch.get_num_threads()}), flush=True)
 
 
@@ -114,10 +116,15 @@ def main() -> None:
     p.add_argument("--lanes", type=int, default=1,
                    help="workers per variant training side by side (the same method at once); with more than "
                         "one, a step's time is the round's wall time / (lanes x steps): throughput")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall: perf_counter; cpu: each worker's CPU seconds (robust to waiting for a busy core; "
+                        "use with --threads 1 and one lane)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.clock == "cpu" and args.lanes > 1:
+        raise SystemExit("--clock cpu: times one worker's CPU seconds; with --lanes > 1 use --clock wall")
     if args.worker:
-        worker(args.worker, args.threads, args.preset)
+        worker(args.worker, args.threads, args.preset, args.clock)
         return
 
     sys.path.insert(0, str(REPO / "src"))
@@ -139,7 +146,8 @@ def main() -> None:
             env = {**os.environ, "PYTHONPATH": str(src)}
             mode = "compiled" if name == "compiled" else "eager"
             workers[name] = [subprocess.Popen(
-                [sys.executable, __file__, "--worker", mode, "--threads", str(threads), "--preset", args.preset],
+                [sys.executable, __file__, "--worker", mode, "--threads", str(threads), "--preset", args.preset,
+                 "--clock", args.clock],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=tmp) for _ in range(args.lanes)]
         times = {(m, v): [] for m in methods for v in workers}
         first: dict[tuple[str, str], float] = {}

@@ -201,7 +201,7 @@ class TrainConfig:
     checkpoint_every: int = 100      # steps; 0 = only at the end
     log_every: int = 10
     device: str = "auto"             # "auto", "cpu", "cuda", "cuda:1", ...
-    precision: str = "auto"          # "auto" (bf16 autocast on GPU, fp32 on CPU), "fp32", "bf16"
+    precision: str = "auto"          # "auto" (bf16 autocast on CUDA, fp32 elsewhere: CPU too), "fp32", "bf16"
     positions: str = "contiguous"    # or "randomized" (Ruoss et al. 2023)
     max_position: int = 0            # range for randomized positions; 0 = 16 × train_len
     fsdp: bool = False               # under torchrun: FSDP instead of DDP

@@ -43,15 +43,23 @@ warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr`` at the 
 (:func:`lr_at`, a pure function of the step; no scheduler object to save). Gradients are clipped to
 global norm ``grad_clip`` (0 = off).
 
-**Precision.** ``precision="auto"`` is bf16 autocast on CUDA and fp32 on CPU; ``"bf16"`` forces bf16
-autocast (also on CPU); ``"fp32"`` disables autocast. Parameters and optimiser state stay fp32. On a CPU
-without native bf16 arithmetic (no AVX512-BF16 or AMX) bf16 is ~3x *slower* than fp32: its matmuls and
-attention are emulated.
+**Precision** (:func:`resolve_precision`). ``precision="auto"`` is bf16 autocast on CUDA and fp32
+everywhere else, CPU included; ``"bf16"`` forces bf16 autocast (also on CPU); ``"fp32"`` disables
+autocast. Parameters and optimiser state stay fp32 either way. On the default bench's model bf16
+autocast trains as well as fp32 on CPU (final validation loss within seed noise of fp32 over 3 seeds;
+benchmarks/NOTES.md), but it can only be faster where the CPU computes in bf16 natively
+(:func:`cpu_has_native_bf16`: AVX512-BF16 or AMX-BF16 on x86, the BF16 extension on Arm); elsewhere
+its matmuls and attention are emulated and a step is ~3x *slower* than fp32 (the run logs a note). On
+CPUs with native bf16, ``auto`` stays fp32 until a training step there is measured faster under bf16
+(the run logs a hint to try ``train.precision=bf16``); a matmul alone runs ~2.3x faster there.
 
 **Speed.** AdamW is torch's fused single-kernel implementation wherever it exists (unsharded CPU and
 CUDA parameters). ``train.compile`` (the reference decoder, unsharded) runs the training forwards through
-``torch.compile`` (:meth:`hopekit.model.Decoder.compile_for_training`; ~1.2x per step on 2 CPU cores):
-the first step compiles (seconds; inductor caches on disk), evaluation stays eager.
+``torch.compile`` (:meth:`hopekit.model.Decoder.compile_for_training`; 1.1-1.5x per step on CPU): the
+first step compiles (seconds with a warm inductor cache on disk, up to a minute or more with a cold one;
+the run logs how long it took) and evaluation stays eager. The logged ``tokens_per_s`` of the first log
+interval and the run's total include that compile time: a short run with a cold cache can be slower
+compiled than eager overall even though each later step is faster.
 
 **Checkpoints** (``<out_dir>/checkpoint.pt``, the latest one only) are written every
 ``checkpoint_every`` steps and at the end, atomically, with a content hash and a hash of the training
@@ -129,7 +137,7 @@ __all__ = [
     "train", "TrainResult", "TrainingDivergedError", "load_checkpoint", "read_checkpoint", "save_checkpoint",
     "CheckpointError", "lr_at", "param_groups", "build_optimizer", "stream_seed", "seed_everything",
     "sample_positions", "corpus_batches", "next_token_loss", "Batches", "CHECKPOINT_NAME", "FORMAT", "FORMAT_VERSION",
-    "RESUME_MAY_DIFFER", "CONFIG_NAME", "LOG_NAME", "TENSORBOARD_DIR",
+    "resolve_precision", "cpu_has_native_bf16", "RESUME_MAY_DIFFER", "CONFIG_NAME", "LOG_NAME", "TENSORBOARD_DIR",
 ]
 
 #: ``batches(step) -> (inputs, targets)``: the global batch of a step, each ``(batch_size, train_len)``
@@ -224,6 +232,71 @@ def sample_positions(cfg: TrainConfig, step: int, batch: int) -> torch.Tensor | 
     sampler = RandomizedPositions(max_position=cfg.max_position or 16 * cfg.train_len)
     g = torch.Generator().manual_seed(stream_seed("positions", cfg.seed, step))
     return sampler.sample(batch, cfg.train_len, generator=g)
+
+
+# --- precision -----------------------------------------------------------------------------------
+
+#: CPU capability names (``torch.cpu.get_capabilities()``; x86 /proc/cpuinfo flags) meaning native bf16
+#: arithmetic: AVX512-BF16 and AMX-BF16 on x86; the BF16 extension (``bf16``, ``sve_bf16``) on Arm
+_NATIVE_BF16 = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16", "svebf16")
+
+
+@functools.cache
+def _cpu_capabilities() -> dict[str, Any]:
+    """The CPU's capability flags: ``torch.cpu.get_capabilities()`` where torch has it, else the first
+    ``flags`` / ``Features`` line of /proc/cpuinfo (Linux), else none."""
+    get = getattr(torch.cpu, "get_capabilities", None)
+    if get is not None:
+        try:
+            return dict(get())
+        except Exception:  # a torch build whose cpuinfo cannot read this CPU: fall through
+            pass
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    return _flags_from_cpuinfo(text)
+
+
+def _flags_from_cpuinfo(text: str) -> dict[str, bool]:
+    """``{flag: True}`` for every flag of the first ``flags`` (x86) or ``Features`` (Arm) line."""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return {flag: True for flag in value.split()}
+    return {}
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this machine's CPU computes bf16 natively (x86: AVX512-BF16 or AMX-BF16; Arm: the BF16
+    extension). Without it, bf16 matmuls and attention are emulated through float32 and run several times
+    slower than float32 ones."""
+    caps = _cpu_capabilities()
+    return any(bool(caps.get(flag, False)) for flag in _NATIVE_BF16)
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``train.precision`` on ``device``: ``"bf16"`` (bf16 autocast, fp32 parameters and optimiser state)
+    or ``"fp32"`` (no autocast). ``"auto"``: bf16 on CUDA, fp32 elsewhere (CPU, with or without native
+    bf16: see the module's Precision paragraph)."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"train.precision={precision!r}: expected 'auto', 'fp32' or 'bf16'")
+    if precision == "auto":
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    return precision
+
+
+def _precision_note(precision: str, resolved: str, device: torch.device) -> str | None:
+    """A log line when bf16 is emulated on this CPU, or available natively but not chosen by ``auto``."""
+    if device.type != "cpu":
+        return None
+    if resolved == "bf16" and not cpu_has_native_bf16():
+        return ("note: train.precision=bf16 on a CPU without native bf16 (no AVX512-BF16/AMX): its matmuls are "
+                "emulated, a step is ~3x slower than fp32")
+    if precision == "auto" and cpu_has_native_bf16():
+        return ("note: this CPU has native bf16; train.precision=bf16 (bf16 autocast, loss within seed noise of "
+                "fp32 on the default bench) may train faster than the fp32 that auto picks on CPU")
+    return None
 
 
 # --- distributed ---------------------------------------------------------------------------------
@@ -440,7 +513,7 @@ def _train(config: ExperimentConfig, out_dir: Path, d: _Dist, *, resume: bool, b
            vocab_size: int | None, progress: bool, log: Callable[[str], None]) -> TrainResult:
     cfg = config.train
     path = out_dir / CHECKPOINT_NAME
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and d.device.type == "cuda")
+    use_bf16 = resolve_precision(cfg.precision, d.device) == "bf16"
     autocast = torch.autocast(d.device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
     # Model (from the seed; a resume then overwrites every tensor from the checkpoint), data, optimiser.
@@ -465,6 +538,9 @@ def _train(config: ExperimentConfig, out_dir: Path, d: _Dist, *, resume: bool, b
     log(f"config: {json.dumps(config.resolved(), sort_keys=True)}")
     log(f"model: {net.summary}; device {d.device}, {d.world} process(es){', FSDP' if sharded else ''}, "
         f"{'bf16 autocast' if use_bf16 else 'fp32'}{', compiled' if compiled else ''}")
+    note = _precision_note(cfg.precision, "bf16" if use_bf16 else "fp32", d.device)
+    if note:
+        log(note)
     if cfg.fsdp and d.world == 1:
         log("note: train.fsdp has no effect in a single process (launch with torchrun to shard)")
     if net.pretrained is not None and cfg.lr > 1e-3:
@@ -506,6 +582,8 @@ def _train(config: ExperimentConfig, out_dir: Path, d: _Dist, *, resume: bool, b
             optimizer.zero_grad(set_to_none=True)
             pending.append(loss.detach())
             bar.update(1)
+            if compiled and step == start:  # the compile happened inside this step: say what it cost
+                log(f"first (compiling) step: {time.perf_counter() - t0:.1f}s; later steps run the compiled graph")
 
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
