@@ -205,7 +205,7 @@ class TrainConfig:
     positions: str = "contiguous"    # or "randomized" (Ruoss et al. 2023)
     max_position: int = 0            # range for randomized positions; 0 = 16 × train_len
     fsdp: bool = False               # under torchrun: FSDP instead of DDP
-    compile: bool = False            # training forwards through torch.compile (the reference decoder; ~1.2x on CPU)
+    compile: bool = False            # training forwards through torch.compile (the reference decoder; 1.1-1.5x per step on CPU)
 
     def __post_init__(self) -> None:
         for name in ("train_len", "batch_size", "steps", "log_every"):
