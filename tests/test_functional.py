@@ -150,6 +150,10 @@ def test_encodings_that_act_at_the_input_are_refused_unless_embedded(kind):
     (lambda enc, q, k, v, p: hopekit.attention(enc, q, k[:, :, :4], v[:, :, :4], p, p[:4]), "9 queries but only 4 keys"),
     (lambda enc, q, k, v, p: hopekit.attention(enc, q, k, v, p[:4], p), "q_pos: has 4 positions but the input has 9"),
     (lambda enc, q, k, v, p: hopekit.attention(enc, q, k, v, p.float(), p), "q_pos: expected an integer tensor"),
+    (lambda enc, q, k, v, p: hopekit.attention(enc, q, k, v, p, p, chunk=0), "chunk=0: expected a positive int"),
+    (lambda enc, q, k, v, p: hopekit.attention(enc, q, k, v, p, p, dropout_p=1.5), r"dropout_p=1.5: expected"),
+    (lambda enc, q, k, v, p: hopekit.attention(enc, q, k, v, p, p, mask=torch.ones(9, 9)),
+     "mask: expected a boolean tensor"),
 ])
 def test_bad_input_is_one_clear_error(call, message):
     enc = build("hope_hyperbolic")

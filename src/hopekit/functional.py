@@ -43,7 +43,14 @@ __all__ = ["attention", "chunked_attention"]
 DEFAULT_CHUNK = 256
 
 
-def _check_inputs(enc, q, k, v, causal: bool, embedded: bool) -> None:
+def _check_inputs(enc, q, k, v, causal: bool, embedded: bool, mask, dropout_p, chunk) -> None:
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk={chunk!r}: expected a positive int (query rows per block)")
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p={dropout_p!r}: expected a number in [0, 1)")
+    if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool):
+        what = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise TypeError(f"mask: expected a boolean tensor (True = may attend), got {what}")
     if not isinstance(enc, PositionalEncoding):
         raise TypeError(f"enc: expected a hopekit positional encoding (hopekit.pe.build), got {type(enc).__name__}")
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -91,7 +98,7 @@ def attention(enc: PositionalEncoding, q: torch.Tensor, k: torch.Tensor, v: torc
 
     Returns ``(B, H, Tq, D)`` in v's dtype.
     """
-    _check_inputs(enc, q, k, v, causal, embedded)
+    _check_inputs(enc, q, k, v, causal, embedded, mask, dropout_p, chunk)
     B, Tq, Tk = q.shape[0], q.shape[2], k.shape[2]
     q_pos = check_positions(q_pos, "q_pos", Tq, batch=B)
     k_pos = check_positions(k_pos, "k_pos", Tk, batch=B)

@@ -50,8 +50,9 @@ autocast trains as well as fp32 on CPU (final validation loss within seed noise 
 benchmarks/NOTES.md), but it can only be faster where the CPU computes in bf16 natively
 (:func:`cpu_has_native_bf16`: AVX512-BF16 or AMX-BF16 on x86, the BF16 extension on Arm); elsewhere
 its matmuls and attention are emulated and a step is ~3x *slower* than fp32 (the run logs a note). On
-CPUs with native bf16, ``auto`` stays fp32 until a training step there is measured faster under bf16
-(the run logs a hint to try ``train.precision=bf16``); a matmul alone runs ~2.3x faster there.
+CPUs with native bf16 ``auto`` is fp32 too: no training step has been measured faster there yet (the
+run logs a hint to try ``train.precision=bf16``; ``benchmarks/train_throughput.py --precision both``
+measures it).
 
 **Speed.** AdamW is torch's fused single-kernel implementation wherever it exists (unsharded CPU and
 CUDA parameters). ``train.compile`` (the reference decoder, unsharded) runs the training forwards through

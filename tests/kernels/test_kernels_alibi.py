@@ -413,3 +413,12 @@ def test_a_compiled_caller_runs_the_kernel_eagerly():
     assert KERNEL_CALLS
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_the_probe_does_not_depend_on_the_callers_grad_mode(mode, monkeypatch):
+    """The first call in a process may come from evaluation (no_grad, inference_mode); the probe's
+    backward must run anyway, or the verdict 'not exact here' would stick for the whole process."""
+    monkeypatch.setattr(ka, "_EXACT", {})
+    with mode():
+        assert ka.exact_here(torch.float32, 48)

@@ -370,7 +370,12 @@ def test_plan_is_made_once_for_every_layer_of_a_forward(monkeypatch):
     pos.mul_(2)                                          # the same tensor, new positions
     torch.testing.assert_close(kh.attend(enc, q, k, v, pos, pos, scale=0.25, past=0),
                                reference(enc, q, k, v, pos, pos, 0.25, 0), rtol=1e-5, atol=1e-6)
-    assert len(made) == 3
+    pos.numpy()[:] *= 3                                  # written behind autograd's version counter
+    torch.testing.assert_close(kh.attend(enc, q, k, v, pos, pos, scale=0.25, past=0),
+                               reference(enc, q, k, v, pos, pos, 0.25, 0), rtol=1e-5, atol=1e-6)
+    assert len(made) == 4
+    kh.attend(enc, q, k, v, pos.clone(), pos.clone(), scale=0.25, past=0)  # equal positions, new tensors
+    assert len(made) == 4
 
 
 def test_v_changed_in_place_after_the_forward_is_refused():

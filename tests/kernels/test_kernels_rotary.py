@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import platform
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -403,3 +404,17 @@ def test_error_model_is_not_vacuous():
     with pytest.raises(AssertionError, match="bound"):
         assert_rotation(reference(x, feats.cos, feats.sin), x, feats.cos, feats.sin)
     assert math.isfinite(float(oracle(x, feats.cos, feats.sin).abs().max()))
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 builds")
+def test_an_unwritable_cache_builds_into_a_private_directory(monkeypatch, tmp_path):
+    """A cache directory the process cannot write: the build goes to a fresh mkdtemp directory (mode 0700,
+    an unpredictable name), never to a fixed shared path another user could have filled first."""
+    monkeypatch.setenv("HOPEKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(kr.os, "access", lambda path, mode: False)
+    made = []
+    real = kr.tempfile.mkdtemp
+    monkeypatch.setattr(kr.tempfile, "mkdtemp", lambda **kw: made.append(real(dir=tmp_path, **kw)) or made[-1])
+    path = kr._build(["-fopenmp"])
+    assert made and path.parent == Path(made[0]) and oct(path.parent.stat().st_mode & 0o777) == "0o700"
+    assert kr._load(path)[1] == 1

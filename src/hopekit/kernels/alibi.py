@@ -288,8 +288,9 @@ def exact_here(dtype: torch.dtype, head_dim: int) -> bool:
     if ct == torch.float64:
         return True
     key = (ct, int(head_dim))
-    if key not in _EXACT:
-        _EXACT[key] = _probe(ct, int(head_dim))
+    if key not in _EXACT:  # the probe takes gradients: whatever grad mode the first caller is in
+        with torch.inference_mode(False), torch.enable_grad():
+            _EXACT[key] = _probe(ct, int(head_dim))
     return _EXACT[key]
 
 

@@ -187,21 +187,23 @@ def _plan(q_pos: torch.Tensor, k_pos: torch.Tensor, tq: int, past: int, span_lim
     return _Plan(tq, past, levels, leaf, pos, leaf_delta, level_delta, prefix_q, prefix_k)
 
 
-#: the last plan made, with the position tensors it was made from: every layer of a forward passes the
-#: same position tensors, so the plan (and its factor tables) is made once per forward
+#: the last plan made, with copies of the positions it was made from: every layer of a forward passes the
+#: same positions, so the plan (and its factor tables) is made once per forward. Positions are compared by
+#: value (O(T), no host sync on CPU): identity and version counters miss writes through ``.data`` or numpy.
 _LAST: list[tuple] = []
 
 
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and a.device == b.device and torch.equal(a, b)
+
+
 def _cached_plan(q_pos: torch.Tensor, k_pos: torch.Tensor, tq: int, past: int, span_limit: float) -> _Plan | None:
-    try:
-        key = (q_pos._version, k_pos._version, tq, past, span_limit)
-    except RuntimeError:           # inference tensors keep no version counter: plan every call
-        return _plan(q_pos, k_pos, tq, past, span_limit)
+    key = (tq, past, span_limit)
     for qp, kp, k, plan in _LAST:
-        if qp is q_pos and kp is k_pos and k == key:
+        if k == key and _same(qp, q_pos) and _same(kp, k_pos):
             return plan
     plan = _plan(q_pos, k_pos, tq, past, span_limit)
-    _LAST[:] = [(q_pos, k_pos, key, plan)]
+    _LAST[:] = [(q_pos.detach().clone(), k_pos.detach().clone(), key, plan)]
     return plan
 
 

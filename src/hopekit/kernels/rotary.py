@@ -38,6 +38,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -188,6 +189,7 @@ def _cpu_rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: 
 
 
 _lib: list = []  # [the loaded kernel or None], once tried
+_BUILD_LOCK = threading.Lock()
 
 
 def _native_takes(dtype: torch.dtype) -> bool:
@@ -199,14 +201,21 @@ def _native_takes(dtype: torch.dtype) -> bool:
 def _native() -> Callable | None:
     """``hk_rotary`` from the C kernel, built on first use (None, with one warning, when that fails)."""
     if not _lib:
-        try:
-            _lib.extend(_load(_build()))
-        except (OSError, subprocess.SubprocessError) as e:
-            last = (str(e).strip().splitlines() or [""])[-1][:300]
-            warnings.warn(f"hopekit.kernels.rotary: could not build the CPU rotary kernel, the reference runs "
-                          f"instead ({type(e).__name__}: {last})", RuntimeWarning, stacklevel=3)
-            _lib.extend([None, 0])
+        with _BUILD_LOCK:  # one build per process, whichever thread asks first
+            if not _lib:
+                _lib.extend(_try_build())
     return _lib[0]
+
+
+def _try_build() -> list:
+    """``[hk_rotary, dtype bits]`` of the built kernel, or ``[None, 0]`` with one warning."""
+    try:
+        return list(_load(_build()))
+    except (OSError, subprocess.SubprocessError) as e:
+        last = (str(e).strip().splitlines() or [""])[-1][:300]
+        warnings.warn(f"hopekit.kernels.rotary: could not build the CPU rotary kernel, the reference runs "
+                      f"instead ({type(e).__name__}: {last})", RuntimeWarning, stacklevel=4)
+        return [None, 0]
 
 
 def _load(path: Path) -> tuple[Callable, int]:
@@ -235,11 +244,12 @@ def _build(flags: list[str] | None = None) -> Path:
             return path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError:  # an unwritable cache: a private temporary one
-            path = Path(tempfile.gettempdir()) / f"hopekit-{os.getuid() if hasattr(os, 'getuid') else 0}" / path.name
-            if path.exists():
-                return path
-            path.parent.mkdir(parents=True, exist_ok=True)
+            writable = os.access(path.parent, os.W_OK)
+        except OSError:
+            writable = False
+        if not writable:  # an unwritable cache: a private directory of this process (mkdtemp: mode 0700,
+            # an unpredictable name; never a fixed shared path another user could fill first)
+            path = Path(tempfile.mkdtemp(prefix="hopekit-kernels-")) / path.name
         source = path.with_suffix(f".{os.getpid()}.c")
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         source.write_text(_C_SOURCE)
