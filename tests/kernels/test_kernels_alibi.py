@@ -19,6 +19,8 @@ Thresholds are relative to the largest |value| of the float64 result (max |fast 
 from __future__ import annotations
 
 import math
+import platform
+import sys
 
 import pytest
 import torch
@@ -422,3 +424,15 @@ def test_the_probe_does_not_depend_on_the_callers_grad_mode(mode, monkeypatch):
     monkeypatch.setattr(ka, "_EXACT", {})
     with mode():
         assert ka.exact_here(torch.float32, 48)
+
+
+@pytest.mark.skipif(not (sys.platform == "linux" and platform.machine() == "x86_64"
+                         and platform.libc_ver()[0] == "glibc"), reason="Linux x86-64 glibc only")
+def test_flush_to_zero_finds_torchs_runtime_beside_another_packages(monkeypatch):
+    """scikit-learn (pulled in by lm-eval) loads its own libgomp; the guard must still find torch's, the
+    one the kernel's threads run on, instead of giving up on two runtimes."""
+    pytest.importorskip("sklearn")
+    maps = [line.split()[-1] for line in open("/proc/self/maps") if "gomp" in line]
+    assert len(set(maps)) >= 2, "expected torch's and scikit-learn's libgomp to be loaded"
+    monkeypatch.setattr(ka, "_OMP", [])
+    assert ka._omp_fesetenv() is not None

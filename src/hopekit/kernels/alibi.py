@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import platform
 import sys
 from typing import Iterator
@@ -351,7 +352,12 @@ def _omp_fesetenv():
                 with open("/proc/self/maps") as maps:
                     libs = sorted({line.split()[-1] for line in maps
                                    if any(name in line for name in ("libgomp", "libiomp", "libomp"))})
-                if len(libs) == 1:  # one OpenMP runtime: the one torch's kernels run on
+                # torch's kernels run on the runtime in torch's own lib directory (other packages, e.g.
+                # scikit-learn, may load theirs too); a build without one there: the only one loaded
+                torch_lib = os.path.join(os.path.dirname(os.path.realpath(torch.__file__)), "lib") + os.sep
+                own = [lib for lib in libs if os.path.realpath(lib).startswith(torch_lib)]
+                libs = own if own else libs
+                if len(libs) == 1:
                     omp, libm = ctypes.CDLL(libs[0]), ctypes.CDLL("libm.so.6")
                     omp.GOMP_parallel.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
                     omp.GOMP_parallel.restype = None
